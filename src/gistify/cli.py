@@ -1,0 +1,200 @@
+"""The `gistify` command: compress, methods, models.
+
+Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
+3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+
+
+class InputError(ValueError):
+    """Bad input from the user: exit code 2."""
+
+
+def _read_text(path: str) -> str:
+    """The file's text, or stdin's for "-". Binary and non-UTF-8 input is refused, never altered."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{path}: no such file" if not p.exists() else f"{path}: not a regular file")
+        data = p.read_bytes()
+        where = path
+    if b"\x00" in data[:8192]:
+        raise InputError(f"{where} looks binary (it holds NUL bytes); give a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, e.g. iconv -t utf-8") from None
+
+
+def _parse_sets(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value  # a bare word such as side=tail
+    return params
+
+
+def _show(result) -> None:
+    """Print the source with what was kept in normal text and what was dropped dimmed and struck."""
+    from rich.console import Console
+    from rich.text import Text
+
+    t = Text()
+    pos = 0
+    for s, e in result.kept_spans:
+        if s > pos:
+            t.append(result.source[pos:s], style="dim strike red")
+        t.append(result.source[s:e], style="bold")
+        pos = e
+    t.append(result.source[pos:], style="dim strike red")
+    console = Console()
+    console.print(t)
+    console.rule(_summary(result))
+
+
+def _summary(r) -> str:
+    return (f"{r.method}: {r.tokens_in} -> {r.tokens_out} tokens ({r.tokenizer}), kept {r.keep_ratio:.2f} "
+            f"for {r.budget}, {r.seconds:.2f} s")
+
+
+def cmd_compress(args) -> int:
+    import gistify
+
+    text = _read_text(args.file)
+    if not text.strip():
+        raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
+    params = _parse_sets(args.set)
+    result = gistify.compress(
+        text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, model=args.model,
+        tokenizer=args.tokenizer, protect=args.protect, protect_numbers=args.protect_numbers,
+        protect_negations=args.protect_negations, protect_identifiers=args.protect_identifiers,
+        progress=sys.stderr.isatty(), **params,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    elif args.show:
+        _show(result)
+    else:
+        sys.stdout.write(result.text + ("\n" if not result.text.endswith("\n") else ""))
+        print(_summary(result), file=sys.stderr)
+    for note in result.notes:
+        print(f"gistify: note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_methods(args) -> int:
+    import dataclasses
+
+    from gistify.method import REGISTRY, methods
+
+    for name, description in methods().items():
+        print(f"{name:<12} {REGISTRY[name].kind:<7} {description}")
+        if args.verbose:
+            for f in dataclasses.fields(REGISTRY[name]):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                print(f"{'':<21}{f.name} = {default!r}")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from gistify import models
+
+    if args.action == "fetch":
+        names = [args.name] if args.name else [models.DEFAULT_MODEL]
+        for name in names:
+            if name in models.EMBEDDED and models.EMBEDDED[name].is_cached() and not args.force:
+                print(f"{name}: already cached in {models.EMBEDDED[name].path}")
+                continue
+            print(f"{name}: fetching and converting (about 20-60 s) ...", file=sys.stderr)
+            print(f"{name}: cached in {models.fetch(name, force=args.force)}")
+        return EXIT_OK
+    rows = models.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"model cache: {models.cache_dir()}  (set GISTIFY_HOME to move it)")
+    for r in rows:
+        state = f"cached, {r['bytes'] / 1e6:.0f} MB" if r["cached"] else f"not cached: run gistify models fetch {r['name']}"
+        print(f"{r['name']}  [{state}]\n  {r['title']}\n  licence {r['licence']}; from {r['source']}\n  {r['path']}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gistify", description="Cut the tokens a language model must read; keep the answers right.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a text for a question under a token budget")
+    c.add_argument("file", help="a UTF-8 text file, or - for standard input (never modified)")
+    c.add_argument("-q", "--question", help="the question the compressed text must still answer")
+    b = c.add_mutually_exclusive_group(required=True)
+    b.add_argument("--keep", type=float, help="fraction of tokens to keep, in (0, 1]")
+    b.add_argument("--tokens", type=int, help="number of tokens to keep")
+    c.add_argument("-m", "--method", default="reinforce", help="text method (see `gistify methods`); default reinforce")
+    c.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter, e.g. --set seed=3")
+    c.add_argument("--model", help="scorer LM: embedded name, local path or hub id (default: the embedded SmolLM2)")
+    c.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer (default), cl100k_base or o200k_base")
+    c.add_argument("--protect", action="append", default=[], metavar="REGEX", help="always keep matches of REGEX verbatim")
+    c.add_argument("--protect-numbers", action="store_true", help="always keep numbers")
+    c.add_argument("--protect-negations", action="store_true", help="always keep negations (not, never, n't, ...)")
+    c.add_argument("--protect-identifiers", action="store_true", help="always keep identifiers (snake_case, dotted.names, ...)")
+    out = c.add_mutually_exclusive_group()
+    out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
+    out.add_argument("--json", action="store_true", help="print the full result as JSON")
+    c.set_defaults(run=cmd_compress)
+
+    m = sub.add_parser("methods", help="list the methods with a one-line description")
+    m.add_argument("-v", "--verbose", action="store_true", help="also list each method's parameters")
+    m.set_defaults(run=cmd_methods)
+
+    mo = sub.add_parser("models", help="show the embedded models, or fetch one")
+    mo.add_argument("action", nargs="?", choices=["list", "fetch"], default="list")
+    mo.add_argument("name", nargs="?", help="model to fetch (default: the default model)")
+    mo.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
+    mo.add_argument("--json", action="store_true", help="print the listing as JSON")
+    mo.set_defaults(run=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gistify.models import ModelError
+
+    try:
+        return args.run(args)
+    except ModelError as e:
+        code, msg = EXIT_MODEL, str(e)
+    except (InputError, ValueError, TypeError) as e:
+        code, msg = EXIT_INPUT, str(e)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: say so in one line, keep the traceback for GISTIFY_DEBUG
+        code, msg = EXIT_BUG, f"internal error ({type(e).__name__}: {e}); rerun with GISTIFY_DEBUG=1 for the traceback"
+    if os.environ.get("GISTIFY_DEBUG"):
+        raise
+    print(f"gistify: error: {msg}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

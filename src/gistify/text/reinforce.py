@@ -1,0 +1,115 @@
+"""Contextual Reinforcement on text: graph-propagated token importance.
+
+Reconstructed from arXiv 2501.16658 as research/methods.md §1.2 specifies (the paper gives no code and
+few details; every constant below is the spec's choice, exposed as a field). Per scorer token:
+
+1. features z_i: the scorer's hidden state at a shallow `layer`, centred over the text and L2-normalised;
+2. an affinity graph: k nearest neighbours by max(0, cos) * exp(-|i-j|/sigma), symmetrised;
+3. relevance prior r = softmax(cos(z_i, q) / temperature), q from the question (or the text's end);
+   by default (ours) cos(z_i, q) is the best match over question tokens weighted by their self-information;
+4. personalised PageRank s = alpha Pᵀ s + (1 - alpha) r: tokens tied to relevant tokens are reinforced;
+5. adaptive weight w = sigmoid(b1 ẑ(s) + b2 ẑ(r) + b3 ẑ(u) + bias), u the token's self-information;
+6. selection: the best words under the budget (or those with w >= threshold), in original order.
+
+Step 7 (merging embeddings) is off for text (averaged text embeddings are off-distribution) and step 8
+(original position ids) concerns in-model use; neither changes a compressed string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gistify.graph import affinity_graph, personalized_pagerank, zscore
+from gistify.text.base import AGGREGATES, Document, TextMethod, check_choice
+
+
+@dataclass
+class ContextualReinforcement(TextMethod):
+    """Contextual Reinforcement: relevance to the question propagated over a token affinity graph.
+
+    Args:
+        layer: scorer layer whose hidden states are the node features (0 = input embeddings).
+        k: neighbours per token in the affinity graph.
+        sigma: locality scale of text-text edges, in tokens.
+        temperature: softmax temperature of the relevance prior.
+        alpha: PageRank damping (share of propagated versus prior relevance).
+        iterations: most PageRank iterations (it stops earlier once converged).
+        weights: (b1, b2, b3) of propagated relevance, prior relevance and self-information.
+        bias: the weighting's bias b.
+        threshold: if set, keep only words whose weight is at least this (dynamic budget, capped by the
+            budget given).
+        query: "max" (ours, default): a token's relevance is its best cosine to any question token, each
+            question token weighted by its self-information; "mean": cosine to the mean question vector (the
+            spec's step 1, which lets function words such as "the" dominate the query).
+        aggregate: how a word's token weights combine: "max", "mean" or "sum".
+        tail_tokens: with no question, the query is the mean of the text's last `tail_tokens` tokens.
+    """
+
+    name = "reinforce"
+    needs_scorer = True
+    layer: int = 2
+    k: int = 10
+    sigma: float = 32.0
+    temperature: float = 0.1
+    alpha: float = 0.85
+    iterations: int = 20
+    weights: tuple[float, float, float] = (1.0, 0.5, 0.5)
+    bias: float = 0.0
+    threshold: float | None = None
+    query: str = "max"
+    aggregate: str = "max"
+    tail_tokens: int = 32
+
+    def __post_init__(self):
+        for f, lo in (("layer", 0), ("k", 1), ("iterations", 1), ("tail_tokens", 1)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"reinforce.{f} must be an int >= {lo}, got {v!r}")
+        for f in ("sigma", "temperature"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"reinforce.{f} must be > 0, got {getattr(self, f)!r}")
+        if not 0 <= self.alpha < 1:
+            raise ValueError(f"reinforce.alpha must be in [0, 1), got {self.alpha!r}")
+        if len(tuple(self.weights)) != 3:
+            raise ValueError(f"reinforce.weights must be three numbers, got {self.weights!r}")
+        self.weights = tuple(float(w) for w in self.weights)
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise ValueError(f"reinforce.threshold must be in (0, 1) or None, got {self.threshold!r}")
+        check_choice("reinforce", "query", self.query, ("mean", "max"))
+        check_choice("reinforce", "aggregate", self.aggregate, AGGREGATES)
+
+    def token_weights(self, doc: Document) -> torch.Tensor:
+        """(n_tokens,) keep probabilities w of the scorer's tokens (step 5)."""
+        stats = doc.stats(self.layer)
+        h = stats.hidden  # (n, d)
+        mean = h.mean(0)
+        z = F.normalize(h - mean, dim=-1)  # centring removes the direction all states share
+        if doc.question and doc.question.strip():
+            qh, qu = doc.scorer.embed(doc.question, self.layer)
+            qz = F.normalize(qh - mean, dim=-1)  # (m, d)
+        else:
+            qz, qu = z[-self.tail_tokens :], torch.from_numpy(stats.self_info[-self.tail_tokens :]).float()
+        if self.query == "mean":
+            cos = z @ F.normalize(qz.mean(0), dim=0)  # (n,)
+        else:
+            # Each query token counts in proportion to its self-information, so "what", "the", "of" do not
+            # pull relevance towards every function word of the text; a token's relevance is its best match.
+            gain = qu.clamp_min(0) / qu.clamp_min(1e-6).max()  # (m,)
+            cos = ((z @ qz.T) * gain).amax(dim=1)
+        prior = torch.softmax(cos / self.temperature, dim=0)  # (n,)
+        graph = affinity_graph(z, self.k, self.sigma)
+        s = personalized_pagerank(graph, prior, self.alpha, self.iterations)
+        u = torch.from_numpy(stats.self_info).float()
+        b1, b2, b3 = self.weights
+        return torch.sigmoid(b1 * zscore(s) + b2 * zscore(prior) + b3 * zscore(u) + self.bias)
+
+    def score(self, doc: Document) -> np.ndarray:
+        w = self.token_weights(doc).numpy()
+        scores = doc.per_word(w, self.aggregate, self.layer)
+        if self.threshold is not None:
+            scores = np.where(scores >= self.threshold, scores, -np.inf)
+        return scores

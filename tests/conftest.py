@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random-weight Llama scorer with a byte-level BPE tokenizer trained in memory
+(fast, offline, exact), and real prose from tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def prose(name: str = "aardwolf.txt") -> str:
+    return (DATA / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([p.read_text(encoding="utf-8") for p in sorted(DATA.glob("*.txt"))], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tiny_tokenizer.bos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny_scorer(tiny_model, tiny_tokenizer):
+    from gistify import Scorer
+
+    # A small window so that tests cross window boundaries.
+    return Scorer(tiny_model, tiny_tokenizer, window=96, context=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

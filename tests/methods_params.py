@@ -1,0 +1,8 @@
+"""Every registered text method with the parameter sets the contract tests run it under."""
+
+TEXT_METHODS = {
+    "random": [{"seed": 0}, {"seed": 7}],
+    "truncate": [{"side": "head"}, {"side": "tail"}, {"side": "middle"}],
+    "selfinfo": [{}, {"aggregate": "mean"}],
+    "reinforce": [{}, {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0}],
+}

@@ -1,0 +1,166 @@
+"""The contract every text method keeps, run for each registered method on a tiny random-weight Llama."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import prose
+from methods_params import TEXT_METHODS
+
+import gistify
+from gistify.text.base import segment
+
+CASES = [(name, params) for name, sets in TEXT_METHODS.items() for params in sets]
+QUESTION = "How many termites can one aardwolf eat in a night?"
+
+
+def run(scorer, text, method, params, **kw):
+    return gistify.compress(text, QUESTION, method=method, scorer=scorer, **params, **kw)
+
+
+def test_every_text_method_is_covered():
+    assert set(gistify.methods("text")) == set(TEXT_METHODS)
+
+
+def assert_spans_rebuild(result):
+    """The output is exactly the kept source spans, in order, joined by whitespace from the source."""
+    spans, src, out = result.kept_spans, result.source, result.text
+    assert spans == sorted(spans) and all(s < e for s, e in spans)
+    assert all(e1 < s2 for (_, e1), (s2, _) in zip(spans, spans[1:])), "spans overlap or touch"
+    pos = 0
+    for i, (s, e) in enumerate(spans):
+        if i:
+            sep = re.match(r"\s*", out[pos:]).group()
+            gap = src[spans[i - 1][1] : s]
+            assert sep in gap and (sep or not re.search(r"\s", gap)), "separator is not whitespace from the gap"
+            pos += len(sep)
+        assert out[pos : pos + e - s] == src[s:e]
+        pos += e - s
+    assert pos == len(out)
+
+
+@pytest.mark.parametrize("method,params", CASES)
+@pytest.mark.parametrize("keep", [0.5, 0.2])
+def test_budget_spans_and_order(tiny_scorer, method, params, keep):
+    text = prose()[:3000]
+    r = run(tiny_scorer, text, method, params, keep=keep)
+    assert r.target_tokens == int(np.ceil(keep * r.tokens_in - 1e-9))
+    assert r.tokens_out == len(tiny_scorer.tokenizer(r.text, add_special_tokens=False).input_ids)
+    assert r.tokens_out <= r.target_tokens + 1
+    if method == "truncate":  # contiguous: may stop short by less than the next word's cost
+        assert r.target_tokens - r.tokens_out < 8
+    else:
+        assert abs(r.tokens_out - r.target_tokens) <= 1
+    assert r.keep_ratio == pytest.approx(r.tokens_out / r.tokens_in)
+    assert_spans_rebuild(r)
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_token_count_budget(tiny_scorer, method, params):
+    r = run(tiny_scorer, prose()[:2000], method, params, tokens=120)
+    assert r.target_tokens == 120
+    assert r.tokens_out <= 121 and (method == "truncate" or r.tokens_out >= 119)
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_keep_one_and_large_token_budget_return_input_unchanged(tiny_scorer, method, params):
+    text = prose()[:1500] + "\n\n  trailing  \n"
+    r = run(tiny_scorer, text, method, params, keep=1.0)
+    assert r.text == text and r.kept_spans == [(0, len(text))] and r.notes == []
+    r = run(tiny_scorer, text, method, params, tokens=10**6)
+    assert r.text == text and "returned unchanged" in r.notes[0]
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_protected_content_survives_verbatim(tiny_scorer, method, params):
+    text = prose()[:2500]
+    keep_me = "using its long, sticky tongue"
+    start = text.index(keep_me)
+    r = run(tiny_scorer, text, method, params, keep=0.2, protect=[(start, start + len(keep_me)), r"Proteles \w+"],
+            protect_numbers=True, protect_negations=True)
+    assert keep_me in r.text and "Proteles cristata" in r.text
+    for number in re.findall(r"\d[\d,]*\d|\d", text):
+        assert number in r.text
+    assert " not " in r.text
+    assert r.protected and all(any(s >= a and e <= b for a, b in r.kept_spans) for s, e in r.protected)
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_deterministic(tiny_scorer, method, params):
+    text = prose()[:1500]
+    a = run(tiny_scorer, text, method, params, keep=0.3)
+    b = run(tiny_scorer, text, method, params, keep=0.3)
+    assert a.text == b.text and a.kept_spans == b.kept_spans
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_multibyte_and_cjk_never_split(tiny_scorer, method, params):
+    text = "Café naïve 東京は日本の首都です。 Emoji 👩‍👩‍👧 stays whole; Ω≈ç√ and the end.\n" * 8
+    r = run(tiny_scorer, text, method, params, keep=0.4)
+    words = {text[s:e] for s, e in segment(text)}
+    kept = {r.text[s:e] for s, e in segment(r.text)}
+    assert kept <= words  # every output word is a whole source word (CJK characters are words)
+    assert_spans_rebuild(r)
+
+
+def test_truncate_sides_keep_the_right_ends(tiny_scorer):
+    text = prose()[:2000]
+    head = run(tiny_scorer, text, "truncate", {"side": "head"}, keep=0.3)
+    tail = run(tiny_scorer, text, "truncate", {"side": "tail"}, keep=0.3)
+    middle = run(tiny_scorer, text, "truncate", {"side": "middle"}, keep=0.3)
+    assert len(head.kept_spans) == 1 and head.kept_spans[0][0] == 0
+    assert len(tail.kept_spans) == 1 and tail.kept_spans[0][1] == len(text.rstrip())
+    assert len(middle.kept_spans) == 2 and middle.kept_spans[0][0] == 0 and middle.kept_spans[1][1] == len(text.rstrip())
+
+
+def test_random_seed_changes_selection(tiny_scorer):
+    text = prose()[:2000]
+    a = run(tiny_scorer, text, "random", {"seed": 1}, keep=0.3)
+    b = run(tiny_scorer, text, "random", {"seed": 2}, keep=0.3)
+    assert a.kept_spans != b.kept_spans
+
+
+def test_openai_tokenizer_budget(tiny_scorer):
+    r = run(tiny_scorer, prose()[:3000], "random", {}, keep=0.25, tokenizer="cl100k_base")
+    from gistify.tokens import openai
+
+    assert r.tokenizer == "cl100k_base" and r.tokens_out == openai("cl100k_base").count(r.text)
+    assert abs(r.tokens_out - r.target_tokens) <= 1
+
+
+def test_threshold_mode_is_dynamic_and_capped(tiny_scorer):
+    text = prose()[:2500]
+    r = run(tiny_scorer, text, "reinforce", {"threshold": 0.9}, keep=0.5)
+    assert r.tokens_out < r.target_tokens  # the threshold chose fewer tokens than the cap
+    capped = run(tiny_scorer, text, "reinforce", {"threshold": 0.01}, keep=0.2)
+    assert abs(capped.tokens_out - capped.target_tokens) <= 1
+
+
+def test_bad_input_errors(tiny_scorer):
+    with pytest.raises(ValueError, match="empty"):
+        gistify.compress("  \n\t ", keep=0.5, method="random", scorer=tiny_scorer)
+    with pytest.raises(TypeError, match="str"):
+        gistify.compress(b"bytes", keep=0.5, method="random", scorer=tiny_scorer)
+    with pytest.raises(ValueError, match=r"keep.*\(0, 1\]"):
+        gistify.compress("some text", keep=1.5, method="random", scorer=tiny_scorer)
+    with pytest.raises(ValueError, match="exactly one"):
+        gistify.compress("some text", keep=0.5, tokens=3, method="random", scorer=tiny_scorer)
+    with pytest.raises(ValueError, match="known text methods: random, reinforce"):
+        gistify.compress("some text", keep=0.5, method="nope", scorer=tiny_scorer)
+    with pytest.raises(ValueError, match="no parameter"):
+        gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, colour=3)
+    with pytest.raises(ValueError, match="truncate.side"):
+        gistify.compress("some text", keep=0.5, method="truncate", side="left", scorer=tiny_scorer)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, protect=["(unclosed"])
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, tokenizer="p50k")
+
+
+def test_protected_over_budget_is_kept_and_noted(tiny_scorer):
+    text = "1 2 3 4 5 6 7 8 9 10 11 12 and some words here"
+    r = gistify.compress(text, tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
+    assert all(str(i) in r.text.split() for i in range(1, 13))
+    assert "over the budget" in r.notes[0]
