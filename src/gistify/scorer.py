@@ -54,6 +54,10 @@ class Scorer:
         enc = backend.encode(text, add_special_tokens=False)
         return enc.ids, np.array([a for a, _ in enc.offsets], dtype=np.int64)
 
+    def forget(self) -> None:
+        """Drop the cached statistics (benchmarks time the forward pass every run)."""
+        self._cache.clear()
+
     @torch.inference_mode()
     def stats(self, text: str, layer: int = 2, progress: bool = False) -> TokenStats:
         """Self-information and layer-`layer` hidden states of every token of `text` (cached per text)."""
@@ -71,13 +75,12 @@ class Scorer:
             lead = ids[max(0, s - self.context) : s] if s else ([bos] if bos is not None else [])
             x = torch.tensor([lead + ids[s:e]])
             out = self.model(input_ids=x, output_hidden_states=True)
-            logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (len, vocab)
             k = len(lead)
             # logits at position p predict token p+1; window token j sits at position k + j.
             targets = torch.tensor(ids[s:e])
             first = 0 if k else 1  # with no lead (no BOS), the very first token has no prediction
             pos = torch.arange(first, e - s)
-            self_info[s + first : e] = (-logp[k + pos - 1, targets[pos]]).numpy()
+            self_info[s + first : e] = _surprisal(out.logits[0], k + pos - 1, targets[pos]).numpy()
             if not k and n > 1:
                 self_info[0] = float(self_info[1:e].mean())  # neutral: neither kept nor dropped for it
             hidden[s:e] = out.hidden_states[layer][0, k:]
@@ -95,12 +98,20 @@ class Scorer:
         bos = self.tokenizer.bos_token_id
         lead = [bos] if bos is not None else []
         out = self.model(input_ids=torch.tensor([lead + ids]), output_hidden_states=True)
-        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
         k = len(lead)
         u = torch.zeros(len(ids))
         if len(ids) > 1 - k:
             pos = torch.arange(1 - k, len(ids))
-            u[1 - k :] = -logp[k + pos - 1, torch.tensor(ids)[pos]]
+            u[1 - k :] = _surprisal(out.logits[0], k + pos - 1, torch.tensor(ids)[pos])
         if not k and len(ids) > 1:
             u[0] = u[1:].mean()
         return out.hidden_states[layer][0, k:].float(), u
+
+
+def _surprisal(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log softmax(logits[rows])[targets], without materialising a second (len, vocab) tensor."""
+    out = torch.empty(len(rows))
+    for c in range(0, len(rows), 256):  # chunks bound the (chunk, vocab) temporaries
+        picked = logits[rows[c : c + 256]].float()
+        out[c : c + 256] = torch.logsumexp(picked, dim=-1) - picked.gather(1, targets[c : c + 256, None])[:, 0]
+    return out

@@ -1,0 +1,102 @@
+"""Compression speed and memory of every text method on the embedded scorer.
+
+    python -m gistify_bench.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,random,truncate]
+
+Each method runs in a fresh process: the scorer is loaded and one warm-up run is made (not timed), the
+peak-RSS mark is reset, then `repeats` timed runs compress the same real document (the first `--tokens`
+scorer tokens of examples/albedo.txt, or --file) at keep 0.2. Reported per method: the median seconds per
+1k input tokens, and peak RSS (whole process, and above the RSS after loading). Results go to
+results/speed/<model>.json and a Markdown table on stdout. Times are for this machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "albedo.txt"
+QUESTION = "What is the albedo of fresh snow?"
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str | None) -> dict:
+    """Runs in the child process: time `repeats` compressions of one method."""
+    import torch
+
+    import gistify
+    from gistify.compression import _shared_scorer
+
+    scorer = _shared_scorer(model)
+    ids = scorer.tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids[:tokens]
+    text = scorer.tokenizer.decode(ids)
+    gistify.compress(text, QUESTION, keep=0.2, method=method)  # warm-up: lazy imports, allocator
+    scorer.forget()
+    base_kb = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    times, result = [], None
+    for _ in range(repeats):
+        scorer.forget()
+        t0 = time.perf_counter()
+        result = gistify.compress(text, QUESTION, keep=0.2, method=method)
+        times.append(time.perf_counter() - t0)
+    peak_kb = _status_kb("VmHWM")
+    return {
+        "method": method, "tokens_in": result.tokens_in, "tokens_out": result.tokens_out, "repeats": repeats,
+        "seconds": times, "median_s": statistics.median(times),
+        "median_s_per_1k_tokens": statistics.median(times) / result.tokens_in * 1000,
+        "peak_rss_mb": peak_kb / 1024, "peak_above_loaded_mb": (peak_kb - base_kb) / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default="reinforce,selfinfo,random,truncate")
+    p.add_argument("--tokens", type=int, default=2000, help="input length in scorer tokens")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--file", type=Path, default=EXAMPLE)
+    p.add_argument("--model", default=None, help="scorer (default: the embedded SmolLM2)")
+    p.add_argument("--out", type=Path, default=Path("results/speed"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure_one(args.child, args.file, args.tokens, args.repeats, args.model)))
+        return 0
+    rows = []
+    for method in args.methods.split(","):
+        cmd = [sys.executable, "-m", "gistify_bench.speed", "--child", method, "--tokens", str(args.tokens),
+               "--repeats", str(args.repeats), "--file", str(args.file)] + (["--model", args.model] if args.model else [])
+        print(f"measuring {method} ...", file=sys.stderr)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+    record = {"machine": machine, "load_avg": os.getloadavg(), "model": args.model or "smollm2-135m-instruct",
+              "keep": 0.2, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
+    print(f"machine: {machine}; load average {record['load_avg'][0]:.2f}; scorer {record['model']}; keep 0.2\n")
+    print("| method | tokens in | median s / 1k tokens | peak RSS MB | peak above loaded MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['tokens_in']} | {r['median_s_per_1k_tokens']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_above_loaded_mb']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
