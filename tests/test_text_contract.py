@@ -151,6 +151,8 @@ def test_bad_input_errors(tiny_scorer):
         gistify.compress("some text", keep=0.5, method="nope", scorer=tiny_scorer)
     with pytest.raises(ValueError, match="no parameter"):
         gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, colour=3)
+    with pytest.raises(ValueError, match="layer 9 does not exist"):
+        gistify.compress("some text here", keep=0.5, method="reinforce", layer=9, scorer=tiny_scorer)
     with pytest.raises(ValueError, match="truncate.side"):
         gistify.compress("some text", keep=0.5, method="truncate", side="left", scorer=tiny_scorer)
     with pytest.raises(ValueError, match="not a valid regular expression"):

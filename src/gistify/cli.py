@@ -180,18 +180,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except ModelError as e:
-        code, msg = EXIT_MODEL, str(e)
-    except (InputError, ValueError, TypeError) as e:
-        code, msg = EXIT_INPUT, str(e)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as e:  # a bug: say so in one line, keep the traceback for GISTIFY_DEBUG
-        code, msg = EXIT_BUG, f"internal error ({type(e).__name__}: {e}); rerun with GISTIFY_DEBUG=1 for the traceback"
-    if os.environ.get("GISTIFY_DEBUG"):
-        raise
+    except Exception as e:
+        if os.environ.get("GISTIFY_DEBUG"):
+            raise
+        if isinstance(e, ModelError):
+            code, msg = EXIT_MODEL, str(e)
+        elif isinstance(e, (InputError, ValueError, TypeError)):
+            code, msg = EXIT_INPUT, str(e)
+        else:  # a bug: say so in one line, keep the traceback for GISTIFY_DEBUG
+            code, msg = EXIT_BUG, f"internal error ({type(e).__name__}: {e}); rerun with GISTIFY_DEBUG=1 for the traceback"
     print(f"gistify: error: {msg}", file=sys.stderr)
     return code
 

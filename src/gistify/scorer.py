@@ -54,6 +54,11 @@ class Scorer:
         enc = backend.encode(text, add_special_tokens=False)
         return enc.ids, np.array([a for a, _ in enc.offsets], dtype=np.int64)
 
+    def _check_layer(self, layer: int) -> None:
+        n = self.model.config.num_hidden_layers
+        if not 0 <= layer <= n:
+            raise ValueError(f"layer {layer} does not exist: the scorer {self.name} has layers 0 (embeddings) to {n}")
+
     def forget(self) -> None:
         """Drop the cached statistics (benchmarks time the forward pass every run)."""
         self._cache.clear()
@@ -61,6 +66,7 @@ class Scorer:
     @torch.inference_mode()
     def stats(self, text: str, layer: int = 2, progress: bool = False) -> TokenStats:
         """Self-information and layer-`layer` hidden states of every token of `text` (cached per text)."""
+        self._check_layer(layer)
         key = (text, layer)
         if key in self._cache:
             return self._cache[key]
@@ -93,6 +99,7 @@ class Scorer:
     def embed(self, text: str, layer: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (m, d) at `layer` and self-information (m,) of a short text (a question), read on
         its own after BOS (truncated to one window)."""
+        self._check_layer(layer)
         ids, _ = self._encode(text)
         ids = ids[: self.window]
         bos = self.tokenizer.bos_token_id
