@@ -99,6 +99,8 @@ def test_model_that_does_not_load_exits_3(doc, tmp_path, capsys):
     assert main(["compress", str(doc), "--keep", "0.5", "--model", str(broken)]) == 3
     err = capsys.readouterr().err
     assert "could not load model" in err and err.count("\n") == 1
+    assert main(["compress", str(doc), "--keep", "0.5", "--model", str(tmp_path / "absent")]) == 3
+    assert "no such directory" in capsys.readouterr().err
 
 
 def test_uncached_embedded_model_says_which_command_to_run(doc, tmp_path, monkeypatch, capsys):

@@ -166,3 +166,10 @@ def test_protected_over_budget_is_kept_and_noted(tiny_scorer):
     r = gistify.compress(text, tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
     assert all(str(i) in r.text.split() for i in range(1, 13))
     assert "over the budget" in r.notes[0]
+
+
+@pytest.mark.parametrize("method,params", CASES)
+def test_query_agnostic_without_a_question(tiny_scorer, method, params):
+    r = gistify.compress(prose()[:2000], keep=0.3, method=method, scorer=tiny_scorer, **params)
+    assert abs(r.tokens_out - r.target_tokens) <= 1 or method == "truncate"
+    assert_spans_rebuild(r)

@@ -77,7 +77,11 @@ def _summary(r) -> str:
 
 
 def cmd_compress(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     import gistify
+
+    hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
 
     text = _read_text(args.file)
     if not text.strip():

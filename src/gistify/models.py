@@ -163,10 +163,43 @@ def load(name_or_path: str | None = None) -> tuple[Any, Any]:
         path = str(m.path)
     else:
         path = name_or_path
+    local = Path(path).expanduser().is_dir()
+    if not local and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ModelError(f"could not load model {name_or_path!r}: no such directory")
+
+    def attempt(offline: bool):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=offline).eval()
+        return model, tokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        try:  # a local directory, or a hub id already in the user's hub cache
+            return attempt(offline=True)
+        except OSError:
+            if local or not _hub_reachable():
+                raise
+            return attempt(offline=False)
     except Exception as e:  # transformers raises many kinds (OSError, ValueError, HFValidationError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not local and not _hub_reachable():
+            first = "not a local directory, not in the hub cache, and the hub is not reachable"
         raise ModelError(f"could not load model {name_or_path!r}: {first}") from e
-    return model, tokenizer
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (checked once): without it, transformers
+    would retry for most of a minute before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
