@@ -4,5 +4,5 @@ TEXT_METHODS = {
     "random": [{"seed": 0}, {"seed": 7}],
     "truncate": [{"side": "head"}, {"side": "tail"}, {"side": "middle"}],
     "selfinfo": [{}, {"aggregate": "mean"}],
-    "reinforce": [{}, {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0}],
+    "reinforce": [{}, {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0, "sigma": 32.0, "tail_tokens": 32}],
 }

@@ -99,6 +99,7 @@ def cmd_compress(args) -> int:
         _show(result)
     else:
         sys.stdout.write(result.text + ("\n" if not result.text.endswith("\n") else ""))
+        sys.stdout.flush()  # the text before the summary, when both go to one terminal
         print(_summary(result), file=sys.stderr)
     for note in result.notes:
         print(f"gistify: note: {note}", file=sys.stderr)

@@ -96,8 +96,8 @@ def compress(
                           seconds=time.perf_counter() - t0, notes=notes, **result)
 
     scores = np.asarray(m.score(Document(text, words, question, scorer, progress)), dtype=np.float64)
-    if scores.shape != (len(words),):
-        raise RuntimeError(f"{m.name}.score returned shape {scores.shape}, expected ({len(words)},)")
+    if scores.shape != (len(words),) or np.isnan(scores).any():
+        raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
     costs = word_costs(counter.starts(text), words)
     protected = protected_words(ranges, words)
     notes = []

@@ -32,6 +32,13 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str | None) -> dict:
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr, file=sys.stderr)
             return done.returncode
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
     record = {"machine": machine, "load_avg": os.getloadavg(), "model": args.model or "smollm2-135m-instruct",
               "keep": 0.2, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,9 @@ class ContextualReinforcement(TextMethod):
             question token weighted by its self-information; "mean": cosine to the mean question vector (the
             spec's step 1, which lets function words such as "the" dominate the query).
         aggregate: how a word's token weights combine: "max", "mean" or "sum".
-        tail_tokens: with no question, the query is the mean of the text's last `tail_tokens` tokens.
+        tail_tokens: with no question, the query is the text's last `tail_tokens` tokens (the spec's choice,
+            for text that a model will continue); 0 (default, ours) uses no query: a uniform prior, so the
+            propagation is plain PageRank centrality (TextRank), better for a document read as a whole.
     """
 
     name = "reinforce"
@@ -68,10 +70,10 @@ class ContextualReinforcement(TextMethod):
     threshold: float | None = None
     query: str = "max"
     aggregate: str = "max"
-    tail_tokens: int = 32
+    tail_tokens: int = 0
 
     def __post_init__(self):
-        for f, lo in (("layer", 0), ("k", 1), ("iterations", 1), ("tail_tokens", 1)):
+        for f, lo in (("layer", 0), ("k", 1), ("iterations", 1), ("tail_tokens", 0)):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"reinforce.{f} must be an int >= {lo}, got {v!r}")
@@ -97,9 +99,13 @@ class ContextualReinforcement(TextMethod):
         if doc.question and doc.question.strip():
             qh, qu = doc.scorer.embed(doc.question, self.layer)
             qz = F.normalize(qh - mean, dim=-1)  # (m, d)
-        else:
+        elif self.tail_tokens:
             qz, qu = z[-self.tail_tokens :], torch.from_numpy(stats.self_info[-self.tail_tokens :]).float()
-        if self.query == "mean":
+        else:
+            qz = None
+        if qz is None:  # no question, no query: a uniform prior makes step 4 plain PageRank centrality
+            cos = torch.zeros(len(z))
+        elif self.query == "mean":
             cos = z @ F.normalize(qz.mean(0), dim=0)  # (n,)
         else:
             # Each query token counts in proportion to its self-information, so "what", "the", "of" do not
