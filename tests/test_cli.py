@@ -4,8 +4,8 @@ import hashlib
 import json
 
 import pytest
-from conftest import prose
 
+from conftest import prose
 from gistify import models
 from gistify.cli import main
 
@@ -23,7 +23,9 @@ def digest(p):
 
 def test_compress_prints_text_and_summary(doc, tiny_model_dir, capsys):
     before = digest(doc)
-    code = main(["compress", str(doc), "-q", "What do aardwolves eat?", "--keep", "0.3", "--model", str(tiny_model_dir)])
+    code = main(
+        ["compress", str(doc), "-q", "What do aardwolves eat?", "--keep", "0.3", "--model", str(tiny_model_dir)]
+    )
     out, err = capsys.readouterr()
     assert code == 0 and out.strip() and len(out) < len(doc.read_text())
     assert "reinforce:" in err and "kept 0.30" in err
@@ -31,14 +33,46 @@ def test_compress_prints_text_and_summary(doc, tiny_model_dir, capsys):
 
 
 def test_compress_json_and_show(doc, tiny_model_dir, capsys):
-    assert main(["compress", str(doc), "--tokens", "100", "-m", "random", "--set", "seed=3", "--json",
-                 "--model", str(tiny_model_dir)]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(doc),
+                "--tokens",
+                "100",
+                "-m",
+                "random",
+                "--set",
+                "seed=3",
+                "--json",
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["method"] == "random" and result["params"] == {"seed": 3} and result["target_tokens"] == 100
     src = doc.read_text()
     assert all(src[s:e] in result["text"] for s, e in result["kept_spans"])
-    assert main(["compress", str(doc), "--keep", "0.2", "-m", "truncate", "--set", "side=tail", "--show",
-                 "--model", str(tiny_model_dir)]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(doc),
+                "--keep",
+                "0.2",
+                "-m",
+                "truncate",
+                "--set",
+                "side=tail",
+                "--show",
+                "--model",
+                str(tiny_model_dir),
+            ]
+        )
+        == 0
+    )
     assert "truncate:" in capsys.readouterr().out
 
 
@@ -61,7 +95,11 @@ def test_stdin(monkeypatch, tiny_model_dir, capsys):
         (b"some words here", ["--keep", "1.5"], "(0, 1]"),
         (b"some words here", ["--keep", "0"], "(0, 1]"),
         (b"some words here", ["--tokens", "0"], ">= 1"),
-        (b"some words here", ["--keep", "0.5", "-m", "nosuch"], "known text methods: random, reinforce, selfinfo, truncate"),
+        (
+            b"some words here",
+            ["--keep", "0.5", "-m", "nosuch"],
+            "known text methods: random, reinforce, selfinfo, truncate",
+        ),
         (b"some words here", ["--keep", "0.5", "--set", "seed"], "NAME=VALUE"),
         (b"some words here", ["--keep", "0.5", "--tokenizer", "gpt9"], "unknown tokenizer"),
     ],

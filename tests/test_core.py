@@ -19,8 +19,16 @@ def test_budget_validation_and_target():
     assert Budget(keep=0.3).target(10) == 3 and Budget(keep=0.25).target(10) == 3
     assert Budget(keep=1.0).target(7) == 7 and Budget(keep=0.001).target(10) == 1
     assert Budget(tokens=5).target(3) == 3 and Budget(tokens=5).target(30) == 5
-    for bad in [dict(), dict(keep=0.5, tokens=2), dict(keep=0), dict(keep=1.01), dict(keep=float("nan")),
-                dict(tokens=0), dict(tokens=2.5), dict(keep=True)]:
+    for bad in [
+        dict(),
+        dict(keep=0.5, tokens=2),
+        dict(keep=0),
+        dict(keep=1.01),
+        dict(keep=float("nan")),
+        dict(tokens=0),
+        dict(tokens=2.5),
+        dict(keep=True),
+    ]:
         with pytest.raises(ValueError):
             Budget(**bad)
 
@@ -39,8 +47,10 @@ def test_import_is_light():
 
 def test_protect_patterns():
     text = "Take 2.5 mg, not 25; call max_retries or getValue() at 10:30 on 3rd May. It isn't x2."
+
     def found(**kw):
         return [text[s:e] for s, e in protected_ranges(text, **kw)]
+
     assert found(numbers=True) == ["2.5", "25", "10:30", "3rd"]
     assert found(negations=True) == ["not", "isn't"]
     assert set(found(identifiers=True)) == {"max_retries", "getValue()", "x2"}
@@ -100,8 +110,8 @@ def test_personalized_pagerank_matches_dense_power_iteration():
 
 
 def test_scorer_windows_match_one_full_pass(tiny_model, tiny_tokenizer):
-    from gistify import Scorer
     from conftest import prose
+    from gistify import Scorer
 
     text = prose()[:1500]
     full = Scorer(tiny_model, tiny_tokenizer, window=10_000).stats(text)

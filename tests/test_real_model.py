@@ -8,20 +8,44 @@ roughly 20% (issue 2).
 import random
 
 import pytest
-from conftest import prose
 
 import gistify
+from conftest import prose
 
 pytestmark = pytest.mark.real
 
 FACTS = [
-    ("The archive password chosen by the committee was Nightingale.", "What was the archive password chosen by the committee?", "Nightingale"),
+    (
+        "The archive password chosen by the committee was Nightingale.",
+        "What was the archive password chosen by the committee?",
+        "Nightingale",
+    ),
     ("The lighthouse keeper's cat was named Biscuit.", "What was the name of the lighthouse keeper's cat?", "Biscuit"),
-    ("The treaty was finally signed in the mountain town of Velmora.", "In which town was the treaty signed?", "Velmora"),
-    ("The expedition's supply ship was painted bright turquoise.", "What colour was the expedition's supply ship painted?", "turquoise"),
-    ("The secret code for the north gate of the museum is 4817.", "What is the secret code for the north gate of the museum?", "4817"),
-    ("Professor Alvarez kept her spare keys inside a blue teapot.", "Where did Professor Alvarez keep her spare keys?", "teapot"),
-    ("The winning horse at the county fair was called Thunderbolt.", "What was the winning horse at the county fair called?", "Thunderbolt"),
+    (
+        "The treaty was finally signed in the mountain town of Velmora.",
+        "In which town was the treaty signed?",
+        "Velmora",
+    ),
+    (
+        "The expedition's supply ship was painted bright turquoise.",
+        "What colour was the expedition's supply ship painted?",
+        "turquoise",
+    ),
+    (
+        "The secret code for the north gate of the museum is 4817.",
+        "What is the secret code for the north gate of the museum?",
+        "4817",
+    ),
+    (
+        "Professor Alvarez kept her spare keys inside a blue teapot.",
+        "Where did Professor Alvarez keep her spare keys?",
+        "teapot",
+    ),
+    (
+        "The winning horse at the county fair was called Thunderbolt.",
+        "What was the winning horse at the county fair called?",
+        "Thunderbolt",
+    ),
     ("The village bakery opens every morning at 5:45.", "At what time does the village bakery open?", "5:45"),
     ("The pilot's lucky charm was a silver harmonica.", "What was the pilot's lucky charm?", "harmonica"),
     ("The new library was designed by the architect Ingrid Solberg.", "Who designed the new library?", "Solberg"),

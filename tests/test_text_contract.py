@@ -6,11 +6,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import prose
-from methods_params import TEXT_METHODS
 
 import gistify
+from conftest import prose
 from gistify.text.base import segment
+from methods_params import TEXT_METHODS
 
 CASES = [(name, params) for name, sets in TEXT_METHODS.items() for params in sets]
 QUESTION = "How many termites can one aardwolf eat in a night?"
@@ -78,8 +78,16 @@ def test_protected_content_survives_verbatim(tiny_scorer, method, params):
     text = prose()[:2500]
     keep_me = "using its long, sticky tongue"
     start = text.index(keep_me)
-    r = run(tiny_scorer, text, method, params, keep=0.2, protect=[(start, start + len(keep_me)), r"Proteles \w+"],
-            protect_numbers=True, protect_negations=True)
+    r = run(
+        tiny_scorer,
+        text,
+        method,
+        params,
+        keep=0.2,
+        protect=[(start, start + len(keep_me)), r"Proteles \w+"],
+        protect_numbers=True,
+        protect_negations=True,
+    )
     assert keep_me in r.text and "Proteles cristata" in r.text
     for number in re.findall(r"\d[\d,]*\d|\d", text):
         assert number in r.text
@@ -112,7 +120,9 @@ def test_truncate_sides_keep_the_right_ends(tiny_scorer):
     middle = run(tiny_scorer, text, "truncate", {"side": "middle"}, keep=0.3)
     assert len(head.kept_spans) == 1 and head.kept_spans[0][0] == 0
     assert len(tail.kept_spans) == 1 and tail.kept_spans[0][1] == len(text.rstrip())
-    assert len(middle.kept_spans) == 2 and middle.kept_spans[0][0] == 0 and middle.kept_spans[1][1] == len(text.rstrip())
+    assert (
+        len(middle.kept_spans) == 2 and middle.kept_spans[0][0] == 0 and middle.kept_spans[1][1] == len(text.rstrip())
+    )
 
 
 def test_random_seed_changes_selection(tiny_scorer):

@@ -37,7 +37,9 @@ def _read_text(path: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{where} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, e.g. iconv -t utf-8") from None
+        raise InputError(
+            f"{where} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, e.g. iconv -t utf-8"
+        ) from None
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -72,8 +74,10 @@ def _show(result) -> None:
 
 
 def _summary(r) -> str:
-    return (f"{r.method}: {r.tokens_in} -> {r.tokens_out} tokens ({r.tokenizer}), kept {r.keep_ratio:.2f} "
-            f"for {r.budget}, {r.seconds:.2f} s")
+    return (
+        f"{r.method}: {r.tokens_in} -> {r.tokens_out} tokens ({r.tokenizer}), kept {r.keep_ratio:.2f} "
+        f"for {r.budget}, {r.seconds:.2f} s"
+    )
 
 
 def cmd_compress(args) -> int:
@@ -88,10 +92,19 @@ def cmd_compress(args) -> int:
         raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
     params = _parse_sets(args.set)
     result = gistify.compress(
-        text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, model=args.model,
-        tokenizer=args.tokenizer, protect=args.protect, protect_numbers=args.protect_numbers,
-        protect_negations=args.protect_negations, protect_identifiers=args.protect_identifiers,
-        progress=sys.stderr.isatty(), **params,
+        text,
+        args.question,
+        keep=args.keep,
+        tokens=args.tokens,
+        method=args.method,
+        model=args.model,
+        tokenizer=args.tokenizer,
+        protect=args.protect,
+        protect_numbers=args.protect_numbers,
+        protect_negations=args.protect_negations,
+        protect_identifiers=args.protect_identifiers,
+        progress=sys.stderr.isatty(),
+        **params,
     )
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -138,13 +151,17 @@ def cmd_models(args) -> int:
         return EXIT_OK
     print(f"model cache: {models.cache_dir()}  (set GISTIFY_HOME to move it)")
     for r in rows:
-        state = f"cached, {r['bytes'] / 1e6:.0f} MB" if r["cached"] else f"not cached: run gistify models fetch {r['name']}"
+        state = (
+            f"cached, {r['bytes'] / 1e6:.0f} MB" if r["cached"] else f"not cached: run gistify models fetch {r['name']}"
+        )
         print(f"{r['name']}  [{state}]\n  {r['title']}\n  licence {r['licence']}; from {r['source']}\n  {r['path']}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gistify", description="Cut the tokens a language model must read; keep the answers right.")
+    p = argparse.ArgumentParser(
+        prog="gistify", description="Cut the tokens a language model must read; keep the answers right."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="compress a text for a question under a token budget")
@@ -154,13 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--keep", type=float, help="fraction of tokens to keep, in (0, 1]")
     b.add_argument("--tokens", type=int, help="number of tokens to keep")
     c.add_argument("-m", "--method", default="reinforce", help="text method (see `gistify methods`); default reinforce")
-    c.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter, e.g. --set seed=3")
+    c.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter, e.g. --set seed=3"
+    )
     c.add_argument("--model", help="scorer LM: embedded name, local path or hub id (default: the embedded SmolLM2)")
-    c.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer (default), cl100k_base or o200k_base")
-    c.add_argument("--protect", action="append", default=[], metavar="REGEX", help="always keep matches of REGEX verbatim")
+    c.add_argument(
+        "--tokenizer", default="scorer", help="count tokens with: scorer (default), cl100k_base or o200k_base"
+    )
+    c.add_argument(
+        "--protect", action="append", default=[], metavar="REGEX", help="always keep matches of REGEX verbatim"
+    )
     c.add_argument("--protect-numbers", action="store_true", help="always keep numbers")
     c.add_argument("--protect-negations", action="store_true", help="always keep negations (not, never, n't, ...)")
-    c.add_argument("--protect-identifiers", action="store_true", help="always keep identifiers (snake_case, dotted.names, ...)")
+    c.add_argument(
+        "--protect-identifiers", action="store_true", help="always keep identifiers (snake_case, dotted.names, ...)"
+    )
     out = c.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
     out.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -197,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(e, (InputError, ValueError, TypeError)):
             code, msg = EXIT_INPUT, str(e)
         else:  # a bug: say so in one line, keep the traceback for GISTIFY_DEBUG
-            code, msg = EXIT_BUG, f"internal error ({type(e).__name__}: {e}); rerun with GISTIFY_DEBUG=1 for the traceback"
+            code, msg = (
+                EXIT_BUG,
+                f"internal error ({type(e).__name__}: {e}); rerun with GISTIFY_DEBUG=1 for the traceback",
+            )
     print(f"gistify: error: {msg}", file=sys.stderr)
     return code
 

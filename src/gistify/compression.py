@@ -37,13 +37,13 @@ def _counter(tokenizer: Any, scorer: Scorer | None) -> tok.TokenCounter:
         return tokenizer
     if tokenizer == "scorer":
         return tok.from_hf(scorer.tokenizer, scorer.name)
+    if tokenizer in tok.OPENAI_ENCODINGS:
+        return tok.openai(tokenizer)
     if isinstance(tokenizer, str):
-        return tok.openai(tokenizer) if tokenizer in tok.OPENAI_ENCODINGS else _fail_tokenizer(tokenizer)
+        raise ValueError(
+            f"unknown tokenizer {tokenizer!r}; use 'scorer', {', '.join(map(repr, tok.OPENAI_ENCODINGS))}, or a tokenizer object"
+        )
     return tok.from_hf(tokenizer)
-
-
-def _fail_tokenizer(name: str):
-    raise ValueError(f"unknown tokenizer {name!r}; use 'scorer', {', '.join(map(repr, tok.OPENAI_ENCODINGS))}, or a tokenizer object")
 
 
 def compress(
@@ -88,12 +88,30 @@ def compress(
     tokens_in = counter.count(text)
     target = budget.target(tokens_in)
     ranges = protected_ranges(text, protect, protect_numbers, protect_negations, protect_identifiers)
-    result = dict(source=text, tokens_in=tokens_in, target_tokens=target, budget=str(budget), method=m.name,
-                  params=m.params(), tokenizer=counter.name, protected=ranges)
+    result = dict(
+        source=text,
+        tokens_in=tokens_in,
+        target_tokens=target,
+        budget=str(budget),
+        method=m.name,
+        params=m.params(),
+        tokenizer=counter.name,
+        protected=ranges,
+    )
     if target >= tokens_in:
-        notes = [] if budget.keep == 1 else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
-        return Compressed(text=text, kept_spans=[(0, len(text))], tokens_out=tokens_in,
-                          seconds=time.perf_counter() - t0, notes=notes, **result)
+        notes = (
+            []
+            if budget.keep == 1
+            else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+        )
+        return Compressed(
+            text=text,
+            kept_spans=[(0, len(text))],
+            tokens_out=tokens_in,
+            seconds=time.perf_counter() - t0,
+            notes=notes,
+            **result,
+        )
 
     scores = np.asarray(m.score(Document(text, words, question, scorer, progress)), dtype=np.float64)
     if scores.shape != (len(words),) or np.isnan(scores).any():
@@ -102,15 +120,18 @@ def compress(
     protected = protected_words(ranges, words)
     notes = []
     if costs[protected].sum() > target:
-        notes.append(f"protected content alone takes {int(costs[protected].sum())} tokens, over the budget of {target}: all of it was kept")
+        notes.append(
+            f"protected content alone takes {int(costs[protected].sum())} tokens, over the budget of {target}: all of it was kept"
+        )
     keep_mask = select(scores, costs, target, protected, m.fill_gaps)
     out, spans, n_out = _fit(text, words, keep_mask, scores, costs, protected, target, counter, m.fill_gaps)
 
     lost = missing(ranges, spans)
     if lost:  # cannot happen by construction; a loud failure beats a silently changed meaning
         raise RuntimeError(f"protected text was not kept verbatim: {[text[s:e] for s, e in lost]}")
-    return Compressed(text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0,
-                      notes=notes, **result)
+    return Compressed(
+        text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes, **result
+    )
 
 
 def _fit(text, words, keep, scores, costs, protected, target, counter, fill_gaps):

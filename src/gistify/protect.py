@@ -16,15 +16,14 @@ NUMBER = r"[-+−]?(?<![\w.])\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th)?(?!\w)"
 NEGATION = r"(?i)\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|without|cannot|\w+n['’]t)\b"
 # snake_case, dotted.names, camelCase / PascalCase with an inner capital, words mixing letters and digits,
 # and calls such as f(x): the spellings that a model cannot rebuild from context.
-IDENTIFIER = (
-    r"\b(?:[A-Za-z_]\w*(?:[._]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*|\d+(?!(?:st|nd|rd|th)\b)[A-Za-z_]\w*)\b(?:\(\))?"
-)
+IDENTIFIER = r"\b(?:[A-Za-z_]\w*(?:[._]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*|\d+(?!(?:st|nd|rd|th)\b)[A-Za-z_]\w*)\b(?:\(\))?"
 
 Protect = Iterable[str | tuple[int, int]]
 
 
-def protected_ranges(text: str, protect: Protect = (), numbers: bool = False, negations: bool = False,
-                     identifiers: bool = False) -> list[tuple[int, int]]:
+def protected_ranges(
+    text: str, protect: Protect = (), numbers: bool = False, negations: bool = False, identifiers: bool = False
+) -> list[tuple[int, int]]:
     """Sorted [start, end) ranges to keep: given spans, matches of given patterns and of the options.
 
     Ranges are trimmed of surrounding whitespace (a whitespace-only match protects nothing). Raises

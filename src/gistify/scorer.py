@@ -54,6 +54,10 @@ class Scorer:
         enc = backend.encode(text, add_special_tokens=False)
         return enc.ids, np.array([a for a, _ in enc.offsets], dtype=np.int64)
 
+    def __post_init__(self):
+        if self.window < 1 or self.context < 1:
+            raise ValueError(f"Scorer needs window >= 1 and context >= 1, got {self.window} and {self.context}")
+
     def _check_layer(self, layer: int) -> None:
         n = self.model.config.num_hidden_layers
         if not 0 <= layer <= n:

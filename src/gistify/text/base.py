@@ -68,7 +68,9 @@ def word_costs(token_starts: np.ndarray, words: np.ndarray) -> np.ndarray:
     return np.bincount(idx[idx < len(words)], minlength=len(words)).astype(np.int64)
 
 
-def select(scores: np.ndarray, costs: np.ndarray, target: int, protected: np.ndarray, fill_gaps: bool = True) -> np.ndarray:
+def select(
+    scores: np.ndarray, costs: np.ndarray, target: int, protected: np.ndarray, fill_gaps: bool = True
+) -> np.ndarray:
     """(n_words,) bool: protected words, then the best-scoring words while their cost fits `target`.
 
     With `fill_gaps`, a word that does not fit is skipped and smaller ones after it are still tried (a
