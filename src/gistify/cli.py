@@ -56,20 +56,28 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _show(result) -> None:
-    """Print the source with what was kept in normal text and what was dropped dimmed and struck."""
+    """Print the source with what was kept in bold and what was dropped dimmed and struck through; off a
+    terminal (a pipe, a file), dropped text is marked ~~like this~~ instead."""
     from rich.console import Console
     from rich.text import Text
 
-    t = Text()
-    pos = 0
-    for s, e in result.kept_spans:
-        if s > pos:
-            t.append(result.source[pos:s], style="dim strike red")
-        t.append(result.source[s:e], style="bold")
-        pos = e
-    t.append(result.source[pos:], style="dim strike red")
     console = Console()
-    console.print(t)
+    pieces, pos = [], 0
+    for s, e in result.kept_spans:
+        pieces += [(result.source[pos:s], False), (result.source[s:e], True)]
+        pos = e
+    pieces.append((result.source[pos:], False))
+    t = Text()
+    for piece, kept in pieces:
+        if kept or not piece.strip():
+            t.append(piece, style="bold" if kept else "")
+        elif console.is_terminal:
+            t.append(piece, style="dim strike red")
+        else:  # keep the surrounding whitespace outside the markers
+            core = piece.strip()
+            lead = piece[: len(piece) - len(piece.lstrip())]
+            t.append(f"{lead}~~{core}~~{piece[len(lead) + len(core) :]}")
+    console.print(t, soft_wrap=True)
     console.rule(_summary(result))
 
 

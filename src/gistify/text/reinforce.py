@@ -13,8 +13,9 @@ few details; every constant is exposed as a field). Per scorer token:
 
 Defaults that differ from the spec's (its constants are its own guesses, not the paper's): `layer=4`
 (spec 2), `sigma=4` (spec 32) and `query="max"` (spec: mean). They were chosen on planted-fact
-placements in articles and with facts that no test or benchmark uses (abacus, arithmetic mean, astronaut):
-at keep 0.1 the spec's constants kept the answer in 10/16 placements, these in 15-16/16. The spec's
+placements in articles and with facts that no test or benchmark uses (experiments/reinforce_dev.py):
+at keep 0.1 the spec's constants kept the answer in 4/16 placements, these in 16/16 (selfinfo 8/16,
+random 0/16). The spec's
 values remain one `--set` away.
 
 Step 7 (merging embeddings) is off for text (averaged text embeddings are off-distribution) and step 8
