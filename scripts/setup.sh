@@ -11,6 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "pip>=23"
 # torch first, pinned: the local CPU build. Everything after it must not pull another torch.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
 .venv/bin/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed instead of 2.13.0')"
 .venv/bin/gistify models fetch
+.venv/bin/python -m gistify_bench.data fetch

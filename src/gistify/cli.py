@@ -166,6 +166,14 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    try:
+        from gistify_bench.cli import main as bench_main
+    except ImportError as e:
+        raise InputError(f"the harness needs its extras ({e.name} is missing): pip install 'gistify[bench]'") from None
+    return bench_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gistify", description="Cut the tokens a language model must read; keep the answers right."
@@ -198,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
     out.add_argument("--json", action="store_true", help="print the full result as JSON")
     c.set_defaults(run=cmd_compress)
+
+    bench = sub.add_parser("bench", help="the evaluation harness: `gistify bench --help`", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=cmd_bench)
 
     m = sub.add_parser("methods", help="list the methods with a one-line description")
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's parameters")

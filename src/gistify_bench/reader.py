@@ -1,0 +1,55 @@
+"""The reader: the model that answers from a (compressed) context, with prefill timed apart from decoding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Reader:
+    model: Any
+    tokenizer: Any
+    name: str
+
+    @classmethod
+    def load(cls, name_or_path: str | None = None) -> Reader:
+        from gistify import models
+
+        model, tokenizer = models.load(name_or_path)
+        return cls(model, tokenizer, name_or_path or models.DEFAULT_MODEL)
+
+    def encode(self, message: str) -> list[int]:
+        """Token ids of one user message, through the chat template where the model has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
+            )
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer(message, add_special_tokens=False).input_ids
+
+    @torch.inference_mode()
+    def answer(self, message: str, max_new_tokens: int = 32) -> dict[str, Any]:
+        """Greedy answer to `message`: {"text", "prompt_tokens", "prefill_s", "decode_s"}."""
+        ids = torch.tensor([self.encode(message)])
+        t0 = time.perf_counter()
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        prefill = time.perf_counter() - t0
+        stops = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
+        new: list[int] = []
+        past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
+        t1 = time.perf_counter()
+        while nxt not in stops and len(new) < max_new_tokens:
+            new.append(nxt)
+            out = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
+        return {
+            "text": self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+            "prompt_tokens": ids.shape[1],
+            "prefill_s": prefill,
+            "decode_s": time.perf_counter() - t1,
+        }

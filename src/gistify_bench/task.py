@@ -1,0 +1,71 @@
+"""A benchmark task: examples (context, question, answers), the reader's prompt, and the scores.
+
+One file per task family in `tasks/`; each registers named variants in TASKS. A task's examples are
+deterministic in (n, seed), so every method and budget sees the same examples in one run.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+TASKS: dict[str, Task] = {}
+
+
+@dataclass
+class Example:
+    id: str
+    context: str
+    question: str
+    answers: list[str]
+    all_answers: bool = False  # score the fraction of answers found (several values), else any one
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation (but not digit separators) to spaces, one space between words."""
+    text = re.sub(r"(?<!\d)[^\w\s]|[^\w\s](?!\d)", " ", text.lower())
+    return " ".join(text.split())
+
+
+def found(answers: list[str], text: str, all_answers: bool) -> float:
+    """1.0 if any answer occurs in `text` (normalised), or the fraction found when `all_answers`."""
+    t = f" {normalize(text)} "
+    hits = [f" {normalize(a)} " in t for a in answers]
+    return sum(hits) / len(hits) if all_answers else float(any(hits))
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    max_new_tokens: ClassVar[int] = 32
+
+    @abstractmethod
+    def examples(self, n: int, seed: int = 0) -> list[Example]:
+        """`n` examples, the same for the same (n, seed)."""
+
+    def prompt(self, context: str, question: str) -> str:
+        """The reader's user message: the (compressed) context, then the question."""
+        return f"{context}\n\nAnswer the question using the text above. Be brief.\nQuestion: {question}"
+
+    def score(self, example: Example, prediction: str) -> float:
+        return found(example.answers, prediction, example.all_answers)
+
+    def survival(self, example: Example, compressed: str) -> float:
+        """Reader-free: does the answer survive compression?"""
+        return found(example.answers, compressed, example.all_answers)
+
+
+def register(name: str, task: Task) -> None:
+    if name in TASKS:
+        raise ValueError(f"two tasks are named {name!r}")
+    TASKS[name] = task
+
+
+def get_task(name: str) -> Task:
+    from gistify_bench import tasks  # noqa: F401  (registers the built-in tasks)
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]

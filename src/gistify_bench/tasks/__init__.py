@@ -1,0 +1,3 @@
+"""Benchmark tasks, one file per family. Importing this package registers them."""
+
+from gistify_bench.tasks import needle  # noqa: F401

@@ -1,0 +1,113 @@
+"""The harness on tiny models: scoring, records, resumption, reports."""
+
+import json
+
+import pytest
+
+from conftest import prose
+from gistify_bench import report
+from gistify_bench.reader import Reader
+from gistify_bench.runner import run
+from gistify_bench.task import TASKS, Example, Task, found, normalize, register
+
+
+class ToyTask(Task):
+    name = "toy"
+    max_new_tokens = 4
+
+    def examples(self, n, seed=0):
+        text = prose()[:1200]
+        return [
+            Example(id=f"{seed}-{i}", context=text[i * 50 :], question="What do aardwolves eat?", answers=["termites"])
+            for i in range(n)
+        ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_registered():
+    if "toy" not in TASKS:
+        register("toy", ToyTask())
+
+
+@pytest.fixture()
+def reader(tiny_model, tiny_tokenizer):
+    return Reader(tiny_model, tiny_tokenizer, "tiny")
+
+
+def test_scoring_normalises_and_counts_values():
+    assert normalize("It is 3,704,162!  Yes.") == "it is 3,704,162 yes"
+    assert found(["3704162"], "The number is: 3704162.", False) == 1.0
+    assert found(["370416"], "The number is 3704162", False) == 0.0  # whole words only
+    assert found(["1", "2", "3", "4"], "values 1 and 3", True) == 0.5
+
+
+def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, monkeypatch):
+    def go(methods, keeps):
+        return run("toy", methods, keeps, 3, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
+
+    cells = go(["random", "truncate"], [0.5, 0.2])
+    assert [(c["method"], c["keep"]) for c in cells] == [
+        ("none", 1.0),
+        ("random", 0.5),
+        ("random", 0.2),
+        ("truncate", 0.5),
+        ("truncate", 0.2),
+    ]
+    recs = [json.loads(line) for line in (tmp_path / "toy/tiny/random/keep=0.2/records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["0-0", "0-1", "0-2"]
+    for r in recs:
+        assert abs(r["tokens_out"] - 0.2 * r["tokens_in"]) <= 2 and r["agreement"] in (0.0, 1.0)
+        assert r["survival"] in (0.0, 1.0) and r["prefill_s"] > 0
+    none = cells[0]
+    assert none["keep_ratio"] == 1.0 and none["survival"] == 1.0 and none["agreement"] is None
+    assert cells[2]["keep_ratio"] == pytest.approx(sum(r["keep_ratio"] for r in recs) / 3)
+
+    # a second run computes nothing new: every record is already there
+    calls = []
+    monkeypatch.setattr(reader, "answer", lambda *a, **k: calls.append(a) or {})
+    go(["random", "truncate"], [0.5, 0.2])
+    assert calls == []
+    monkeypatch.undo()
+    # an interrupted cell resumes where it stopped
+    path = tmp_path / "toy/tiny/truncate/keep=0.5/records.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    go(["truncate"], [0.5])
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0-0", "0-1", "0-2"]
+
+
+def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
+    run("toy", ["random"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
+    md, png = report.write(tmp_path)
+    table = md.read_text()
+    assert "### toy (reader tiny, n=2)" in table and "| none | 1 |" in table and "| random | 0.5 |" in table
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no results"):
+        report.write(tmp_path / "empty")
+
+
+def test_unknown_task_lists_known():
+    from gistify_bench.task import get_task
+
+    with pytest.raises(ValueError, match="needle-single-1k"):
+        get_task("nope")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("kind", ["single", "multikey", "multivalue"])
+def test_needle_examples_on_real_prose(kind):
+    from gistify.models import load
+    from gistify_bench.task import get_task
+
+    task = get_task(f"needle-{kind}-1k")
+    examples = task.examples(2, seed=5)
+    assert examples == task.examples(2, seed=5)  # deterministic
+    _, tok = load(None)
+    for ex in examples:
+        n = len(tok(ex.context, add_special_tokens=False).input_ids)
+        assert 800 < n <= 1024 + 40 * len(ex.meta["values"])
+        assert all(
+            f"special magic numbers for {k} is: {v}." in ex.context for k, v in zip(ex.meta["keys"], ex.meta["values"])
+        )
+        assert ex.meta["keys"][0] in ex.question and task.survival(ex, ex.context) == 1.0
+        assert len(ex.answers) == (4 if kind == "multivalue" else 1)
+        assert len(set(ex.meta["keys"])) == (1 if kind != "multikey" else 4)
