@@ -79,7 +79,11 @@ def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
     run("toy", ["random"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
     md, png = report.write(tmp_path)
     table = md.read_text()
-    assert "### toy (reader tiny, n=2)" in table and "| none | 1 |" in table and "| random | 0.5 |" in table
+    assert (
+        "### toy (reader tiny, n=2; score = accuracy)" in table
+        and "| none | 1 |" in table
+        and "| random | 0.5 |" in table
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no results"):
         report.write(tmp_path / "empty")

@@ -53,3 +53,17 @@ class Reader:
             "prefill_s": prefill,
             "decode_s": time.perf_counter() - t1,
         }
+
+    @torch.inference_mode()
+    def continuation_nll(self, context: str, continuation: str) -> dict[str, Any]:
+        """Mean negative log-likelihood (nats/token) of `continuation` after `context`, read as plain text
+        (no chat template: the language-modelling protocol of methods.md §3.7)."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        ctx = bos + self.tokenizer(context, add_special_tokens=False).input_ids
+        cont = self.tokenizer(continuation, add_special_tokens=False).input_ids
+        ids = torch.tensor([ctx + cont])
+        t0 = time.perf_counter()
+        logits = self.model(input_ids=ids).logits[0, len(ctx) - 1 : -1].float()  # (len(cont), vocab)
+        seconds = time.perf_counter() - t0
+        nll = torch.nn.functional.cross_entropy(logits, torch.tensor(cont))
+        return {"nll": float(nll), "tokens": len(cont), "prompt_tokens": ids.shape[1], "forward_s": seconds}

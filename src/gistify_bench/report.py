@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 COLUMNS = [
-    ("accuracy", "acc", "{:.2f}"),
+    ("accuracy", "score", "{:.2f}"),
     ("agreement", "agree", "{:.2f}"),
     ("survival", "answer kept", "{:.2f}"),
     ("keep_ratio", "kept", "{:.2f}"),
@@ -37,7 +37,8 @@ def markdown(cells: dict[tuple[str, str], list[dict]]) -> str:
     parts = []
     for (task, reader), rows in sorted(cells.items()):
         rows = sorted(rows, key=lambda m: (m["method"] != "none", m["method"], -m["keep"]))
-        parts.append(f"### {task} (reader {reader}, n={rows[0]['n']})\n")
+        metric = rows[0].get("metric", "accuracy")
+        parts.append(f"### {task} (reader {reader}, n={rows[0]['n']}; score = {metric})\n")
         parts.append("| method | keep | " + " | ".join(c[1] for c in COLUMNS) + " |")
         parts.append("|---|---|" + "---|" * len(COLUMNS))
         for m in rows:
@@ -66,7 +67,10 @@ def plot(cells: dict[tuple[str, str], list[dict]], path: Path) -> Path:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         if full:
             ax.axhline(full["accuracy"], color="grey", linestyle=":", label="uncompressed")
-        ax.set(title=f"{key[0]}", xlabel="fraction of tokens kept", ylabel="accuracy", ylim=(-0.02, 1.02))
+        metric = rows[0].get("metric", "accuracy")
+        ax.set(title=f"{key[0]}", xlabel="fraction of tokens kept", ylabel=metric)
+        if metric == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()

@@ -109,22 +109,17 @@ def run_cell(
         for ex in examples:
             if ex.id not in done:
                 c = compressor(ex.context, ex.question, keep)
-                a = reader.answer(task.prompt(c.text, ex.question), task.max_new_tokens)
                 rec = {
                     "id": ex.id,
-                    "prediction": a["text"],
                     "answers": ex.answers,
-                    "score": task.score(ex, a["text"]),
+                    **task.evaluate(reader, ex, c.text),
                     "survival": task.survival(ex, c.text),
                     "tokens_in": c.tokens_in,
                     "tokens_out": c.tokens_out,
                     "keep_ratio": c.tokens_out / max(1, c.tokens_in),
                     "compress_s": c.seconds,
-                    "prompt_tokens": a["prompt_tokens"],
-                    "prefill_s": a["prefill_s"],
-                    "decode_s": a["decode_s"],
                 }
-                if baseline is not None and ex.id in baseline:
+                if baseline is not None and ex.id in baseline and rec.get("prediction") is not None:
                     rec["agreement"] = float(normalize(rec["prediction"]) == normalize(baseline[ex.id]["prediction"]))
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
@@ -133,7 +128,7 @@ def run_cell(
                 progress()
     records = [done[ex.id] for ex in examples]
     metrics = summarize(records)
-    metrics.update(task=task_name, reader=reader.name, method=method, keep=keep, n=len(records))
+    metrics.update(task=task_name, reader=reader.name, method=method, keep=keep, n=len(records), metric=task.metric)
     if measured_memory and len(records) > 0:
         metrics["peak_rss_mb"] = _peak_rss_mb()
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -142,7 +137,7 @@ def run_cell(
 
 def summarize(records: list[dict]) -> dict[str, Any]:
     def mean(key):
-        vals = [r[key] for r in records if key in r]
+        vals = [r[key] for r in records if r.get(key) is not None]
         return sum(vals) / len(vals) if vals else None
 
     tokens_in = sum(r["tokens_in"] for r in records)

@@ -40,6 +40,7 @@ def found(answers: list[str], text: str, all_answers: bool) -> float:
 class Task(ABC):
     name: ClassVar[str]
     max_new_tokens: ClassVar[int] = 32
+    metric: ClassVar[str] = "accuracy"  # what `score` measures; "perplexity" is lower-is-better
 
     @abstractmethod
     def examples(self, n: int, seed: int = 0) -> list[Example]:
@@ -49,12 +50,23 @@ class Task(ABC):
         """The reader's user message: the (compressed) context, then the question."""
         return f"{context}\n\nAnswer the question using the text above. Be brief.\nQuestion: {question}"
 
+    def evaluate(self, reader, example: Example, context: str) -> dict[str, Any]:
+        """The reader on a (compressed) context: {"prediction", "score", "prompt_tokens", "prefill_s", ...}."""
+        a = reader.answer(self.prompt(context, example.question), self.max_new_tokens)
+        return {
+            "prediction": a["text"],
+            "score": self.score(example, a["text"]),
+            "prompt_tokens": a["prompt_tokens"],
+            "prefill_s": a["prefill_s"],
+            "decode_s": a["decode_s"],
+        }
+
     def score(self, example: Example, prediction: str) -> float:
         return found(example.answers, prediction, example.all_answers)
 
-    def survival(self, example: Example, compressed: str) -> float:
-        """Reader-free: does the answer survive compression?"""
-        return found(example.answers, compressed, example.all_answers)
+    def survival(self, example: Example, compressed: str) -> float | None:
+        """Reader-free: does the answer survive compression? (None for tasks without answers.)"""
+        return found(example.answers, compressed, example.all_answers) if example.answers else None
 
 
 def register(name: str, task: Task) -> None:

@@ -1,0 +1,150 @@
+"""Tasks over real Wikipedia articles of the "eval" split (gistify_bench.data).
+
+- `qa-<len>`: question answering whose answer is in the text, built programmatically and checked: a
+  sentence of the context holding a number that occurs exactly once in the context is shown with that
+  number blanked; the reader must give the number.
+- `lm-<len>`: long-context language modelling (Vist's protocol, methods.md §3.7, at small scale): the
+  perplexity of the 128 tokens that follow a context of about <len> tokens, the context compressed
+  with no question (the continuation is never shown to the compressor).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+from gistify_bench.task import Example, Task, register
+
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]")
+_NUMBER = re.compile(r"(?<![\w.,])\d{1,4}(?:,\d{3})*(?:\.\d+)?(?![\w]|[.,]\d)")
+
+
+def _tokenizer():
+    from gistify.models import load
+
+    return load(None)[1]
+
+
+def _paragraph_window(text: str, rng: random.Random, length: int, tokenizer) -> str:
+    """Whole paragraphs of `text` from a seeded paragraph on, about `length` tokens."""
+    paras = [p for p in text.split("\n") if p.strip()]
+    start = rng.randrange(max(1, len(paras) // 2))
+    out, used = [], 0
+    for p in paras[start:]:
+        cost = len(tokenizer(p, add_special_tokens=False).input_ids) + 1
+        if used + cost > length and out:
+            break
+        out.append(p)
+        used += cost
+    return "\n".join(out)
+
+
+@dataclass
+class ClozeQA(Task):
+    length: int = 1024
+    name = "qa"
+    max_new_tokens = 24
+
+    def prompt(self, context: str, question: str) -> str:
+        # The question is the blanked sentence; asking for the number alone keeps a 135M reader from
+        # echoing the sentence (tried on seed 1: 1/8 either way uncompressed, but short answers).
+        return (
+            f"{context}\n\nFill in the blank with the number given in the text above.\nSentence: {question}\n"
+            "Answer with the number only."
+        )
+
+    def examples(self, n: int, seed: int = 0) -> list[Example]:
+        from gistify_bench.data import wikipedia
+
+        articles, tok = wikipedia("eval"), _tokenizer()
+        titles = sorted(articles)
+        out, attempt = [], 0
+        while len(out) < n:
+            rng = random.Random(f"qa-{self.length}-{seed}-{attempt}")
+            attempt += 1
+            title = rng.choice(titles)
+            context = _paragraph_window(articles[title], rng, self.length, tok)
+            candidates = []
+            for m in _SENTENCE.finditer(context):
+                sentence = m.group().strip()
+                if not 8 <= len(sentence.split()) <= 45:
+                    continue
+                for num in _NUMBER.finditer(sentence):
+                    if len(re.findall(rf"(?<![\w.,]){re.escape(num.group())}(?![\w]|[.,]\d)", context)) == 1:
+                        candidates.append((sentence, num))
+            if len(tok(context).input_ids) < self.length * 0.6 or not candidates:
+                continue  # a short article or one without a checkable number: draw again
+            sentence, num = rng.choice(candidates)
+            blanked = sentence[: num.start()] + "___" + sentence[num.end() :]
+            out.append(
+                Example(
+                    id=f"{seed}-{len(out)}",
+                    context=context,
+                    question=blanked,
+                    answers=[num.group()],
+                    meta={"title": title},
+                )
+            )
+        return out
+
+
+@dataclass
+class ContinuationLM(Task):
+    length: int = 1024
+    continuation: int = 128
+    name = "lm"
+    metric = "perplexity"
+
+    def examples(self, n: int, seed: int = 0) -> list[Example]:
+        from gistify_bench.data import wikipedia
+
+        articles, tok = wikipedia("eval"), _tokenizer()
+        need = self.length + self.continuation
+        titles = [t for t in sorted(articles) if len(articles[t]) > need * 6]  # ~4-5 characters per token
+        out, attempt = [], 0
+        while len(out) < n:
+            rng = random.Random(f"lm-{self.length}-{seed}-{attempt}")
+            attempt += 1
+            text = articles[rng.choice(titles)]
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            starts = [a for a, _ in enc["offset_mapping"]]
+            if len(starts) < need + 1:
+                continue
+            first = rng.randrange(len(starts) - need)
+            # cut at whitespace so that context and continuation tokenize as they did together
+            a = text.rfind("\n", 0, starts[first]) + 1
+            b = text.rfind(" ", a, starts[first + self.length]) if self.length else a
+            c_end = starts[min(len(starts) - 1, first + need)]
+            context, continuation = text[a:b], text[b:c_end]
+            if (
+                not context.strip()
+                or len(tok(continuation, add_special_tokens=False).input_ids) < self.continuation // 2
+            ):
+                continue
+            out.append(
+                Example(
+                    id=f"{seed}-{len(out)}",
+                    context=context,
+                    question="",
+                    answers=[],
+                    meta={"continuation": continuation},
+                )
+            )
+        return out
+
+    def evaluate(self, reader, example: Example, context: str) -> dict:
+        r = reader.continuation_nll(context, example.meta["continuation"])
+        return {
+            "prediction": None,
+            "score": math.exp(r["nll"]),
+            "nll": r["nll"],
+            "prompt_tokens": r["prompt_tokens"],
+            "prefill_s": r["forward_s"],
+        }
+
+
+for _k, _len in (("1k", 1024), ("2k", 2048), ("4k", 4096)):
+    register(f"qa-{_k}", ClozeQA(length=_len))
+    register(f"lm-{_k}", ContinuationLM(length=_len))
