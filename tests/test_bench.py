@@ -115,3 +115,29 @@ def test_needle_examples_on_real_prose(kind):
         assert ex.meta["keys"][0] in ex.question and task.survival(ex, ex.context) == 1.0
         assert len(ex.answers) == (4 if kind == "multivalue" else 1)
         assert len(set(ex.meta["keys"])) == (1 if kind != "multikey" else 4)
+
+
+@pytest.mark.real
+def test_cloze_qa_examples_are_checked():
+    import re
+
+    from gistify_bench.task import get_task
+
+    task = get_task("qa-1k")
+    for ex in task.examples(3, seed=2):
+        (answer,) = ex.answers
+        assert "___" in ex.question and len(re.findall(rf"(?<![\w.,]){re.escape(answer)}(?![\w]|[.,]\d)", ex.context)) == 1
+        assert ex.question.replace("___", answer) in ex.context
+
+
+@pytest.mark.real
+def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenizer):
+    from gistify_bench.task import get_task
+
+    task = get_task("lm-1k")
+    (ex,) = task.examples(1, seed=3)
+    assert ex.meta["continuation"].strip() and ex.meta["continuation"] not in ex.context
+    reader = Reader(tiny_model, tiny_tokenizer, "tiny")
+    full = task.evaluate(reader, ex, ex.context)
+    assert full["prediction"] is None and full["score"] > 1 and task.survival(ex, ex.context) is None
+    assert full["score"] == pytest.approx(2.718281828 ** full["nll"], rel=1e-6)
