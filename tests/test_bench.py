@@ -126,7 +126,9 @@ def test_cloze_qa_examples_are_checked():
     task = get_task("qa-1k")
     for ex in task.examples(3, seed=2):
         (answer,) = ex.answers
-        assert "___" in ex.question and len(re.findall(rf"(?<![\w.,]){re.escape(answer)}(?![\w]|[.,]\d)", ex.context)) == 1
+        assert (
+            "___" in ex.question and len(re.findall(rf"(?<![\w.,]){re.escape(answer)}(?![\w]|[.,]\d)", ex.context)) == 1
+        )
         assert ex.question.replace("___", answer) in ex.context
 
 
@@ -141,3 +143,18 @@ def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenize
     full = task.evaluate(reader, ex, ex.context)
     assert full["prediction"] is None and full["score"] > 1 and task.survival(ex, ex.context) is None
     assert full["score"] == pytest.approx(2.718281828 ** full["nll"], rel=1e-6)
+
+
+@pytest.mark.real
+def test_icl_examples_and_scoring():
+    from gistify_bench.task import get_task
+
+    task = get_task("icl-topics")
+    (ex,) = task.examples(1, seed=4)
+    labels = ex.meta["labels"]
+    assert len(labels) == 4 and ex.answers[0] in labels and ex.question not in ex.context
+    assert all(ex.context.count(f"Topic: {lab}\n") + ex.context.endswith(f"Topic: {lab}") == 8 for lab in labels)
+    assert task.survival(ex, ex.context) == 1.0
+    other = next(lab for lab in labels if lab != ex.answers[0])
+    assert task.score(ex, f"{ex.answers[0]}\nSentence: {other}") == 1.0  # only the first line counts
+    assert task.score(ex, f"{ex.answers[0]} or {other}") == 0.0

@@ -22,9 +22,10 @@ class Reader:
         model, tokenizer = models.load(name_or_path)
         return cls(model, tokenizer, name_or_path or models.DEFAULT_MODEL)
 
-    def encode(self, message: str) -> list[int]:
-        """Token ids of one user message, through the chat template where the model has one."""
-        if getattr(self.tokenizer, "chat_template", None):
+    def encode(self, message: str, chat: bool = True) -> list[int]:
+        """Token ids of one user message, through the chat template where the model has one (and `chat`),
+        else as plain text after BOS."""
+        if chat and getattr(self.tokenizer, "chat_template", None):
             ids = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
             )
@@ -33,9 +34,9 @@ class Reader:
         return bos + self.tokenizer(message, add_special_tokens=False).input_ids
 
     @torch.inference_mode()
-    def answer(self, message: str, max_new_tokens: int = 32) -> dict[str, Any]:
+    def answer(self, message: str, max_new_tokens: int = 32, chat: bool = True) -> dict[str, Any]:
         """Greedy answer to `message`: {"text", "prompt_tokens", "prefill_s", "decode_s"}."""
-        ids = torch.tensor([self.encode(message)])
+        ids = torch.tensor([self.encode(message, chat)])
         t0 = time.perf_counter()
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - t0

@@ -41,6 +41,7 @@ class Task(ABC):
     name: ClassVar[str]
     max_new_tokens: ClassVar[int] = 32
     metric: ClassVar[str] = "accuracy"  # what `score` measures; "perplexity" is lower-is-better
+    chat: ClassVar[bool] = True  # prompt through the reader's chat template, or as plain text to continue
 
     @abstractmethod
     def examples(self, n: int, seed: int = 0) -> list[Example]:
@@ -52,7 +53,7 @@ class Task(ABC):
 
     def evaluate(self, reader, example: Example, context: str) -> dict[str, Any]:
         """The reader on a (compressed) context: {"prediction", "score", "prompt_tokens", "prefill_s", ...}."""
-        a = reader.answer(self.prompt(context, example.question), self.max_new_tokens)
+        a = reader.answer(self.prompt(context, example.question), self.max_new_tokens, self.chat)
         return {
             "prediction": a["text"],
             "score": self.score(example, a["text"]),
