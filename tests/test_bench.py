@@ -158,3 +158,13 @@ def test_icl_examples_and_scoring():
     other = next(lab for lab in labels if lab != ex.answers[0])
     assert task.score(ex, f"{ex.answers[0]}\nSentence: {other}") == 1.0  # only the first line counts
     assert task.score(ex, f"{ex.answers[0]} or {other}") == 0.0
+
+
+def test_peak_rss_measure():
+    from gistify_bench.measure import reset_peak_rss, rss_mb
+
+    assert reset_peak_rss()
+    before = rss_mb()
+    block = bytearray(64 * 1024 * 1024)  # touch 64 MB: the peak must rise by about that much
+    block[::4096] = b"x" * len(block[::4096])
+    assert rss_mb() - before > 50 and rss_mb("VmRSS") > 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gistify_bench.measure import reset_peak_rss, rss_mb
 from gistify_bench.reader import Reader
 from gistify_bench.task import Example, Task, normalize
 
@@ -69,24 +70,6 @@ def _read_records(path: Path) -> dict[str, dict]:
     return records
 
 
-def _peak_rss_reset() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the VmHWM high-water mark here
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def run_cell(
     task: Task,
     task_name: str,
@@ -104,7 +87,7 @@ def run_cell(
     d.mkdir(parents=True, exist_ok=True)
     path = d / "records.jsonl"
     done = _read_records(path)
-    measured_memory = _peak_rss_reset()
+    measured_memory = reset_peak_rss()
     with path.open("a") as f:
         for ex in examples:
             if ex.id not in done:
@@ -130,7 +113,7 @@ def run_cell(
     metrics = summarize(records)
     metrics.update(task=task_name, reader=reader.name, method=method, keep=keep, n=len(records), metric=task.metric)
     if measured_memory and len(records) > 0:
-        metrics["peak_rss_mb"] = _peak_rss_mb()
+        metrics["peak_rss_mb"] = rss_mb()
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

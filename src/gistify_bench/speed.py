@@ -21,15 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from gistify_bench.measure import reset_peak_rss, rss_mb
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "albedo.txt"
 QUESTION = "What is the albedo of fresh snow?"
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _cpu_name() -> str:
@@ -51,15 +46,15 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
     text = scorer.tokenizer.decode(ids)
     gistify.compress(text, QUESTION, keep=0.2, method=method)  # warm-up: lazy imports, allocator
     scorer.forget()
-    base_kb = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    base_mb = rss_mb("VmRSS")
+    reset_peak_rss()
     times, result = [], None
     for _ in range(repeats):
         scorer.forget()
         t0 = time.perf_counter()
         result = gistify.compress(text, QUESTION, keep=0.2, method=method)
         times.append(time.perf_counter() - t0)
-    peak_kb = _status_kb("VmHWM")
+    peak_mb = rss_mb("VmHWM")
     return {
         "method": method,
         "tokens_in": result.tokens_in,
@@ -68,8 +63,8 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
         "seconds": times,
         "median_s": statistics.median(times),
         "median_s_per_1k_tokens": statistics.median(times) / result.tokens_in * 1000,
-        "peak_rss_mb": peak_kb / 1024,
-        "peak_above_loaded_mb": (peak_kb - base_kb) / 1024,
+        "peak_rss_mb": peak_mb,
+        "peak_above_loaded_mb": peak_mb - base_mb,
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -15,8 +15,7 @@ Defaults that differ from the spec's (its constants are its own guesses, not the
 (spec 2), `sigma=4` (spec 32) and `query="max"` (spec: mean). They were chosen on planted-fact
 placements in articles and with facts that no test or benchmark uses (experiments/reinforce_dev.py):
 at keep 0.1 the spec's constants kept the answer in 4/16 placements, these in 16/16 (selfinfo 8/16,
-random 0/16). The spec's
-values remain one `--set` away.
+random 0/16). The spec's values remain one `--set` away.
 
 Step 7 (merging embeddings) is off for text (averaged text embeddings are off-distribution) and step 8
 (original position ids) concerns in-model use; neither changes a compressed string.
