@@ -5,4 +5,5 @@ TEXT_METHODS = {
     "truncate": [{"side": "head"}, {"side": "tail"}, {"side": "middle"}],
     "selfinfo": [{}, {"aggregate": "mean"}],
     "reinforce": [{}, {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0, "sigma": 32.0, "tail_tokens": 32}],
+    "reinforce-rl": [{"weights": (1.0, -0.5, 2.0), "bias": 0.3}],  # the shipped weights: tests/test_controller.py
 }

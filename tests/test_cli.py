@@ -99,7 +99,7 @@ def test_stdin(monkeypatch, tiny_model_dir, capsys):
         (
             b"some words here",
             ["--keep", "0.5", "-m", "nosuch"],
-            "known text methods: random, reinforce, selfinfo, truncate",
+            "known text methods: random, reinforce, reinforce-rl, selfinfo, truncate",
         ),
         (b"some words here", ["--keep", "0.5", "--set", "seed"], "NAME=VALUE"),
         (b"some words here", ["--keep", "0.5", "--tokenizer", "gpt9"], "unknown tokenizer"),

@@ -23,7 +23,9 @@ Step 7 (merging embeddings) is off for text (averaged text embeddings are off-di
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,8 +92,9 @@ class ContextualReinforcement(TextMethod):
         check_choice("reinforce", "query", self.query, ("mean", "max"))
         check_choice("reinforce", "aggregate", self.aggregate, AGGREGATES)
 
-    def token_weights(self, doc: Document) -> torch.Tensor:
-        """(n_tokens,) keep probabilities w of the scorer's tokens (step 5)."""
+    def features(self, doc: Document) -> torch.Tensor:
+        """(n_tokens, 3) z-scored propagated relevance ŝ, prior relevance r̂ and self-information û of the
+        scorer's tokens: what step 5 weighs (and what the RL controller's policy reads, §1.2.1)."""
         stats = doc.stats(self.layer)
         h = stats.hidden  # (n, d)
         mean = h.mean(0)
@@ -116,8 +119,11 @@ class ContextualReinforcement(TextMethod):
         graph = affinity_graph(z, self.k, self.sigma)
         s = personalized_pagerank(graph, prior, self.alpha, self.iterations)
         u = torch.from_numpy(stats.self_info).float()
-        b1, b2, b3 = self.weights
-        return torch.sigmoid(b1 * zscore(s) + b2 * zscore(prior) + b3 * zscore(u) + self.bias)
+        return torch.stack([zscore(s), zscore(prior), zscore(u)], dim=1)
+
+    def token_weights(self, doc: Document) -> torch.Tensor:
+        """(n_tokens,) keep probabilities w = sigmoid(β·[ŝ, r̂, û] + b) of the scorer's tokens (step 5)."""
+        return torch.sigmoid(self.features(doc) @ torch.tensor(self.weights) + self.bias)
 
     def score(self, doc: Document) -> np.ndarray:
         w = self.token_weights(doc).numpy()
@@ -125,3 +131,34 @@ class ContextualReinforcement(TextMethod):
         if self.threshold is not None:
             scores = np.where(scores >= self.threshold, scores, -np.inf)
         return scores
+
+
+LEARNED = Path(__file__).with_name("reinforce_rl.json")
+
+
+def learned_weights(path: Path = LEARNED) -> dict:
+    """The controller's shipped parameters and how they were trained (gistify_bench.controller writes them)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no learned weights at {path}; train them: python -m gistify_bench.controller")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class LearnedReinforcement(ContextualReinforcement):
+    """`reinforce` with the step-5 weights β and bias b learned by the reinforcement controller
+    (methods.md §1.2.1: REINFORCE against a frozen reader's loss on sampled compressions; trained by
+    `python -m gistify_bench.controller` on the "train" articles, shipped in reinforce_rl.json). At
+    inference the selection is deterministic (step 6). In budget mode only the direction of β matters:
+    the bias and the scale shift every token alike. Pass `weights=` / `bias=` to override.
+    """
+
+    name = "reinforce-rl"
+    weights: tuple[float, float, float] | None = None
+    bias: float | None = None
+
+    def __post_init__(self):
+        if self.weights is None or self.bias is None:
+            learned = learned_weights()
+            self.weights = tuple(learned["weights"]) if self.weights is None else self.weights
+            self.bias = float(learned["bias"]) if self.bias is None else self.bias
+        super().__post_init__()
