@@ -15,5 +15,5 @@ fi
 .venv/bin/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed instead of 2.13.0')"
 .venv/bin/gistify models fetch
 .venv/bin/python -m gistify_bench.data fetch
-# the peers (LLMLingua, LongLLMLingua) in their own environment
+# the peers (LLMLingua, LongLLMLingua; kvpress) in their own environments
 bash scripts/setup_peers.sh

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--methods",
         default="reinforce,selfinfo,random,truncate",
-        help="comma-separated gistify methods and peers (llmlingua, longllmlingua)",
+        help="comma-separated gistify methods and peers (llmlingua, longllmlingua; the kvpress presses "
+        "kvpress-expected, kvpress-snapkv, kvpress-knorm, kvpress-streaming, kvpress-tova)",
     )
     p.add_argument("--keep", type=_floats, default=[0.5, 0.33, 0.2], help="comma-separated keep fractions")
     p.add_argument("--n", type=int, help=f"examples per task (default {FULL_N}; {QUICK_N} with --quick)")
@@ -50,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(sorted(TASKS)))
         return 0
     if args.task != "report":
+        from gistify_bench.peers import kv_presses, lingua
         from gistify_bench.reader import Reader
         from gistify_bench.runner import run
-
-        from gistify_bench.peers import lingua
 
         reader = Reader.load(args.reader)
         n = args.n or (QUICK_N if args.quick else FULL_N)
         methods = args.methods.split(",")
         peers = {m: lingua.compressor(m, reader) for m in methods if m in lingua.MODES}
+        peers.update({m: kv_presses.compressor(m, reader) for m in methods if m in kv_presses.PRESSES})
         for task in args.task.split(","):
             run(task, methods, args.keep, n, args.out, args.seed, reader, peers, show_progress=sys.stderr.isatty())
     md, png = report.write(args.out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistify_bench.measure import reset_peak_rss, rss_mb
+from gistify_bench.measure import machine, reset_peak_rss, rss_mb
 from gistify_bench.reader import Reader
 from gistify_bench.task import Example, Task, normalize
 
@@ -88,6 +88,9 @@ def run_cell(
     path = d / "records.jsonl"
     done = _read_records(path)
     measured_memory = reset_peak_rss()
+    worker = getattr(compressor, "worker_pid", lambda: None)  # a peer's process, whose memory is its own
+    if worker() is not None:
+        reset_peak_rss(worker())
     with path.open("a") as f:
         for ex in examples:
             if ex.id not in done:
@@ -95,7 +98,8 @@ def run_cell(
                 rec = {
                     "id": ex.id,
                     "answers": ex.answers,
-                    **task.evaluate(reader, ex, c.text),
+                    # a peer whose output is not text (a pruned KV cache) brings the reader that reads it
+                    **task.evaluate(getattr(compressor, "reader", None) or reader, ex, c.text),
                     "survival": task.survival(ex, c.text),
                     "tokens_in": c.tokens_in,
                     "tokens_out": c.tokens_out,
@@ -112,8 +116,11 @@ def run_cell(
     records = [done[ex.id] for ex in examples]
     metrics = summarize(records)
     metrics.update(task=task_name, reader=reader.name, method=method, keep=keep, n=len(records), metric=task.metric)
+    metrics["machine"] = machine()
     if measured_memory and len(records) > 0:
         metrics["peak_rss_mb"] = rss_mb()
+    if worker() is not None:
+        metrics["worker_peak_rss_mb"] = rss_mb("VmHWM", worker())
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

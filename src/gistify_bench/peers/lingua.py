@@ -77,27 +77,26 @@ def _tiktoken_cache() -> Path:
     return cache
 
 
-class LLMLinguaWorker:
-    """One worker process serving both modes; started on first use."""
-
-    _shared: LLMLinguaWorker | None = None
-
-    def __init__(self):
-        if not python().is_file():
-            raise PeerError(
-                f"the llmlingua environment is missing ({python().parent.parent}); run: bash scripts/setup_peers.sh"
-            )
-        env = dict(
-            os.environ,
-            TIKTOKEN_CACHE_DIR=str(_tiktoken_cache()),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            TOKENIZERS_PARALLELISM="false",
+def require_env(python: Path, label: str) -> Path:
+    """`python` if the peer's environment is there, else PeerError naming the command that makes it."""
+    if not python.is_file():
+        raise PeerError(
+            f"the {label} environment is missing ({python.parent.parent}); run: bash scripts/setup_peers.sh"
         )
-        worker = Path(__file__).with_name("llmlingua_worker.py")
+    return python
+
+
+class WorkerProcess:
+    """A peer's worker: a script run by the python of the peer's own environment that answers JSON lines, one
+    reply a request, after a first {"ready": true} line. `label` names the peer in errors."""
+
+    label = "peer"
+
+    def __init__(self, python: Path, args: list[str], **env: str):
+        self.argv = [str(require_env(python, self.label)), *args]
         self.proc = subprocess.Popen(
-            [str(python()), str(worker), str(model_dir_for_transformers4())],
-            env=env,
+            self.argv,
+            env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -106,7 +105,34 @@ class LLMLinguaWorker:
         )
         hello = self._read()
         if not hello.get("ready"):
-            raise PeerError(f"the llmlingua worker did not start: {hello}")
+            raise PeerError(f"the {self.label} worker did not start: {hello}")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise PeerError(f"the {self.label} worker exited; run it by hand to see why: {' '.join(self.argv)}")
+        return json.loads(line)
+
+    def request(self, what: str, **req) -> dict:
+        """The worker's reply to `req`; PeerError naming `what` if it reports an error."""
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        reply = self._read()
+        if "error" in reply:
+            raise PeerError(f"{what} failed: {reply['error']}")
+        return reply
+
+
+class LLMLinguaWorker(WorkerProcess):
+    """One worker process serving both modes; started on first use."""
+
+    label = "llmlingua"
+    _shared: LLMLinguaWorker | None = None
+
+    def __init__(self):
+        require_env(python(), self.label)  # before the tiktoken cache, which would blame a missing file
+        worker = Path(__file__).with_name("llmlingua_worker.py")
+        args = [str(worker), str(model_dir_for_transformers4())]
+        super().__init__(python(), args, TIKTOKEN_CACHE_DIR=str(_tiktoken_cache()))
 
     @classmethod
     def shared(cls) -> LLMLinguaWorker:
@@ -114,21 +140,8 @@ class LLMLinguaWorker:
             cls._shared = cls()
         return cls._shared
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise PeerError(
-                "the llmlingua worker exited; run it by hand to see why: "
-                f"{python()} {Path(__file__).with_name('llmlingua_worker.py')} MODEL_DIR"
-            )
-        return json.loads(line)
-
     def compress(self, context: str, question: str, rate: float, mode: str) -> dict:
-        self.proc.stdin.write(json.dumps({"context": context, "question": question, "rate": rate, "mode": mode}) + "\n")
-        reply = self._read()
-        if "error" in reply:
-            raise PeerError(f"{mode} failed: {reply['error']}")
-        return reply
+        return self.request(mode, context=context, question=question, rate=rate, mode=mode)
 
 
 def compressor(mode: str, reader) -> Compressor:
@@ -143,4 +156,9 @@ def compressor(mode: str, reader) -> Compressor:
         reply = LLMLinguaWorker.shared().compress(context, question, keep, mode)
         return Compression(reply["text"], count(context), count(reply["text"]), reply["seconds"])
 
+    def worker_pid() -> int | None:  # the runner reports the worker's peak memory next to the harness's
+        w = LLMLinguaWorker._shared
+        return w.proc.pid if w is not None and w.proc.poll() is None else None
+
+    run.worker_pid = worker_pid
     return run

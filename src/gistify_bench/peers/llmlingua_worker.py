@@ -1,5 +1,6 @@
-"""LLMLingua / LongLLMLingua worker (no module beside it may be named llmlingua: this folder is on its path). Runs INSIDE the llmlingua environment (llmlingua 0.2.2,
-transformers 4.44), never imports gistify, and talks JSON lines on stdin/stdout:
+"""LLMLingua / LongLLMLingua worker (no module beside it may be named llmlingua: this folder is on its path).
+Runs INSIDE the llmlingua environment (llmlingua 0.2.2, transformers 4.44), never imports gistify, and talks
+JSON lines on stdin/stdout:
 
     -> {"context": str, "question": str, "rate": float, "mode": "llmlingua" | "longllmlingua"}
     <- {"text": str, "seconds": float}            (or {"error": str})
