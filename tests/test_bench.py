@@ -41,6 +41,25 @@ def test_scoring_normalises_and_counts_values():
     assert found(["1", "2", "3", "4"], "values 1 and 3", True) == 0.5
 
 
+def test_base_model_reader_is_asked_in_completion_format(reader, tiny_tokenizer, monkeypatch):
+    assert not reader.has_chat_template  # the tiny tokenizer, like Gemma 3 270M base, has none
+    ids = reader.encode("Context.\nQuestion: why?", chat=True)
+    assert tiny_tokenizer.decode(ids[1:]) == "Context.\nQuestion: why?\nAnswer:"
+    assert tiny_tokenizer.decode(reader.encode("Sentence: x", chat=False)[1:]) == "Sentence: x"
+    # The answer ends at the first newline after it starts (a base model goes on with a new "Question:").
+    script = iter(tiny_tokenizer(" 42\nQuestion: more", add_special_tokens=False).input_ids)
+    real_forward = reader.model.forward
+
+    def scripted(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        out.logits[..., :] = 0
+        out.logits[0, -1, next(script)] = 1
+        return out
+
+    monkeypatch.setattr(reader.model, "forward", scripted)
+    assert reader.answer("Q?", max_new_tokens=20)["text"] == "42"
+
+
 def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, monkeypatch):
     def go(methods, keeps):
         return run("toy", methods, keeps, 3, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
@@ -85,8 +104,36 @@ def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
         and "| random | 0.5 |" in table
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| toy (tiny, n=2) | uncompressed |" in table and "Machine: " in table
     with pytest.raises(ValueError, match="no results"):
         report.write(tmp_path / "empty")
+
+
+def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
+    def cell(method, keep, acc, speed=1.0):
+        return {
+            "task": "qa-1k",
+            "reader": "r",
+            "method": method,
+            "keep": keep,
+            "accuracy": acc,
+            "n": 4,
+            "compress_s_per_1k": speed,
+        }
+
+    cells = {
+        ("qa-1k", "r"): [
+            cell("none", 1.0, 0.8),
+            cell("reinforce", 0.33, 0.7, 2.0),
+            cell("llmlingua", 0.33, 0.5),
+            cell("longllmlingua", 0.33, 0.75, 3.0),
+        ]
+    }
+    checks = report.goal_check(cells)
+    assert "pass: qa-1k (r) keep 0.33: reinforce 0.70 vs llmlingua 0.50" in checks
+    assert "FAIL: qa-1k (r) keep 0.33: reinforce 0.70 vs longllmlingua 0.75" in checks
+    assert "FAIL: qa-1k (r) keep 0.33: reinforce keeps 87% of the uncompressed score" in checks
+    assert "pass: qa-1k (r): reinforce 2.00 s/1k tokens vs longllmlingua 3.00 (same run)" in checks
 
 
 def test_unknown_task_lists_known():
@@ -130,6 +177,10 @@ def test_cloze_qa_examples_are_checked():
             "___" in ex.question and len(re.findall(rf"(?<![\w.,]){re.escape(answer)}(?![\w]|[.,]\d)", ex.context)) == 1
         )
         assert ex.question.replace("___", answer) in ex.context
+        prefix = ex.question.split("___")[0].rstrip()
+        assert len(prefix.split()) >= 3 and task.prompt(ex.context, ex.question).endswith("\n\n" + prefix)
+        assert task.score(ex, f" {answer}, and later 7") == 1.0
+        assert task.score(ex, f" 7 and then {answer}") == 0.0  # only the first number is the answer
 
 
 @pytest.mark.real

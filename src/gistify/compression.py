@@ -40,9 +40,8 @@ def _counter(tokenizer: Any, scorer: Scorer | None) -> tok.TokenCounter:
     if tokenizer in tok.OPENAI_ENCODINGS:
         return tok.openai(tokenizer)
     if isinstance(tokenizer, str):
-        raise ValueError(
-            f"unknown tokenizer {tokenizer!r}; use 'scorer', {', '.join(map(repr, tok.OPENAI_ENCODINGS))}, or a tokenizer object"
-        )
+        known = ", ".join(map(repr, tok.OPENAI_ENCODINGS))
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; use 'scorer', {known}, or a tokenizer object")
     return tok.from_hf(tokenizer)
 
 
@@ -120,9 +119,8 @@ def compress(
     protected = protected_words(ranges, words)
     notes = []
     if costs[protected].sum() > target:
-        notes.append(
-            f"protected content alone takes {int(costs[protected].sum())} tokens, over the budget of {target}: all of it was kept"
-        )
+        taken = int(costs[protected].sum())
+        notes.append(f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept")
     keep_mask = select(scores, costs, target, protected, m.fill_gaps)
     out, spans, n_out = _fit(text, words, keep_mask, scores, costs, protected, target, counter, m.fill_gaps)
 

@@ -16,7 +16,10 @@ NUMBER = r"[-+−]?(?<![\w.])\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th)?(?!\w)"
 NEGATION = r"(?i)\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|without|cannot|\w+n['’]t)\b"
 # snake_case, dotted.names, camelCase / PascalCase with an inner capital, words mixing letters and digits,
 # and calls such as f(x): the spellings that a model cannot rebuild from context.
-IDENTIFIER = r"\b(?:[A-Za-z_]\w*(?:[._]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*|\d+(?!(?:st|nd|rd|th)\b)[A-Za-z_]\w*)\b(?:\(\))?"
+IDENTIFIER = (
+    r"\b(?:[A-Za-z_]\w*(?:[._]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*"
+    r"|\d+(?!(?:st|nd|rd|th)\b)[A-Za-z_]\w*)\b(?:\(\))?"
+)
 
 Protect = Iterable[str | tuple[int, int]]
 

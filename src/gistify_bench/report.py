@@ -17,6 +17,7 @@ COLUMNS = [
     ("compress_s_per_1k", "compress s/1k", "{:.3f}"),
     ("prefill_s_median", "prefill s", "{:.3f}"),
     ("peak_rss_mb", "peak MB", "{:.0f}"),
+    ("worker_peak_rss_mb", "peer worker peak MB", "{:.0f}"),
 ]
 
 
@@ -46,6 +47,60 @@ def markdown(cells: dict[tuple[str, str], list[dict]]) -> str:
             parts.append(f"| {m['method']} | {m['keep']:g} | {cols} |")
         parts.append("")
     return "\n".join(parts)
+
+
+PEERS = ("llmlingua", "longllmlingua")
+
+
+def summary(cells: dict[tuple[str, str], list[dict]]) -> str:
+    """One line per (task, method): the score at each keep, the uncompressed score first."""
+    keeps = sorted({m["keep"] for rows in cells.values() for m in rows if m["method"] != "none"}, reverse=True)
+    lines = ["| task (reader, n) | method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |"]
+    lines.append("|---|---|" + "---|" * len(keeps))
+    for (task, reader), rows in sorted(cells.items()):
+        full = next((m for m in rows if m["method"] == "none"), None)
+        label = f"{task} ({reader}, n={rows[0]['n']})"
+        if full:
+            lines.append(
+                f"| {label} | uncompressed | " + " | ".join(_fmt(full["accuracy"], "{:.2f}") for _ in keeps) + " |"
+            )
+        for method in sorted({m["method"] for m in rows} - {"none"}):
+            by_keep = {m["keep"]: m for m in rows if m["method"] == method}
+            scores = [_fmt(by_keep[k]["accuracy"], "{:.2f}") if k in by_keep else "" for k in keeps]
+            lines.append(f"| {label} | {method} | " + " | ".join(scores) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def goal_check(cells: dict[tuple[str, str], list[dict]], method: str = "reinforce") -> list[str]:
+    """Issue 3's bar, checked from the results: `method` beats both LLMLingua variants at every budget on the
+    needle and QA tasks, keeps >= 90% of the uncompressed score at keep 0.33, and compresses no slower than
+    LongLLMLingua. One line per check, each saying pass or FAIL with the numbers."""
+    out = []
+    for (task, reader), rows in sorted(cells.items()):
+        if not task.startswith(("needle", "qa")):
+            continue
+        label = f"{task} ({reader})"
+        by = {(m["method"], m["keep"]): m for m in rows}
+        full = by.get(("none", 1.0))
+        for keep in sorted({k for (name, k) in by if name == method}, reverse=True):
+            ours = by[(method, keep)]
+            for peer in PEERS:
+                if (peer, keep) in by:
+                    a, b = ours["accuracy"], by[(peer, keep)]["accuracy"]
+                    verdict = "pass" if a > b else "FAIL"
+                    out.append(f"{verdict}: {label} keep {keep:g}: {method} {a:.2f} vs {peer} {b:.2f}")
+            if keep == 0.33 and full and full["accuracy"]:
+                share = ours["accuracy"] / full["accuracy"]
+                verdict = "pass" if share >= 0.9 else "FAIL"
+                out.append(f"{verdict}: {label} keep 0.33: {method} keeps {share:.0%} of the uncompressed score")
+        peer_rows = [m for m in rows if m["method"] == "longllmlingua"]
+        ours_rows = [m for m in rows if m["method"] == method]
+        if peer_rows and ours_rows:
+            a = sum(m["compress_s_per_1k"] for m in ours_rows) / len(ours_rows)
+            b = sum(m["compress_s_per_1k"] for m in peer_rows) / len(peer_rows)
+            verdict = "pass" if a <= b else "FAIL"
+            out.append(f"{verdict}: {label}: {method} {a:.2f} s/1k tokens vs longllmlingua {b:.2f} (same run)")
+    return out
 
 
 def plot(cells: dict[tuple[str, str], list[dict]], path: Path) -> Path:
@@ -85,5 +140,14 @@ def write(out: Path) -> tuple[Path, Path]:
     if not cells:
         raise ValueError(f"no results under {out}; run `gistify bench TASK` first")
     md = out / "report.md"
-    md.write_text(markdown(cells))
+    machines = sorted({m.get("machine", "not recorded") for rows in cells.values() for m in rows})
+    checks = goal_check(cells)
+    md.write_text(
+        "## Summary\n\n"
+        + summary(cells)
+        + ("\n## Goal check (reinforce)\n\n" + "\n".join(f"- {c}" for c in checks) + "\n" if checks else "")
+        + "\n## Every cell\n\n"
+        + markdown(cells)
+        + f"\nMachine: {'; '.join(machines)}\n"
+    )
     return md, plot(cells, out / "accuracy.png")

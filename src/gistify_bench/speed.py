@@ -1,11 +1,13 @@
 """Compression speed and memory of every text method on the embedded scorer.
 
-    python -m gistify_bench.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,random,truncate]
+    python -m gistify_bench.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,llmlingua,longllmlingua]
 
 Each method runs in a fresh process: the scorer is loaded and one warm-up run is made (not timed), the
 peak-RSS mark is reset, then `repeats` timed runs compress the same real document (the first `--tokens`
 scorer tokens of examples/albedo.txt, or --file) at keep 0.2. Reported per method: the median seconds per
-1k input tokens, and peak RSS (whole process, and above the RSS after loading). Results go to
+1k input tokens, and peak RSS (whole process, and above the RSS after loading). The peers LLMLingua and
+LongLLMLingua are timed the same way around their worker process (same SmolLM2 scorer, inter-process
+transfer included; its cost is a JSON line), and their memory is the worker's. Results go to
 results/speed/<model>.json and a Markdown table on stdout. Times are for this machine only.
 """
 
@@ -14,47 +16,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from gistify_bench import measure
 from gistify_bench.measure import reset_peak_rss, rss_mb
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "albedo.txt"
 QUESTION = "What is the albedo of fresh snow?"
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str | None) -> dict:
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
 
-    import gistify
     from gistify.compression import _shared_scorer
+    from gistify_bench.peers import lingua
+    from gistify_bench.reader import Reader
+    from gistify_bench.runner import gistify_compressor
 
     scorer = _shared_scorer(model)
     ids = scorer.tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids[:tokens]
     text = scorer.tokenizer.decode(ids)
-    gistify.compress(text, QUESTION, keep=0.2, method=method)  # warm-up: lazy imports, allocator
-    scorer.forget()
-    base_mb = rss_mb("VmRSS")
-    reset_peak_rss()
+    if method in lingua.MODES:  # a peer: time its worker process, and read that process's memory
+        run, pid = lingua.compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer")), None
+    else:
+        run, pid = gistify_compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer"), scorer), "self"
+    run(text, QUESTION, 0.2)  # warm-up: lazy imports, allocator, the peer's worker start
+    pid = pid or lingua.LLMLinguaWorker.shared().proc.pid
+    base_mb = rss_mb("VmRSS", pid)
+    reset_peak_rss(pid)
     times, result = [], None
     for _ in range(repeats):
         scorer.forget()
         t0 = time.perf_counter()
-        result = gistify.compress(text, QUESTION, keep=0.2, method=method)
+        result = run(text, QUESTION, 0.2)
         times.append(time.perf_counter() - t0)
-    peak_mb = rss_mb("VmHWM")
+    peak_mb = rss_mb("VmHWM", pid)
     return {
         "method": method,
         "tokens_in": result.tokens_in,
@@ -71,7 +72,7 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="reinforce,selfinfo,random,truncate")
+    p.add_argument("--methods", default="reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
     p.add_argument("--tokens", type=int, default=2000, help="input length in scorer tokens")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--file", type=Path, default=EXAMPLE)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr, file=sys.stderr)
             return done.returncode
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+    machine = measure.machine()
     record = {
         "machine": machine,
         "load_avg": os.getloadavg(),
@@ -117,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | tokens in | median s / 1k tokens | peak RSS MB | peak above loaded MB |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {r['method']} | {r['tokens_in']} | {r['median_s_per_1k_tokens']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_above_loaded_mb']:.0f} |"
-        )
+        cells = (r["method"], r["tokens_in"], f"{r['median_s_per_1k_tokens']:.3f}", f"{r['peak_rss_mb']:.0f}")
+        print("| " + " | ".join(map(str, cells)) + f" | {r['peak_above_loaded_mb']:.0f} |")
     return 0
 
 
