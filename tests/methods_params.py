@@ -4,6 +4,10 @@ TEXT_METHODS = {
     "random": [{"seed": 0}, {"seed": 7}],
     "truncate": [{"side": "head"}, {"side": "tail"}, {"side": "middle"}],
     "selfinfo": [{}, {"aggregate": "mean"}],
-    "reinforce": [{}, {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0, "sigma": 32.0, "tail_tokens": 32}],
+    "reinforce": [
+        {},
+        {"query": "max"},
+        {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0, "sigma": 32.0, "tail_tokens": 32},
+    ],
     "reinforce-rl": [{"weights": (1.0, -0.5, 2.0), "bias": 0.3}],  # the shipped weights: tests/test_controller.py
 }
