@@ -39,6 +39,11 @@ def test_unknown_mode():
         lingua.compressor("lingua3", None)
 
 
+def test_longllmlingua_without_a_question_says_so_before_starting_a_worker():
+    with pytest.raises(lingua.PeerError, match="needs a question"):
+        lingua.compressor("longllmlingua", None)("some context", "  ", 0.5)
+
+
 # kvpress presses: real ones in the kvpress environment, and the prompt split on the tiny fixtures.
 
 needs_kvpress = pytest.mark.skipif(

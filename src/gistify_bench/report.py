@@ -111,6 +111,9 @@ def plot(cells: dict[tuple[str, str], list[dict]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     keys = sorted(cells)
+    # One colour per method across panels (a task without some method must not shift the others' colours).
+    every = sorted({m["method"] for rows in cells.values() for m in rows} - {"none"})
+    colour = {name: plt.get_cmap("tab20" if len(every) > 10 else "tab10")(i) for i, name in enumerate(every)}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         rows = cells[key]
@@ -119,7 +122,7 @@ def plot(cells: dict[tuple[str, str], list[dict]], path: Path) -> Path:
             pts = sorted((m["keep_ratio"], m["accuracy"]) for m in rows if m["method"] == method)
             if full:
                 pts.append((1.0, full["accuracy"]))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method, color=colour[method])
         if full:
             ax.axhline(full["accuracy"], color="grey", linestyle=":", label="uncompressed")
         metric = rows[0].get("metric", "accuracy")
@@ -127,7 +130,9 @@ def plot(cells: dict[tuple[str, str], list[dict]], path: Path) -> Path:
         if metric == "accuracy":
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    handles = [plt.Line2D([], [], color=colour[name], marker="o", label=name) for name in every]
+    handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="uncompressed"))
+    axes[0][-1].legend(handles=handles, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -153,6 +153,10 @@ def compressor(mode: str, reader) -> Compressor:
         return len(reader.tokenizer(text, add_special_tokens=False).input_ids)
 
     def run(context: str, question: str, keep: float) -> Compression:
+        if mode == "longllmlingua" and not question.strip():
+            # LongLLMLingua ranks documents by the question (it asserts one): tasks without questions (lm-*)
+            # have no LongLLMLingua cells.
+            raise PeerError("LongLLMLingua needs a question and this task has none; leave longllmlingua out of it")
         reply = LLMLinguaWorker.shared().compress(context, question, keep, mode)
         return Compression(reply["text"], count(context), count(reply["text"]), reply["seconds"])
 
