@@ -75,6 +75,12 @@ class Method(ABC):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def check_choice(owner: str, name: str, value, choices) -> None:
+    """A hyperparameter that must be one of `choices`; the error names the method and the field."""
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 def _load_builtin_methods() -> None:
     # Importing a family package registers its methods; done lazily so `import gistify` stays light.
     from gistify import text, vision  # noqa: F401

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gistify.method import Method
+from gistify.method import Method, check_choice  # noqa: F401  (text methods import it from here)
 
 _CJK = "\u2e80-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 _WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -157,8 +157,3 @@ class TextMethod(Method):
 
 
 AGGREGATES = ("max", "mean", "sum")
-
-
-def check_choice(owner: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -111,31 +111,29 @@ class ContextualReinforcement(TextMethod):
             qz = F.normalize(qh - mean, dim=-1)  # (m, d)
         elif self.tail_tokens:
             qz, qu = z[-self.tail_tokens :], torch.from_numpy(stats.self_info[-self.tail_tokens :]).float()
-        else:
-            qz = None
-        if qz is None:  # no question, no query: a uniform prior makes step 4 plain PageRank centrality
-            cos = torch.zeros(len(z))
-        elif self.query == "mean":
-            cos = z @ F.normalize(qz.mean(0), dim=0)  # (n,)
-        else:
-            # Each query token counts in proportion to its self-information, so "what", "the", "of" do not
-            # pull relevance towards every function word of the text.
-            gain = qu.clamp_min(0) / qu.clamp_min(1e-6).max()  # (m,)
-            sims = z @ qz.T  # (n, m)
-            if self.query == "vote":
-                # Every question token spreads its share of relevance over the text tokens like it, so a
-                # passage that matches many question tokens outweighs one odd token (a "___" blank) that
-                # matches a few text tokens well.
-                votes = torch.softmax(sims / self.temperature, dim=0) @ (gain / gain.sum().clamp_min(1e-6))
-                prior = votes / votes.sum()
-            else:  # "max": a token's relevance is its best (gain-weighted) match
-                cos = (sims * gain).amax(dim=1)
-        if self.query != "vote" or qz is None:
-            prior = torch.softmax(cos / self.temperature, dim=0)  # (n,)
+        else:  # no question, no query: a uniform prior makes step 4 plain PageRank centrality
+            qz = qu = None
+        prior = self._prior(z, qz, qu) if qz is not None else torch.full((len(z),), 1.0 / len(z))  # (n,)
         graph = affinity_graph(z, self.k, self.sigma)
         s = personalized_pagerank(graph, prior, self.alpha, self.iterations)
         u = torch.from_numpy(stats.self_info).float()
         return torch.stack([zscore(s), zscore(prior), zscore(u)], dim=1)
+
+    def _prior(self, z: torch.Tensor, qz: torch.Tensor, qu: torch.Tensor) -> torch.Tensor:
+        """(n,) relevance prior r of the text tokens z (n, d) to the query tokens qz (m, d) (step 3)."""
+        if self.query == "mean":
+            return torch.softmax(z @ F.normalize(qz.mean(0), dim=0) / self.temperature, dim=0)
+        # Each query token counts in proportion to its self-information qu (m,), so "what", "the", "of" do not
+        # pull relevance towards every function word of the text.
+        gain = qu.clamp_min(0) / qu.clamp_min(1e-6).max()  # (m,)
+        sims = z @ qz.T  # (n, m)
+        if self.query == "vote":
+            # Every question token spreads its share of relevance over the text tokens like it, so a passage
+            # that matches many question tokens outweighs one odd token (a "___" blank) that matches a few
+            # text tokens well.
+            votes = torch.softmax(sims / self.temperature, dim=0) @ (gain / gain.sum().clamp_min(1e-6))
+            return votes / votes.sum()
+        return torch.softmax((sims * gain).amax(dim=1) / self.temperature, dim=0)  # "max": the best match
 
     def token_weights(self, doc: Document) -> torch.Tensor:
         """(n_tokens,) keep probabilities w = sigmoid(β·[ŝ, r̂, û] + b) of the scorer's tokens (step 5)."""

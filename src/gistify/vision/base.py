@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from gistify.budget import Budget
-from gistify.method import Method
+from gistify.method import Method, check_choice
 
 # What an adapter must collect for each context field; named in the error when a method lacks one.
 PROVIDERS = {
@@ -236,7 +236,9 @@ class VisionMethod(Method):
         raise NotImplementedError(f"{self.name} defines neither score nor select")
 
     def reduce_dynamic(self, ctx: VisualContext) -> Reduction:
-        raise NotImplementedError  # only called when `dynamic` is True
+        """The method's own budget rule; `reduce` calls it only for methods with `dynamic = True`, which
+        override it (recover's LOF rule, reinforce's threshold)."""
+        raise NotImplementedError(f"{self.name} sets dynamic = True but defines no reduce_dynamic")
 
     # -- validation shared by the method dataclasses ------------------------------------------------------------
 
@@ -256,6 +258,4 @@ class VisionMethod(Method):
             raise ValueError(f"{self.name}.{name} must be a number in {interval}, got {v!r}")
 
     def _check_choice(self, name: str, choices: tuple) -> None:
-        v = getattr(self, name)
-        if v not in choices:
-            raise ValueError(f"{self.name}.{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+        check_choice(self.name, name, getattr(self, name), choices)
