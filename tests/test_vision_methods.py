@@ -73,14 +73,7 @@ def ctx() -> VisualContext:
     return make_context()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tensors are small: with two threads on a busy 2-core machine, OpenMP's waits make index_add_ and
-    # masked indexing ~1000x slower (130 ms instead of 20 us) and this module minutes instead of seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest.one_thread
 
 
 def vision(name: str, **params):

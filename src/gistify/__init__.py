@@ -19,6 +19,7 @@ _EXPORTS = {
     "compress": "gistify.compression",
     "get_method": "gistify.method",
     "methods": "gistify.method",
+    "reduce": "gistify.reduction",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

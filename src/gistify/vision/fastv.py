@@ -2,8 +2,9 @@
 
 After layer K of the LLM, rank the visual tokens by the attention the last token of the prompt pays them
 (averaged over heads) and drop the lowest ones for all later layers; VisualContext.llm_attention holds that
-attention. The surgery (collecting it at layer `layer`, slicing the hidden states, positions and masks of the
-later layers) is the adapter's; the method is the ranking.
+attention. The surgery is the adapter's; the method is the ranking. gistify.reduce's adapters prune at the
+input, not inside the LLM: the LLM's layers up to `layer` run once on the full prompt to collect the attention,
+then the whole LLM reads the kept tokens (the Reductions' notes say so).
 """
 
 from __future__ import annotations

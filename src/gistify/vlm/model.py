@@ -1,0 +1,237 @@
+"""A small LLaVA-style VLM built from real parts, for measuring visual-token reducers on a model that works.
+
+No pretrained VLM can be had offline (research/feasibility.md §5), so gistify trains one (`python -m
+gistify_bench.vlm_train`): a frozen pretrained vision encoder (EfficientNet-Lite0, ImageNet), a trained
+two-layer MLP projector (LLaVA-1.5's design), and the frozen SmolLM2-135M-Instruct reading
+
+    [K visual tokens] "\\nQuestion: {question}\\nAnswer:"  ->  " {answer}\\n"
+
+Because EfficientNet has no [CLS] token and no paired text tower, the model also carries the analogue of
+both that research/methods.md §2.5 describes for SigLIP-style towers, trained contrastively (not part of the
+answer path): an attention-pooling probe (a learned query over the patches, like SigLIP's MAP head) whose
+attention stands in for CLIP's [CLS] attention and whose value projection maps patches into a text-aligned
+space, and a question head mapping the question's mean LLM input embedding into that space. `recover` reads
+them through the gistify adapter exactly where LLaVA would give CLIP's [CLS] attention, keys,
+visual_projection and text tower.
+
+Reducers act through one seam: `token_reducer`, called with the encoder features of the batch (B, N, 155)
+and the prompt, returns each image's tokens (K_i, 155) before the projector. Samples may keep different
+numbers of tokens; the batch is then left-padded. `gistify.reduce` sets it inside its `with` block only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gistify.vlm.efficientnet import STRIDE, WIDTH, load_encoder
+
+IMAGE_SIZE = 224  # encoder input; 224 / 16 = a 14 x 14 grid of visual tokens
+GRID = IMAGE_SIZE // STRIDE
+ALIGN_WIDTH = 128  # the text-aligned space of the probe and question head
+KEY_WIDTH = 64
+WEIGHTS = Path(__file__).with_name("gistvlm.safetensors")
+CARD = Path(__file__).with_name("gistvlm.json")  # how the weights were trained and what they score
+
+# (features (B, N, 155), the model's inputs) -> each image's reduced tokens [(K_i, 155)]
+TokenReducer = Callable[[torch.Tensor, "VLMInputs"], list]
+
+
+@dataclass
+class VLMInputs:
+    """One batch for the VLM. pixel_values: (B, 3, 224, 224) in [0, 1]; input_ids / attention_mask: (B, T) the
+    text prompt after the image, left-padded; features: optionally the images already encoded (B, N, 155), for
+    callers that read one image many times (the benchmarks)."""
+
+    pixel_values: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+class AttentionProbe(nn.Module):
+    """Attention pooling with one learned query (SigLIP's MAP head, single head): the CLS-attention analogue.
+
+    forward(features (B, N, C)) -> attention (B, N), keys (B, N, 64), patch_text (B, N, 128), pooled (B, 128).
+    patch_text is each patch's value in the text-aligned space, so pooled = attention-weighted patch_text, as
+    CLIP's image embedding relates to visual_projection applied to its patch tokens.
+    """
+
+    def __init__(self, width: int = WIDTH):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.query = nn.Parameter(torch.randn(KEY_WIDTH) / KEY_WIDTH**0.5)
+        self.key = nn.Linear(width, KEY_WIDTH)
+        self.value = nn.Linear(width, ALIGN_WIDTH)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.norm(features)
+        keys = self.key(h)
+        attention = (keys @ self.query / KEY_WIDTH**0.5).softmax(-1)
+        patch_text = self.value(h)
+        pooled = (attention.unsqueeze(-1) * patch_text).sum(1)
+        return attention, keys, patch_text, pooled
+
+
+class GistVLM(nn.Module):
+    """EfficientNet-Lite0 (frozen) -> MLP projector -> SmolLM2-135M (frozen), plus the alignment heads."""
+
+    def __init__(self, lm: Any, tokenizer: Any, encoder: nn.Module | None = None):
+        super().__init__()
+        self.encoder = encoder if encoder is not None else load_encoder()
+        self.lm = lm.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:  # prompts are left-padded in batches; the padding is masked out
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+        d = lm.config.hidden_size
+        # LLaVA-1.5's two-layer MLP, after a LayerNorm: the token joins channels of very different scales
+        self.projector = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, d), nn.GELU(), nn.Linear(d, d))
+        self.probe = AttentionProbe()
+        self.question_head = nn.Linear(d, ALIGN_WIDTH)
+        self.token_reducer: TokenReducer | None = None  # set only by gistify.reduce, inside its block
+
+    # -- trained parts: saving and loading -------------------------------------------------------------------------
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The parameters training changes (the encoder and the LLM stay as shipped)."""
+        return {
+            f"{p}.{k}": v
+            for p in ("projector", "probe", "question_head")
+            for k, v in getattr(self, p).state_dict().items()
+        }
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        for part in ("projector", "probe", "question_head"):
+            prefix = part + "."
+            getattr(self, part).load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> GistVLM:
+        """The shipped VLM (or weights saved by vlm_train at `path`), on the embedded SmolLM2."""
+        from safetensors.torch import load_file
+
+        from gistify.models import load
+
+        path = Path(path) if path else WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"no VLM weights at {path}: train them with python -m gistify_bench.vlm_train")
+        lm, tok = load()
+        model = cls(lm.to(dtype), tok)
+        model.load_trained(load_file(path))
+        return model.eval()
+
+    @staticmethod
+    def card() -> dict:
+        return json.loads(CARD.read_text()) if CARD.exists() else {}
+
+    # -- the pieces the adapter and the training read -------------------------------------------------------------
+
+    @staticmethod
+    def pixels(images: list) -> torch.Tensor:
+        """(B, 3, 224, 224) in [0, 1] from PIL images (any size; resized bilinearly)."""
+        import numpy as np
+
+        arrays = [np.asarray(im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), resample=2)) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+    def prompt_ids(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) (B, T) of the text after the image, left-padded."""
+        texts = [f"\nQuestion: {q.strip()}\nAnswer:" for q in questions]
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return enc["input_ids"], enc["attention_mask"]
+
+    def inputs(self, images: list, questions: list[str]) -> VLMInputs:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions: give one question per image")
+        ids, mask = self.prompt_ids(questions)
+        return VLMInputs(self.pixels(images), ids, mask)
+
+    @torch.no_grad()
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 224, 224) -> (B, N = 196, 155) visual tokens, row-major over the 14 x 14 grid."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        return self.encoder(pixel_values.float()).flatten(2).transpose(1, 2)
+
+    def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 128): the question head on the mean LLM input embedding of the prompt's tokens."""
+        emb = self.lm.get_input_embeddings()(input_ids).float()
+        m = attention_mask.unsqueeze(-1).float()
+        return self.question_head((emb * m).sum(1) / m.sum(1).clamp(min=1))
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., 155) -> (..., D') visual tokens in the LLM's input space."""
+        return self.projector(tokens.float())
+
+    # -- the answer path -------------------------------------------------------------------------------------------
+
+    def sequence(self, x: VLMInputs, extra: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+        """inputs_embeds (B, L, D'), attention_mask (B, L), position_ids (B, L) for [visual][prompt][extra].
+
+        Each sample's visual tokens go through `token_reducer` when one is set; samples of different lengths
+        are left-padded and positions count from each sample's first real token, so a padded batch reads
+        like each sample alone. `extra`: per-sample target ids appended (teacher forcing in training).
+        """
+        feats = x.features if x.features is not None else self.encode(x.pixel_values)
+        visual = self.token_reducer(feats, x) if self.token_reducer is not None else list(feats)
+        embed = self.lm.get_input_embeddings()
+        dtype = embed.weight.dtype
+        rows = []
+        for i, v in enumerate(visual):
+            ids = x.input_ids[i][x.attention_mask[i].bool()]
+            if extra is not None:
+                ids = torch.cat([ids, extra[i]])
+            rows.append(torch.cat([self.project(v).to(dtype), embed(ids)]))
+        length = max(len(r) for r in rows)
+        d = rows[0].shape[-1]
+        embeds = torch.zeros(len(rows), length, d, dtype=dtype)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            embeds[i, length - len(r) :] = r
+            mask[i, length - len(r) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return embeds, mask, positions
+
+    def forward(self, pixel_values, input_ids, attention_mask, features=None, **kwargs):
+        """LLM outputs over [visual tokens][prompt] (logits (B, L, vocab); L shrinks when tokens are reduced)."""
+        embeds, mask, positions = self.sequence(VLMInputs(pixel_values, input_ids, attention_mask, features))
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self, pixel_values, input_ids, attention_mask, features=None, max_new_tokens: int = 4, **kwargs
+    ) -> torch.Tensor:
+        """(B, new tokens) greedy continuation ids of the prompt."""
+        embeds, mask, _ = self.sequence(VLMInputs(pixel_values, input_ids, attention_mask, features))
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+
+    def answer(self, images: list, questions: list[str], max_new_tokens: int = 4) -> list[str]:
+        """The first line of each greedy answer, stripped and lower-cased."""
+        x = self.inputs(images, questions)
+        out = self.generate(x.pixel_values, x.input_ids, x.attention_mask, max_new_tokens=max_new_tokens)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [t.strip().split("\n")[0].strip().lower() for t in texts]
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, match: torch.Tensor, scale: torch.Tensor):
+    """Multi-positive InfoNCE. image (B, A), text (T, A), match (T, B) bool: which images each text describes
+    ("what is the blue shape?" describes every blue image in the batch); symmetric over both directions."""
+    logits = scale * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T  # (T, B)
+    target = match.float()
+    t2i = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    cols = target.sum(0) > 0
+    i2t = -(target.T[cols] / target.T[cols].sum(1, keepdim=True) * logits.T[cols].log_softmax(1)).sum(1).mean()
+    return (t2i + i2t) / 2
+
+
+__all__ = ["GRID", "GistVLM", "VLMInputs", "contrastive_loss"]

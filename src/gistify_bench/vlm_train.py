@@ -1,0 +1,213 @@
+"""Train the small VLM (gistify.vlm): one command, with progress and resumption.
+
+    python -m gistify_bench.vlm_train [--steps 600] [--out DIR] [--ship]
+
+Two stages, both on the "train" split of easy-vqa (gistify_bench.vqa), the encoder and the LLM frozen:
+1. align: the attention probe and the question head, contrastively (multi-positive InfoNCE: a text such as
+   "what is the blue shape?" matches every blue image of the batch). Seconds: it reads cached encoder features.
+2. answer: the projector, LLaVA stage-1 style (cross-entropy of the answer tokens), on easy-vqa questions and
+   four-object composites half and half, with SmolLM2 run in bfloat16 (the CPU's bf16 units halve the time).
+Checkpoints go to DIR every --save-every steps; rerunning the command resumes from the last one. At the end the
+held-out accuracy on the "test" split (single images and composites) is measured and written with the weights;
+`--ship` copies both into the package (src/gistify/vlm/gistvlm.{safetensors,json}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from gistify.progress import track
+from gistify.vlm.model import CARD, WEIGHTS, GistVLM, contrastive_loss
+from gistify_bench import vqa
+
+TEMPLATES = {  # text -> which attributes it names (colour, shape); every text names at least one
+    "what is the {c} shape?": (True, False),
+    "is there a {c} shape?": (True, False),
+    "what color is the {s}?": (False, True),
+    "does the image contain a {s}?": (False, True),
+    "a {c} {s}": (True, True),
+}
+
+
+def default_dir() -> Path:
+    from gistify.models import cache_dir
+
+    return cache_dir().parent / "vlm_train"
+
+
+def align(model: GistVLM, steps: int, batch: int, seed: int, log) -> float:
+    """Stage 1: train probe + question head on cached encoder features of the train images."""
+    attrs = vqa.attributes("train")
+    ids = sorted(attrs)
+    pix = torch.cat([model.pixels([vqa.image("train", i) for i in ids[j : j + 256]]) for j in range(0, len(ids), 256)])
+    feats = torch.cat([model.encode(pix[j : j + 128]) for j in range(0, len(pix), 128)])  # (n, 196, 112)
+    scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+    params = [*model.probe.parameters(), *model.question_head.parameters(), scale]
+    opt = torch.optim.AdamW(params, lr=5e-3, weight_decay=0.01)
+    rng = random.Random(seed)
+    templates = list(TEMPLATES)
+    loss = torch.tensor(0.0)
+    for step in track(range(steps), steps, "align", enabled=True):
+        rows = rng.sample(range(len(ids)), batch)
+        texts, named = [], []
+        for r in rows:
+            t = rng.choice(templates)
+            c, s = attrs[ids[r]]
+            texts.append(t.format(c=c, s=s))
+            named.append((c if TEMPLATES[t][0] else None, s if TEMPLATES[t][1] else None))
+        # match[t, b]: image b has every attribute text t names
+        match = torch.tensor(
+            [[all(x is None or x == y for x, y in zip(n, attrs[ids[b]])) for b in rows] for n in named]
+        )
+        _, _, _, pooled = model.probe(feats[rows])
+        qids, qmask = model.prompt_ids(texts)
+        loss = contrastive_loss(pooled, model.question_embedding(qids, qmask), match, scale.exp().clamp(max=100))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            log(f"align step {step}: loss {loss.item():.3f}")
+    return loss.item()
+
+
+def answer_batch(model: GistVLM, examples: list) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens " {answer}\\n" after the prompt, teacher-forced."""
+    x = model.inputs([e.image for e in examples], [e.question for e in examples])
+    targets = [torch.tensor(model.tokenizer(f" {e.answer}\n", add_special_tokens=False)["input_ids"]) for e in examples]
+    embeds, mask, positions = model.sequence(x, extra=targets)
+    logits = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits  # (B, L, V)
+    # Rows are left-padded, so each row's targets are its last len(t) positions, predicted one step earlier.
+    losses = [torch.nn.functional.cross_entropy(logits[i, -len(t) - 1 : -1].float(), t) for i, t in enumerate(targets)]
+    return torch.stack(losses).mean()
+
+
+def training_examples(step: int, batch: int, seed: int) -> list:
+    """Batch `step`: half easy-vqa questions, half composites, drawn from the train split deterministically (so
+    a resumed run sees the batches an uninterrupted one would)."""
+    rng = random.Random(f"{seed}-{step}")
+    rows = vqa.questions("train")
+    half = batch // 2
+    singles = [rng.choice(rows) for _ in range(half)]
+    out = [vqa.Example(vqa.image("train", i), q, a, "single") for q, a, i in singles]
+    return out + [vqa.composite("train", rng) for _ in range(batch - half)]
+
+
+def accuracy(model: GistVLM, examples: list, batch: int = 16) -> float:
+    right = 0
+    for j in range(0, len(examples), batch):
+        part = examples[j : j + batch]
+        preds = model.answer([e.image for e in part], [e.question for e in part])
+        right += sum(vqa.correct(p, e.answer) for p, e in zip(preds, part))
+    return right / len(examples)
+
+
+def train(args) -> dict:
+    from safetensors.torch import save_file
+
+    from gistify.models import load
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    log_path = out / "train.log"
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with log_path.open("a") as f:
+            f.write(msg + "\n")
+
+    lm, tok = load()
+    model = GistVLM(lm.to(torch.bfloat16), tok)
+    opt = torch.optim.AdamW(model.projector.parameters(), lr=args.lr, weight_decay=0.0)
+    start, history, align_loss = 0, [], None
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_trained(ck["trained"])
+        opt.load_state_dict(ck["optimizer"])
+        start, history, align_loss = ck["step"], ck["history"], ck["align_loss"]
+        log(f"resumed at step {start} of {args.steps}")
+    if align_loss is None:
+        align_loss = align(model, args.align_steps, 128, args.seed, log)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+    )
+    for _ in range(start):
+        sched.step()
+    t0 = time.perf_counter()
+    for step in track(range(start, args.steps), args.steps - start, "answer", enabled=True):
+        loss = answer_batch(model, training_examples(step, args.batch, args.seed))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        if (step + 1) % 10 == 0:
+            recent = sum(history[-10:]) / 10
+            log(f"step {step + 1}: loss {recent:.3f} ({(time.perf_counter() - t0) / (step + 1 - start):.2f} s/step)")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            state = {
+                "trained": model.trained_state(),
+                "optimizer": opt.state_dict(),
+                "step": step + 1,
+                "history": history,
+                "align_loss": align_loss,
+            }
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+    model.eval()
+    held_out = {
+        task: accuracy(model, vqa.examples(task, "test", args.eval_n, seed=1)) for task in ("easyvqa", "easyvqa-4")
+    }
+    log(f"held-out accuracy (test split, n={args.eval_n} each): {held_out}")
+    card = {
+        "model": "GistVLM: EfficientNet-Lite0 (frozen, ImageNet) -> MLP projector -> SmolLM2-135M-Instruct (frozen)",
+        "visual_tokens": 196,
+        "data": "easy-vqa 1.0 train images 0-3599: its questions and four-object composites, half and half",
+        "align": {"steps": args.align_steps, "batch": 128, "final_loss": round(align_loss, 4)},
+        "answer": {
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "llm_dtype": "bfloat16",
+            "loss_first10": round(sum(history[:10]) / 10, 4),
+            "loss_last10": round(sum(history[-10:]) / 10, 4),
+        },
+        "held_out_accuracy": {"split": "test", "n": args.eval_n, **held_out},
+        "command": f"python -m gistify_bench.vlm_train --steps {args.steps} --batch {args.batch} --seed {args.seed}",
+    }
+    save_file({k: v.contiguous() for k, v in model.trained_state().items()}, out / "gistvlm.safetensors")
+    (out / "gistvlm.json").write_text(json.dumps(card, indent=2) + "\n")
+    if args.ship:
+        shutil.copy(out / "gistvlm.safetensors", WEIGHTS)
+        shutil.copy(out / "gistvlm.json", CARD)
+        log(f"shipped to {WEIGHTS.parent}")
+    return card
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.vlm_train", description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=600, help="projector steps (batches)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--align-steps", type=int, default=600)
+    p.add_argument("--eval-n", type=int, default=300, help="held-out questions per task")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(default_dir()), help="checkpoints, log and the trained weights")
+    p.add_argument("--ship", action="store_true", help="copy the weights and card into the package")
+    card = train(p.parse_args(argv))
+    print(json.dumps(card["held_out_accuracy"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
