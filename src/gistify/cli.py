@@ -1,4 +1,4 @@
-"""The `gistify` command: compress, methods, models.
+"""The `gistify` command: compress, render, methods, models.
 
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
@@ -127,6 +127,28 @@ def cmd_compress(args) -> int:
     return EXIT_OK
 
 
+def cmd_render(args) -> int:
+    from gistify.rendering import Layout, render
+
+    text = _read_text(args.file)
+    if not text.strip():
+        raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
+    changes = {k: v for k, v in (("font", args.font), ("font_size", args.font_size), ("width", args.width)) if v}
+    layout = (Layout.fold if args.layout == "fold" else Layout.line)(**changes)
+    rendering = render(text, layout)
+    stem = "page" if args.file == "-" else Path(args.file).stem
+    paths = rendering.save(args.output, stem)
+    width, height = layout.size
+    print(
+        f"{len(paths)} images of {width}x{height} ({layout.rows} rows of {layout.row_height} px) for {len(text)} "
+        f"characters in {args.output}/ ({stem}-0001.png ..., spans in {stem}.json)",
+        file=sys.stderr,
+    )
+    if rendering.missing:
+        print(f"gistify: note: no font has {rendering.missing!r}; drawn as boxes", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_methods(args) -> int:
     import dataclasses
 
@@ -206,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
     out.add_argument("--json", action="store_true", help="print the full result as JSON")
     c.set_defaults(run=cmd_compress)
+
+    r = sub.add_parser("render", help="render a text into images (vist's input), with the span each row holds")
+    r.add_argument("file", help="a UTF-8 text file, or - for standard input (never modified)")
+    r.add_argument("-o", "--output", required=True, help="folder for the PNG images and their JSON record")
+    r.add_argument(
+        "--layout",
+        choices=["fold", "line"],
+        default="fold",
+        help="fold: the paper's 224x224 canvases, 16 rows of 14 px (default); line: one 48-px line per image",
+    )
+    r.add_argument("--font", help="font file name or path (`fc-list`); default DejaVuSans.ttf")
+    r.add_argument("--font-size", type=int, help="in px (default: 10 for fold, 32 for line)")
+    r.add_argument("--width", type=int, help="image width in px (default: 224 for fold, 768 for line)")
+    r.set_defaults(run=cmd_render)
 
     bench = sub.add_parser("bench", help="the evaluation harness: `gistify bench --help`", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)

@@ -37,6 +37,7 @@ IMAGE_SIZE = 224  # encoder input; 224 / 16 = a 14 x 14 grid of visual tokens
 GRID = IMAGE_SIZE // STRIDE
 ALIGN_WIDTH = 128  # the text-aligned space of the probe and question head
 KEY_WIDTH = 64
+LORA_RANK = 8
 WEIGHTS = Path(__file__).with_name("gistvlm.safetensors")
 CARD = Path(__file__).with_name("gistvlm.json")  # how the weights were trained and what they score
 
@@ -80,13 +81,33 @@ class AttentionProbe(nn.Module):
         return attention, keys, patch_text, pooled
 
 
+class LoRALinear(nn.Module):
+    """A frozen Linear plus a trained low-rank update (Hu et al. 2021): y = W x + (alpha / r) B A x, B = 0 at
+    the start, so the wrapped model begins exactly as the plain one."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / rank**0.5)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = (x @ self.lora_a.T.to(x.dtype)) @ self.lora_b.T.to(x.dtype)
+        return self.base(x) + self.scale * update
+
+
 class GistVLM(nn.Module):
     """EfficientNet-Lite0 (frozen) -> MLP projector -> SmolLM2-135M (frozen), plus the alignment heads."""
 
-    def __init__(self, lm: Any, tokenizer: Any, encoder: nn.Module | None = None):
+    def __init__(self, lm: Any, tokenizer: Any, encoder: nn.Module | None = None, lora_rank: int = LORA_RANK):
         super().__init__()
         self.encoder = encoder if encoder is not None else load_encoder()
         self.lm = lm.requires_grad_(False)
+        # LoRA on the LLM's query and value projections: the frozen 135M LLM with a projector alone learned to
+        # read one shape but not to find the one asked about among four (dev: 45% on shapes, 7% on colours).
+        for layer in lm.model.layers:
+            for name in ("q_proj", "v_proj"):
+                setattr(layer.self_attn, name, LoRALinear(getattr(layer.self_attn, name), lora_rank, 2 * lora_rank))
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:  # prompts are left-padded in batches; the padding is masked out
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
@@ -99,18 +120,22 @@ class GistVLM(nn.Module):
 
     # -- trained parts: saving and loading -------------------------------------------------------------------------
 
+    def lora_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.lm.named_parameters() if ".lora_" in n}
+
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The parameters training changes (the encoder and the LLM stay as shipped)."""
-        return {
-            f"{p}.{k}": v
-            for p in ("projector", "probe", "question_head")
-            for k, v in getattr(self, p).state_dict().items()
-        }
+        """The parameters training changes (the encoder and the LLM's own weights stay as shipped)."""
+        parts = ("projector", "probe", "question_head")
+        state = {f"{p}.{k}": v for p in parts for k, v in getattr(self, p).state_dict().items()}
+        return state | {f"lm.{n}": p.detach() for n, p in self.lora_parameters().items()}
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
         for part in ("projector", "probe", "question_head"):
             prefix = part + "."
             getattr(self, part).load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        with torch.no_grad():
+            for name, p in self.lora_parameters().items():
+                p.copy_(state[f"lm.{name}"])
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> GistVLM:

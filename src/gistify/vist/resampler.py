@@ -1,0 +1,156 @@
+"""The Perceiver resampler: one image's encoder features -> N latent tokens, plus a CLS latent for PVE.
+
+research/methods.md §3.3 (Flamingo's design, arXiv 2204.14198): learned latent queries attend to the concatenation
+of the image's features and the latents themselves, then a feed-forward block, repeated `depth` times, then a
+LayerNorm. The paper keeps 64 tokens per image for the LLM (N, changeable at inference by training with several)
+and one extra latent whose output feeds only the PVE loss (§3.5), with Flamingo's sizes (depth 6, 8 heads x 64,
+FF x4) at ViT-L width 1024. For a 135M LLM §3.8-3.9 scale it to width d_model (576 for SmolLM2) and depth 2-3,
+so that the cross-attention can copy the self-attention's k/v weights whole (§3.4).
+
+Two things differ from Flamingo because the encoder differs. (1) The features (120- or 384-d from PP-OCRv6,
+gistify.vist.encoder) are projected to the resampler's width by a linear layer. (2) OCR features carry no
+absolute position (ViT features do, from its position embeddings), and attention over keys is blind to their
+order, so a learned embedding of each token's position in the image is added to its projected features;
+without it the resampler could not tell which word came first. The empty-region mask (§3.2) is a key mask: the
+latents never attend to tokens after the end of the text, and an image with no text at all gives latents that
+saw only each other (callers drop such images with `Resampled.image_mask`).
+
+Axes: M images, L encoder tokens per image, D_in encoder width, N latents, D width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ResamplerConfig:
+    """Args:
+    input_dim: encoder feature width (120: PP-OCRv6 neck; 384: its backbone).
+    dim: latent width; the LLM's hidden size, so that cross-attention copies k/v whole (§3.8).
+    depth: attention + feed-forward blocks (Flamingo 6; §3.8 scales to 2-3 for a 135M LLM).
+    heads, head_dim: attention heads (Flamingo: 8 x 64).
+    ff_mult: feed-forward expansion (x4).
+    latents: tokens per image given to the LLM (the paper's N = 64).
+    cls: add one more latent whose output is the image's summary for PVE (§3.5), never seen by the LLM.
+    max_tokens: most encoder tokens per image (sizes the position embedding; a fold image has 16 x 96 = 1536).
+    """
+
+    input_dim: int = 120
+    dim: int = 576
+    depth: int = 2
+    heads: int = 8
+    head_dim: int = 64
+    ff_mult: int = 4
+    latents: int = 64
+    cls: bool = True
+    max_tokens: int = 1536
+
+    def __post_init__(self):
+        for name in ("input_dim", "dim", "depth", "heads", "head_dim", "ff_mult", "latents", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ResamplerConfig.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class Resampled:
+    """tokens (M, N, D): what the LLM reads; cls (M, D) or None: the PVE summary; image_mask (M,) bool: images
+    that hold any text."""
+
+    tokens: torch.Tensor
+    cls: torch.Tensor | None
+    image_mask: torch.Tensor
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to [features; latents] (Flamingo): queries from the latents only."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x (M, L, D), latents (M, N, D), key_mask (M, L + N) True = attend -> (M, N, D)."""
+        m, n = latents.shape[:2]
+        latents = self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat([self.norm_media(x), latents], dim=1)).chunk(2, dim=-1)
+        q, k, v = (t.view(m, t.shape[1], self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # (M, H, N, hd)
+        return self.to_out(out.transpose(1, 2).reshape(m, n, -1))
+
+
+class PerceiverResampler(nn.Module):
+    """forward(features (M, L, D_in), mask (M, L) bool) -> Resampled(tokens (M, N, D), cls (M, D), image_mask (M,))."""
+
+    def __init__(self, config: ResamplerConfig | None = None):
+        super().__init__()
+        self.config = c = config or ResamplerConfig()
+        self.proj = nn.Linear(c.input_dim, c.dim)
+        self.position = nn.Parameter(torch.randn(c.max_tokens, c.dim) * 0.02)
+        self.latents = nn.Parameter(torch.randn(c.latents + int(c.cls), c.dim) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    PerceiverAttention(c.dim, c.heads, c.head_dim),
+                    nn.Sequential(
+                        nn.LayerNorm(c.dim),
+                        nn.Linear(c.dim, c.ff_mult * c.dim, bias=False),
+                        nn.GELU(),
+                        nn.Linear(c.ff_mult * c.dim, c.dim, bias=False),
+                    ),
+                ]
+            )
+            for _ in range(c.depth)
+        )
+        self.norm = nn.LayerNorm(c.dim)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> Resampled:
+        c = self.config
+        if features.ndim != 3 or features.shape[-1] != c.input_dim:
+            raise ValueError(f"features must be (M, L, {c.input_dim}), got {tuple(features.shape)}")
+        m, length = features.shape[:2]
+        if length > c.max_tokens:
+            raise ValueError(f"{length} tokens per image; ResamplerConfig.max_tokens is {c.max_tokens}")
+        mask = torch.ones(m, length, dtype=torch.bool) if mask is None else mask.bool()
+        dtype = self.proj.weight.dtype
+        x = self.proj(features.to(dtype)) + self.position[:length]  # (M, L, D)
+        latents = self.latents.expand(m, -1, -1)  # (M, N(+1), D)
+        # Latents always see each other, so a blank image still has keys and no softmax over nothing.
+        key_mask = torch.cat([mask.to(x.device), torch.ones(m, latents.shape[1], dtype=torch.bool)], dim=1)
+        for attn, ff in self.layers:
+            latents = latents + attn(x, latents, key_mask)
+            latents = latents + ff(latents)
+        latents = self.norm(latents)
+        tokens, cls = (latents[:, :-1], latents[:, -1]) if c.cls else (latents, None)
+        return Resampled(tokens=tokens, cls=cls, image_mask=mask.any(dim=1))
+
+
+def flatten_images(tokens: torch.Tensor, image_mask: torch.Tensor, images_per_sample: list[int]) -> tuple:
+    """The memory each sample's LLM text reads: its images' tokens one after the other (§3.4: E is (M x N, D)).
+
+    tokens (sum M_i, N, D), image_mask (sum M_i,) -> memory (B, max_i M_i x N, D), memory_mask (B, max_i M_i x N)
+    bool, with the tokens of blank images and the padding masked out.
+    """
+    if sum(images_per_sample) != tokens.shape[0]:
+        raise ValueError(f"images_per_sample sums to {sum(images_per_sample)}, but there are {tokens.shape[0]} images")
+    n, d = tokens.shape[1:]
+    longest = max(images_per_sample, default=0) * n
+    memory = tokens.new_zeros(len(images_per_sample), longest, d)
+    memory_mask = torch.zeros(len(images_per_sample), longest, dtype=torch.bool, device=tokens.device)
+    start = 0
+    for b, count in enumerate(images_per_sample):
+        memory[b, : count * n] = tokens[start : start + count].reshape(-1, d)
+        memory_mask[b, : count * n] = image_mask[start : start + count].repeat_interleave(n)
+        start += count
+    return memory, memory_mask
