@@ -40,22 +40,20 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_tokenizer):
+def tiny_llama(tokenizer, **config):
+    """A fresh tiny random-weight Llama (seeded) over `tokenizer`'s vocabulary; `config` overrides its sizes."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-    )
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096)  # fmt: skip
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, **(sizes | config))
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    return tiny_llama(tiny_tokenizer)
 
 
 @pytest.fixture()

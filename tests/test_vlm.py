@@ -8,9 +8,9 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import gistify
+from conftest import tiny_llama
 from gistify.vlm import efficientnet
 from gistify.vlm.model import GRID, GistVLM, contrastive_loss
 from gistify_bench import vqa
@@ -22,12 +22,7 @@ N = GRID * GRID
 
 @pytest.fixture(scope="module")
 def vlm(tiny_tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, bos_token_id=tiny_tokenizer.bos_token_id,
-    )  # fmt: skip
-    return GistVLM(LlamaForCausalLM(config), tiny_tokenizer).eval()
+    return GistVLM(tiny_llama(tiny_tokenizer, num_hidden_layers=3), tiny_tokenizer).eval()  # adds LoRA: its own
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +208,23 @@ def test_training_batches_are_deterministic_and_mixed():
 
 @pytest.mark.real
 def test_shipped_vlm_answers_held_out_questions():
-    """The shipped weights answer most held-out composite questions (the card records the full measurement)."""
+    """The shipped weights answer held-out single-shape questions well above chance (its card records 0.81 on
+    300; easy-vqa's answers are 13 words, yes/no the most common)."""
     from gistify.vlm.model import WEIGHTS
 
-    if not WEIGHTS.exists():
-        pytest.skip("no shipped VLM weights")
-    model = GistVLM.from_pretrained()
-    ex = vqa.composites("test", 16, seed=5)
+    assert WEIGHTS.exists(), "the small VLM's weights ship with the package"
+    model = GistVLM.from_pretrained(dtype=torch.bfloat16)
+    ex = vqa.singles("test", 24, seed=5)
     preds = model.answer([e.image for e in ex], [e.question for e in ex])
-    chance = 1 / 3
-    assert sum(vqa.correct(p, e.answer) for p, e in zip(preds, ex)) / len(ex) > chance
+    assert sum(vqa.correct(p, e.answer) for p, e in zip(preds, ex)) / len(ex) >= 0.6
+    assert model.card()["held_out_accuracy"]["easyvqa"] > 0.7
+
+
+def test_quadrant_cells_match_where_composites_paste_their_images():
+    from gistify_bench.vlm_train import quadrant_cells
+
+    cells = quadrant_cells().view(GRID, GRID)
+    assert cells.flatten().bincount().tolist() == [N // 4] * 4
+    # composite quadrant q is pasted at (64 * (q % 2), 64 * (q // 2)) of the 128-px canvas
+    for q, (row, col) in enumerate([(0, 0), (0, GRID - 1), (GRID - 1, 0), (GRID - 1, GRID - 1)]):
+        assert cells[row, col] == q

@@ -73,6 +73,12 @@ def compress(
             `protect_numbers`, `protect_negations`, `protect_identifiers` add common ones.
         progress: draw a progress bar on stderr for long inputs.
     """
+    if method == "vist":  # not a text method: the distant part is read as images (gistify/vist/model.py)
+        from gistify.vist.model import compress as vist_compress
+
+        return vist_compress(text, question, keep=keep, tokens=tokens, model=model, tokenizer=tokenizer, scorer=scorer,
+                             protect=protect, protect_numbers=protect_numbers, protect_negations=protect_negations,
+                             protect_identifiers=protect_identifiers, **params)  # fmt: skip
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
     m = get_method(method, kind="text", **params)

@@ -57,8 +57,19 @@ def _answers(vlm, x) -> list[str]:
     return [t.strip().split("\n")[0].strip().lower() for t in vlm.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
+def on_target(reduction, target: int) -> float:
+    """The share of a composite's reduced tokens that show the asked object: each output token counts by the
+    fraction of the cells it stands for (its sources) that lie in the asked quadrant. All 196 tokens: 0.25."""
+    from gistify_bench.vlm_train import quadrant_cells
+
+    inside = quadrant_cells() == target
+    return sum(inside[s].float().mean().item() for s in reduction.sources) / len(reduction.sources)
+
+
 def accuracy(n: int, out: Path, batch: int = 25) -> list[dict]:
-    """One record per (task, method, keep): accuracy, mean visual tokens kept, and the per-question results."""
+    """One record per (task, method, keep): accuracy, mean visual tokens kept, the per-question results, and for
+    composites the share of the kept tokens that show the asked object (`on_target`): what question guidance
+    is for, measured apart from whether the model can use it."""
     import gistify
     from gistify.progress import track
 
@@ -68,21 +79,26 @@ def accuracy(n: int, out: Path, batch: int = 25) -> list[dict]:
     for task in TASKS:
         batches = _batches(vlm, vqa.examples(task, "test", n, seed=1), batch)
         for method, keep in track(configs, len(configs), f"{task}", enabled=True):
-            right, kept = [], []
+            right, kept, target = [], [], []
             for part, x in batches:
                 if method == "none":
                     preds = _answers(vlm, x)
                     kept += [x.features.shape[1]] * len(part)
+                    target += [0.25] * len(part)
                 else:
                     with gistify.reduce(vlm, method, keep=keep) as session:
                         preds = _answers(vlm, x)
                     kept += session.tokens_out
+                    if task == "easyvqa-4":
+                        target += [on_target(r[0], e.target) for r, e in zip(session.reductions, part)]
                 right += [vqa.correct(p, e.answer) for p, e in zip(preds, part)]
             records.append({
                 "task": task, "method": method, "keep": keep, "n": len(right),
                 "accuracy": sum(right) / len(right), "tokens": sum(kept) / len(kept), "correct": right,
+                "on_target": sum(target) / len(target) if target and task == "easyvqa-4" else None,
             })  # fmt: skip
-            print(f"{task} {method} keep={keep}: {records[-1]['accuracy']:.3f} ({records[-1]['tokens']:.1f} tokens)")
+            r = records[-1]
+            print(f"{task} {method} keep={keep}: {r['accuracy']:.3f}, {r['tokens']:.1f} tokens, {r['on_target']}")
     _write(out / "accuracy.json", {"machine": machine(), "n": n, "split": "test", "records": records})
     return records
 

@@ -1,0 +1,291 @@
+"""vist's training and inference (gistify/vist/pve.py, gistify/vist/model.py, gistify_bench/vist_train.py): PVE
+prefers matching pairs, frequency masking masks frequent tokens, the feature queue, a tiny training run on real
+prose that lowers the loss and resumes exactly, per-line cached features equal what inference computes, the
+inference API and `compress(method="vist")`. Tiny random Llama, tiny resampler; the encoder is a fake that draws
+features from each line's characters, except in one test that reads two short lines with PP-OCRv6."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import prose, tiny_llama
+from gistify.vist.encoder import Encoded
+from gistify.vist.model import VistConfig, VistModel, VistWeightsError, compress, group_lines
+from gistify.vist.pve import FeatureQueue, PVEConfig, importance, mask_positions, pve_loss, token_counts
+from gistify_bench import vist_train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class FakeEncoder:
+    """Features that carry the text: token c of a line is a fixed random vector of the character drawn there
+    (about two 8-px tokens per character at 32 px); tokens after the line's text are masked."""
+
+    def __init__(self, width: int = 120):
+        self.table = torch.randn(256, width, generator=torch.Generator().manual_seed(1))
+        self.calls = 0
+
+    def encode(self, rendering) -> Encoded:
+        lay = rendering.layout
+        t = lay.width // 8
+        feats = torch.zeros(len(rendering), t, self.table.shape[1])
+        mask = torch.zeros(len(rendering), t, dtype=torch.bool)
+        for row in rendering.rows:
+            s = rendering.text[row.span[0] : row.span[1]]
+            n = min(t, math.ceil(row.end / 8)) if s else 0
+            for c in range(n):
+                feats[row.image, c] = self.table[ord(s[min(len(s) - 1, c // 2)]) % 256]
+            mask[row.image, :n] = True
+        self.calls += len(rendering)
+        ids = torch.zeros(len(rendering), t, dtype=torch.int64)
+        return Encoded(feats, mask, ids, ids.float(), rows=1)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_tokenizer):
+    return tiny_llama(tiny_tokenizer, max_position_embeddings=2048)  # its own: training attaches to it
+
+
+TINY = dict(lines_per_image=4, latents=4, dim=32, depth=1, heads=2, head_dim=8, xattn_every=2)
+
+
+def tiny_args(out, *extra):
+    return vist_train.parser().parse_args(
+        [
+            *("--out", str(out), "--distant-tokens", "96", "--proximal-tokens", "24", "--batch", "4"),
+            *("--lines-per-image", "4", "--latents", "4", "--dim", "32", "--depth", "1", "--heads", "2"),
+            *("--head-dim", "8", "--xattn-every", "2", "--llm-dtype", "float32", "--export-dtype", "float32"),
+            *("--eval-n", "4", "--queue", "8", "--log-every", "1", "--no-progress", "--lr", "3e-3"),
+            *extra,
+        ]
+    )
+
+
+def corpus():
+    train = {n: prose(f"{n}.txt")[:2500] for n in ("aardwolf", "abacus", "ampere")}
+    return {"train": train, "eval": {"astronaut": prose("astronaut.txt")[:1500]}}
+
+
+# -- PVE ------------------------------------------------------------------------------------------------------------
+
+
+def test_pve_loss_is_lower_for_matching_pairs():
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(8, 16, generator=g)
+    visual = text + 0.3 * torch.randn(8, 16, generator=g)
+    matched = pve_loss(visual, text)
+    shuffled = pve_loss(visual.roll(1, 0), text)
+    assert matched < 0.5 < math.log(8) < shuffled
+    # overlapping windows of one article are not each other's negatives
+    keys = torch.tensor([[0, 0, 10], [0, 5, 15]] + [[i, 0, 10] for i in range(1, 7)])
+    near = text.clone()
+    near[1] = text[0] + 0.01 * torch.randn(16, generator=g)  # two views of (almost) the same words
+    assert pve_loss(near, near, keys=keys) < pve_loss(near, near)
+
+
+def test_frequency_masking_masks_the_frequent_tokens(tiny_tokenizer):
+    texts = [prose(n) for n in ("aardwolf.txt", "abacus.txt", "ampere.txt")]
+    counts = token_counts(texts, tiny_tokenizer, len(tiny_tokenizer))
+    assert int(counts.sum()) == sum(len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    scores = importance(counts, samples=100)
+    ids = torch.tensor([tiny_tokenizer(prose("astronaut.txt")[i * 400 : i * 400 + 600])["input_ids"][:96]
+                        for i in range(8)])  # fmt: skip
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[3, 50:] = False
+    frequent = counts[ids] >= torch.quantile(counts[ids].float(), 0.75)
+    rare = counts[ids] <= torch.quantile(counts[ids].float(), 0.25)
+    rates = {}
+    for mode in ("frequency", "random", "lowest", "none"):
+        g = torch.Generator().manual_seed(0)
+        draws = torch.stack([mask_positions(ids, valid, scores, PVEConfig(mask=mode), g) for _ in range(20)])
+        assert not draws[:, ~valid].any()  # padding is never counted as masked
+        per_sample = draws.sum(-1).float().mean(0)  # half of each sample's valid positions, or none
+        want = 0 if mode == "none" else torch.ceil(0.5 * valid.sum(1).float())
+        assert torch.equal(per_sample, torch.as_tensor(want, dtype=torch.float).expand(8))
+        m = draws.float().mean(0)
+        rates[mode] = (m[frequent & valid].mean().item(), m[rare & valid].mean().item())
+    f, r = rates["frequency"]
+    assert f > 0.85 and r < 0.2  # frequent tokens are masked far more often than rare ones
+    assert abs(rates["random"][0] - rates["random"][1]) < 0.15  # random masking does not care
+    assert rates["lowest"] == (1.0, 0.0)
+    with pytest.raises(ValueError, match="mask"):
+        PVEConfig(mask="idf")
+
+
+def test_the_queue_adds_negatives_and_remembers_keys():
+    q = FeatureQueue(4, 3)
+    assert len(q) == 0
+    q.push(torch.eye(3), torch.tensor([[0, 0, 5], [1, 0, 5], [2, 0, 5]]))
+    q.push(torch.ones(2, 3), torch.tensor([[3, 0, 5], [4, 0, 5]]))  # FIFO: the first entry is overwritten
+    assert len(q) == 4 and q.keys[:, 0].tolist() == [4, 1, 2, 3]
+    feats, ok = q.negatives(torch.tensor([[1, 3, 9], [7, 0, 1]]))
+    assert feats.shape == (4, 3) and ok.tolist() == [[True, False, True, True], [True] * 4]
+    state = q.state_dict()
+    q2 = FeatureQueue(1, 1)
+    q2.load_state_dict(state)
+    assert torch.equal(q2.features, q.features) and (q2.filled, q2.head) == (q.filled, q.head)
+    # more negatives: the same pairs give a larger loss, and the queue's own-text entries are left out
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(4, 8, generator=g)
+    visual = text + 0.5 * torch.randn(4, 8, generator=g)
+    keys = torch.tensor([[i, 0, 1] for i in range(4)])
+    big = FeatureQueue(64, 8)
+    big.push(torch.randn(64, 8, generator=g), torch.tensor([[10 + i, 0, 1] for i in range(64)]))
+    assert pve_loss(visual, text, keys=keys, queue=big) > pve_loss(visual, text, keys=keys)
+    own = FeatureQueue(4, 8)
+    own.push(text[:1], keys[:1])  # a window's own text again (a later view of it): never its negative
+    assert pve_loss(visual[:1], text[:1], keys=keys[:1], queue=own) == 0
+    other = torch.tensor([[0, 1, 2]])  # the same article, lines that do not overlap: a true negative
+    assert math.isclose(pve_loss(text[:1], text[:1], keys=other, queue=own).item(), math.log(2), rel_tol=1e-5)
+
+
+# -- training -------------------------------------------------------------------------------------------------------
+
+
+def test_group_lines_pads_the_last_image():
+    pages = group_lines(torch.ones(5, 3, 2), torch.ones(5, 3, dtype=torch.bool), 4)
+    assert pages.features.shape == (2, 12, 2) and pages.mask.sum(1).tolist() == [12, 3]
+    assert group_lines(torch.ones(0, 3, 2), torch.ones(0, 3, dtype=torch.bool), 4).mask.shape == (1, 12)
+
+
+def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokenizer, tmp_path):
+    enc = FakeEncoder()
+    run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
+    args = tiny_args(tmp_path / "a", *run)
+    card = vist_train.train(args, lm, tiny_tokenizer, enc, corpus())
+
+    def losses(state=None):
+        """LM and PVE (in-batch negatives) losses of one fixed batch of training windows."""
+        torch.manual_seed(args.seed)
+        model = VistModel(lm, tiny_tokenizer, vist_train.config_from(args), enc)
+        data = vist_train.Corpus(corpus()["train"], model, enc, tmp_path / "a" / "features", args, "train")
+        model.set_token_counts(token_counts(data.texts, tiny_tokenizer, len(tiny_tokenizer)), len(data.windows))
+        if state is not None:
+            model.load_trained(state)
+        batch = data.batch(vist_train.windows_for(data, 10_000, 0, 8, 0))
+        scores = model.importance()
+        with torch.no_grad():
+            _, info = vist_train.step_loss(model, batch, PVEConfig(queue=0), None, torch.Generator(), scores)
+        return info
+
+    before, after = losses(), losses(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["trained"])
+    assert after["lm"] < before["lm"] - 0.02 and after["pve"] < before["pve"] - 0.1, (before, after)
+    held = card["held_out"]["nll_per_token"]
+    assert set(held) >= {"base", "vist", "shuffled", "text", "vist_gain"} and held["windows"] == 4
+    assert (tmp_path / "a" / "vist.safetensors").is_file() and (tmp_path / "a" / "train.log").is_file()
+    encoded = enc.calls
+    assert encoded > 0 and list((tmp_path / "a" / "features").glob("train-*.npz"))
+
+    # the same run, interrupted after 5 steps and resumed, ends in the same state; features come from the cache
+    b = tmp_path / "b"
+    (b / "features").mkdir(parents=True)
+    for f in (tmp_path / "a" / "features").glob("*.npz"):
+        (b / "features" / f.name).write_bytes(f.read_bytes())
+    enc2 = FakeEncoder()
+    run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
+    stopped = vist_train.train(tiny_args(b, *run, "--stop-after", "5"), lm, tiny_tokenizer, enc2, corpus())
+    assert stopped == {"stopped": 5} and enc2.calls == 0
+    vist_train.train(tiny_args(b, *run), lm, tiny_tokenizer, enc2, corpus())
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "a", b))
+    assert ca["step"] == cb["step"] == 20
+    assert all(torch.equal(ca["trained"][k], cb["trained"][k]) for k in ca["trained"])
+    assert torch.equal(ca["queue"]["features"], cb["queue"]["features"])
+    assert [h["lm"] for h in ca["history"]] == [h["lm"] for h in cb["history"]]
+    with pytest.raises(ValueError, match="another configuration"):
+        vist_train.train(tiny_args(b, *run, "--mask", "random"), lm, tiny_tokenizer, enc2, corpus())
+
+
+def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_path):
+    """Training reads features cached per line of a whole article; inference renders the distant text alone.
+    Greedy wrapping makes them the same lines, pixel for pixel: PP-OCRv6 on two short lines."""
+    from gistify.vist.encoder import TextImageEncoder
+
+    text = "The aardwolf is a small insectivorous mammal.\nIt eats termites at night, by the thousand."
+    encoder = TextImageEncoder()
+    model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY, font_size=24), encoder)
+    lf = vist_train.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")
+    lf.ensure(range(len(lf)))
+    assert len(lf) >= 2 and lf.have.all()
+    pages = model.read([text[int(lf.spans[1, 0]) :]])[0]  # from the second line on, rendered alone
+    cached = lf.pages(1, len(lf))
+    assert torch.allclose(pages.features, cached.features, rtol=2e-3, atol=2e-3)  # float16 in the cache
+    assert torch.equal(pages.mask, cached.mask) and pages.mask.any()
+    again = vist_train.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")  # read back from disk
+    assert again.have.all() and np.array_equal(again.spans, lf.spans)
+
+
+# -- inference ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(lm, tiny_tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vist")
+    vist_train.train(tiny_args(out, "--steps", "3"), lm, tiny_tokenizer, FakeEncoder(), corpus())
+    return out / "vist.safetensors"
+
+
+def test_the_inference_api(trained, lm, tiny_tokenizer):
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    assert m.card["training"]["steps"] == 3 and m.config.latents == 4
+    assert int(m.samples) > 0 and int(m.token_counts.sum()) > 0  # the corpus' token counts came with the weights
+    distant, prox = prose("aardwolf.txt")[:600], "The aardwolf"
+    out = m.generate(distant, prox, max_new_tokens=4)
+    assert isinstance(out, str)
+    loss = m.loss(distant, " is a small mammal.", prox)
+    assert math.isfinite(loss) and math.isclose(m.perplexity(distant, " is a small mammal.", prox), math.exp(loss))
+    plain = m.loss(None, " is a small mammal.", prox)
+    ids = tiny_tokenizer(prox + " is a small mammal.", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n = len(tiny_tokenizer(prox, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logp = lm(ids).logits[0, :-1].log_softmax(-1)
+    want = -logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].mean().item()
+    assert math.isclose(plain, want, rel_tol=1e-5)  # no distant text: the plain LLM
+    with pytest.raises(ValueError, match="proximal_text"):
+        m.generate(distant, "")
+
+
+def test_prefix_mode_reads_the_memory(lm, tiny_tokenizer):
+    m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY, inject="prefix"), FakeEncoder())
+    mem = m.memory(m.read(["The aardwolf eats termites.", ""]))
+    assert mem.visual_tokens == [4, 0]
+    ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    with torch.no_grad():
+        logits = m.logits(ids, torch.ones_like(ids), mem)
+        assert torch.allclose(logits[1], lm(ids[1:]).logits[0], atol=1e-5)  # no memory: the plain LLM
+    assert isinstance(m.generate("The aardwolf eats termites.", "It", max_new_tokens=2), str)
+
+
+def test_compress_with_vist(trained, lm, tiny_tokenizer):
+    import gistify
+
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    context = prose("abacus.txt")[:3000]
+    n = len(tiny_tokenizer(context, add_special_tokens=False)["input_ids"])
+    r = gistify.compress(context, "What is an abacus?", method="vist", model=m, tokens=n // 3)
+    assert r.method == "vist" and r.tokens_in == n and r.tokens_out <= n // 3
+    assert r.tokens_out == r.visual_tokens + r.proximal_tokens and r.visual_tokens > 0 and r.proximal_tokens > 0
+    (s, e), (ds, de) = r.kept_spans[0], r.distant_spans[0]
+    assert e == len(context) and ds == 0 and de == s and r.text == context[s:] and r.dropped_spans == []
+    assert any("not a text" in note for note in r.notes)
+    assert isinstance(r.generate(" Answer:", max_new_tokens=2), str)
+    json.dumps(r.to_dict())
+    default = compress(context, model=m)  # no budget: the proximal window vist was trained with
+    assert abs(default.proximal_tokens - 24) <= 2
+    tight = compress(context, model=m, tokens=5)  # below what images cost: all read as images, and said so
+    assert tight.proximal_tokens == 0 and any("below what the whole context costs" in x for x in tight.notes)
+    with pytest.raises(ValueError, match="does not take protect"):
+        gistify.compress(context, method="vist", model=m, tokens=50, protect=[r"\d+"])
+
+
+def test_missing_weights_say_how_to_make_them(tmp_path):
+    import gistify
+
+    with pytest.raises(VistWeightsError, match="gistify_bench.vist_train"):
+        VistModel.from_pretrained(tmp_path / "vist.safetensors")
+    with pytest.raises(VistWeightsError, match="gistify_bench.vist_train"):
+        gistify.compress("Some context to read.", method="vist", weights=tmp_path / "none.safetensors")
