@@ -56,15 +56,16 @@ class GistVLMAdapter(Adapter):
             if "llm_attention" in needs:
                 fields["llm_attention"] = self.llm_attention(features, x, getattr(method, "layer", 2))
                 notes.append(FASTV_NOTE)
+            if "question_states" in needs:  # (M_b, D') the prompt's LLM input embeddings, padding dropped
+                embed = model.lm.get_input_embeddings()
+                questions = [embed(ids[m.bool()]).float() for ids, m in zip(x.input_ids, x.attention_mask)]
+                notes.append(QUESTION_NOTE)
         contexts = []
         for b in range(len(features)):
             ctx = {name: value[b].float() for name, value in fields.items()}
             if "question_states" in needs:
-                ids = x.input_ids[b][x.attention_mask[b].bool()]
-                ctx["question_states"] = model.lm.get_input_embeddings()(ids).float()
+                ctx["question_states"] = questions[b]
             contexts.append(VisualContext(features[b], grid=_grid(features.shape[1]), **ctx))
-        if "question_states" in needs:
-            notes.append(QUESTION_NOTE)
         return contexts, notes
 
     def llm_attention(self, features: torch.Tensor, x, layer: int) -> torch.Tensor:
