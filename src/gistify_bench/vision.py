@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -126,7 +127,7 @@ def speed_vlm(repeats: int) -> list[dict]:
     t_encode = _median_time(lambda: vlm.encode(x.pixel_values), repeats)
     rows = []
     for method, keep in [("none", 1.0)] + [(m, k) for m in METHODS for k in (0.5, 0.25, 0.1)]:
-        with torch.no_grad(), gistify.reduce(vlm, method, keep=keep) if method != "none" else _null() as session:
+        with torch.no_grad(), gistify.reduce(vlm, method, keep=keep) if method != "none" else nullcontext() as session:
             t_reduce = _median_time(lambda: vlm.sequence(x), repeats)
             embeds, mask, pos = vlm.sequence(x)
             reset_peak_rss()
@@ -171,7 +172,10 @@ def speed_llava(repeats: int) -> list[dict]:
     model, inputs = tiny_llava()
     rows = []
     for method, keep in [("none", 1.0)] + [(m, 0.1) for m in METHODS if m != "recover"] + [("recover", 0.1)]:
-        with torch.no_grad(), gistify.reduce(model, method, keep=keep) if method != "none" else _null() as session:
+        with (
+            torch.no_grad(),
+            gistify.reduce(model, method, keep=keep) if method != "none" else nullcontext() as session,
+        ):
             reset_peak_rss()
             base = rss_mb("VmRSS")
             t = _median_time(lambda: model(**inputs), repeats)
@@ -184,16 +188,6 @@ def speed_llava(repeats: int) -> list[dict]:
         })  # fmt: skip
         print(rows[-1])
     return rows
-
-
-class _null:
-    """`with` stand-in for the unreduced rows (session is None)."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def speed(out: Path, repeats: int = 7) -> dict:

@@ -11,10 +11,6 @@ from gistify_bench.flops import llava_table
 BASELINES = ("random", "pool", "fastv")  # the ones the issue names; recover must beat each at keep 0.1
 
 
-def _fmt_keep(keep) -> str:
-    return "own" if keep is None else f"{keep:g}"
-
-
 def accuracy_tables(records: list[dict]) -> list[str]:
     lines = []
     for task in dict.fromkeys(r["task"] for r in records):

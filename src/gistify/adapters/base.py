@@ -228,11 +228,11 @@ class PlaceholderAdapter(Adapter):
 
     def encode(self, inputs: dict[str, Any], needs: frozenset[str]) -> list[VisualContext]:
         """One VisualContext per image of a prefill call, in placeholder order, with `visual_states` set."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement encode(inputs, needs)")
 
     def language_model(self) -> nn.Module:
         """The LLM's decoder (its `.layers` and `.get_input_embeddings()`)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement language_model()")
 
     def to_llm(self, ctx: VisualContext, tokens: torch.Tensor) -> torch.Tensor:
         """(K', D') the reduced tokens as the LLM reads them; identity when the reduction runs in that space."""
@@ -310,7 +310,7 @@ class PlaceholderAdapter(Adapter):
             for c, r in zip(contexts, reductions)
         ]
         index = shorten(ids, mask, spans, [r.n_out for r in reductions])
-        built = self.build_inputs(inputs, index, features)
+        built = self.build_inputs(inputs, index, features, reductions)
         session.inputs = {"input_ids": built["input_ids"], "attention_mask": built["attention_mask"]}
         out = {k: v for k, v in inputs.items() if k not in self.vision_inputs}
         out.update(built)
@@ -356,9 +356,17 @@ class PlaceholderAdapter(Adapter):
             )
         return clean_question(tokenizer.decode(question.ids.tolist(), skip_special_tokens=True))
 
-    def build_inputs(self, inputs: dict[str, Any], index: torch.Tensor, features: list[torch.Tensor]) -> dict[str, Any]:
+    def build_inputs(
+        self,
+        inputs: dict[str, Any],
+        index: torch.Tensor,
+        features: list[torch.Tensor],
+        reductions: list[Reduction] | None = None,
+    ) -> dict[str, Any]:
         """The model inputs of the shortened prompt: per-token tensors gathered at `index` (B, S'; -1 = padding),
-        the new mask, recomputed position ids when the call gave some, and the features as mm_encoder_outputs."""
+        the new mask, recomputed position ids when the call gave some, and the features as mm_encoder_outputs.
+        `reductions`: this call's, one per image in placeholder order (None on FastV's scoring pass, which reads
+        the full prompt), for families whose positions depend on which slots were kept (Qwen2.5-VL)."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         ids = inputs["input_ids"]

@@ -13,6 +13,8 @@ CLIP's features before LLaVA's projector. The context each method asks for:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from gistify.adapters.base import FASTV_NOTE, QUESTION_NOTE, Adapter, Session, last_token_attention
@@ -77,7 +79,7 @@ class GistVLMAdapter(Adapter):
         model, n = self.model, features.shape[1]
         reducer, model.token_reducer = model.token_reducer, None  # the full sequence, for this pass only
         try:
-            embeds, mask, positions = model.sequence(x)
+            embeds, mask, positions = model.sequence(replace(x, features=features))  # encoded once already
         finally:
             model.token_reducer = reducer
         row = last_token_attention(

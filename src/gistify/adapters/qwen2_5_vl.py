@@ -65,10 +65,6 @@ class Qwen2_5_VLAdapter(PlaceholderAdapter):
     family: ClassVar[str] = "Qwen2.5-VL"
     vision_inputs: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
-    def __init__(self, model, text_tower: Any = None, tokenizer: Any = None):
-        super().__init__(model, text_tower, tokenizer)
-        self._session: Session | None = None  # the session of the rewrite under way (build_inputs reads it)
-
     def language_model(self):
         return self.model.model.language_model
 
@@ -108,25 +104,14 @@ class Qwen2_5_VLAdapter(PlaceholderAdapter):
 
     # -- the shortened prompt --------------------------------------------------------------------------------
 
-    def rewrite(self, session: Session, inputs: dict[str, Any]) -> dict[str, Any]:
-        # build_inputs needs this call's Reductions (which slots each image kept), and base.py does not pass them:
-        # it reads them from the session, cleared first so that the scoring pass (llm_attention, before any
-        # reduction) cannot read the previous call's.
-        self._session = session
-        session.reductions = []
-        try:
-            return super().rewrite(session, inputs)
-        finally:
-            self._session = None
-
-    def build_inputs(self, inputs: dict[str, Any], index: torch.Tensor, features: list[torch.Tensor]):
+    def build_inputs(self, inputs: dict[str, Any], index: torch.Tensor, features: list[torch.Tensor], reductions=None):
         """base.py's inputs, plus M-RoPE position ids (3, B, S') taken from the full prompt's, and rope_deltas."""
         out = super().build_inputs({k: v for k, v in inputs.items() if k != "position_ids"}, index, features)
         ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
         full = self.full_positions(inputs, mask)  # (3, B, S)
-        source = position_sources(ids, mask, self.image_token_id, self._reductions(features))
+        source = position_sources(ids, mask, self.image_token_id, reductions)
         column = source.gather(1, index.clamp_min(0))  # (B, S'): whose position each new column takes
         positions = full.gather(2, column[None].expand(3, -1, -1))
         positions = positions.masked_fill(index[None] < 0, 1)  # padding: any position, it is masked out
@@ -136,12 +121,6 @@ class Qwen2_5_VLAdapter(PlaceholderAdapter):
         top = positions.masked_fill(~real[None], -1).amax(dim=(0, 2))  # (B,)
         self.model.model.rope_deltas = (top + 1 - real.sum(1)).unsqueeze(1)
         return out
-
-    def _reductions(self, features: list[torch.Tensor]) -> list[Reduction] | None:
-        """This call's reductions in placeholder order, or None on the scoring pass (nothing reduced yet)."""
-        session = self._session
-        flat = [r for rs in session.reductions for r in rs] if session is not None else []
-        return flat if len(flat) == len(features) else None
 
     def full_positions(self, inputs: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
         """(3, B, S) the positions the unmodified model gives the full prompt: the user's, or get_rope_index's
