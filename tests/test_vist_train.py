@@ -289,3 +289,96 @@ def test_missing_weights_say_how_to_make_them(tmp_path):
         VistModel.from_pretrained(tmp_path / "vist.safetensors")
     with pytest.raises(VistWeightsError, match="gistify_bench.vist_train"):
         gistify.compress("Some context to read.", method="vist", weights=tmp_path / "none.safetensors")
+
+
+# -- gistify_bench.vist_bench -------------------------------------------------------------------------------------
+
+
+def test_the_lm_task_scores_every_way_on_the_same_tokens(trained, lm, tiny_tokenizer, tmp_path):
+    from gistify_bench import vist_bench
+
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    articles = {"astronaut": prose("astronaut.txt")[:5000], "abacus": prose("abacus.txt")[:5000]}
+    r = vist_bench.lm_task(m, articles, distant=96, n=3, cache=tmp_path)
+    ways = r["ways"]
+    assert set(ways) == {"none", "vist", "shuffled", "truncate", "reinforce", "full"}
+    assert r["scored_tokens"] == 128 * r["windows"] and r["windows"] == 3
+    assert all(math.isfinite(w["nll"]) and w["ppl"] > 1 for w in ways.values())
+    # truncation reads as many LLM-side tokens as vist; reinforce at most as many; none the fewest, full the most
+    assert ways["truncate"]["llm_tokens"] == ways["vist"]["llm_tokens"] >= ways["reinforce"]["llm_tokens"]
+    assert ways["none"]["llm_tokens"] == vist_bench.PROXIMAL < ways["vist"]["llm_tokens"] < ways["full"]["llm_tokens"]
+    assert 0.5 * 96 <= r["distant_tokens"] <= 96
+
+
+def test_icl_data_is_balanced_and_never_names_the_label():
+    from gistify_bench import vist_bench
+
+    articles = {n.capitalize(): prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere", "astronaut")}
+    d = vist_bench.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)
+    assert len(d["labels"]) == 3 and len(d["tests"]) == 12
+    counts = [sum(y == label for _, y in d["demos"]) for label in d["labels"]]
+    assert max(counts) - min(counts) <= 1 and sum(counts) == 8
+    assert not {x for x, _ in d["demos"]} & {x for x, _ in d["tests"]}
+    for x, y in d["demos"] + d["tests"]:
+        assert y.lower() not in x.lower()
+    assert d == vist_bench.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)  # a function of the seed
+    with pytest.raises(ValueError, match="enough sentences"):
+        vist_bench.icl_data(articles, classes=5, demos=8, per_class=4, seed=1)
+
+
+def test_the_icl_task_scores_labels_each_way(trained, lm, tiny_tokenizer):
+    from gistify_bench import vist_bench
+
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    articles = {n.capitalize(): prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere")}
+    r = vist_bench.icl_task(m, articles, classes=2, per_class=2, seed=0, distant_demos=4)
+    assert r["tests"] == 4 and r["visual_tokens"] > 0
+    ways = r["ways"]
+    assert all(0 <= w["accuracy"] <= 1 and 0 <= w["accuracy_calibrated"] <= 1 for w in ways.values())
+    assert ways["none"]["llm_tokens_context"] == 0
+    assert ways["truncate"]["llm_tokens_context"] == ways["vist"]["llm_tokens_context"] == r["visual_tokens"]
+    assert ways["full"]["llm_tokens_context"] == r["distant_text_tokens"]
+
+
+def test_onnx_flops_count_convolutions_and_matmuls():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gistify_bench.flops import Decoder, onnx_flops
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    m = numpy_helper.from_array(np.ones((256, 10), np.float32), "m")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),  # (1, 4, 8, 8)
+            helper.make_node("Flatten", ["y"], ["f"]),  # (1, 256)
+            helper.make_node("MatMul", ["f", "m"], ["z"]),  # (1, 10)
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [w, m],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    conv, matmul = 2 * 4 * 8 * 8 * 27, 2 * 10 * 256
+    assert onnx_flops(model, {"x": [1, 3, 8, 8]}) == conv + matmul
+    assert onnx_flops(model, {"x": [1, 3, 8, 8]}, ["y"]) == conv  # only what y depends on
+    assert onnx_flops(model, {"x": [2, 3, 8, 8]}) == 2 * (conv + matmul)
+    d = Decoder(layers=2, width=8, ffn=16, heads=2, kv_heads=1, vocab=50)
+    assert d.prefill_flops(10) - d.prefill_flops(10, 1) == 2 * 9 * 8 * 50  # the LM head on 1 token, not 10
+    # cross-attention: q, o over 3 tokens (d x d), k, v over 5 memory tokens (6 -> d_kv 4), 3 x 5 scores
+    assert d.cross_attention_flops(3, 5, 6) == 2 * 3 * 8 * 16 + 2 * 5 * 6 * 8 + 4 * 3 * 5 * 8
+
+
+def test_the_cost_task_and_the_report(trained, lm, tiny_tokenizer, tmp_path):
+    from gistify_bench import vist_bench
+
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    r = vist_bench.cost_task(m, {"astronaut": prose("astronaut.txt")[:4000]}, [200], new_tokens=2)
+    row = r["rows"][0]
+    assert row["plain"]["llm_tokens"] == 200 + vist_bench.PROXIMAL
+    assert row["vist"]["llm_tokens"] == row["vist"]["visual_tokens"] + vist_bench.PROXIMAL
+    assert row["vist"]["lines"] > 0 and all(v > 0 for v in row["vist"]["flops_parts"].values())
+    assert row["plain"]["seconds"] > 0 and row["vist"]["seconds"] >= row["vist"]["read_seconds"] > 0
+    vist_bench._write("cost", r, tmp_path)
+    assert "| 200 | 329 /" in vist_bench.report(tmp_path) and (tmp_path / "report.md").is_file()

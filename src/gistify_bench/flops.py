@@ -21,12 +21,93 @@ class Decoder:
     kv_heads: int
     vocab: int
 
-    def prefill_flops(self, tokens: int) -> float:
+    def prefill_flops(self, tokens: int, head_tokens: int | None = None) -> float:
+        """A forward pass over `tokens`; the LM head over `head_tokens` of them (default all; generation's
+        prefill needs 1, perplexity of the last k tokens k + 1)."""
         d, d_kv = self.width, self.width * self.kv_heads // self.heads
         projections = 2 * tokens * d * (2 * d + 2 * d_kv)
         attention = 4 * tokens * tokens * d
         mlp = 6 * tokens * d * self.ffn
-        return self.layers * (projections + attention + mlp) + 2 * tokens * d * self.vocab
+        head = tokens if head_tokens is None else head_tokens
+        return self.layers * (projections + attention + mlp) + 2 * head * d * self.vocab
+
+    def cross_attention_flops(self, tokens: int, memory: int, memory_dim: int) -> float:
+        """One CEPE block (research/methods.md §3.4): q and o over the `tokens` text positions, k and v over the
+        `memory` tokens (width memory_dim), scores and weighted sum over tokens x memory pairs."""
+        d, d_kv = self.width, self.width * self.kv_heads // self.heads
+        return 2 * tokens * d * 2 * d + 2 * memory * memory_dim * 2 * d_kv + 4 * tokens * memory * d
+
+    @classmethod
+    def from_config(cls, config) -> Decoder:
+        """From a transformers Llama-family config."""
+        return cls(
+            layers=config.num_hidden_layers,
+            width=config.hidden_size,
+            ffn=config.intermediate_size,
+            heads=config.num_attention_heads,
+            kv_heads=config.num_key_value_heads,
+            vocab=config.vocab_size,
+        )
+
+
+def resampler_flops(images: int, tokens: int, latents: int, input_dim: int, dim: int, depth: int, inner: int,
+                    ff_mult: int) -> float:  # fmt: skip
+    """gistify.vist.resampler.PerceiverResampler on `images` images of `tokens` encoder tokens: the input
+    projection, then per block the latents' queries over [features; latents] (inner = heads x head_dim) and the
+    feed-forward; `latents` counts the CLS latent too."""
+    keys = tokens + latents
+    block = 2 * latents * dim * inner + 2 * keys * dim * 2 * inner + 4 * latents * keys * inner
+    block += 2 * latents * inner * dim + 2 * 2 * latents * dim * ff_mult * dim
+    return images * (2 * tokens * input_dim * dim + depth * block)
+
+
+def onnx_flops(model, inputs: dict[str, list[int]], outputs: list[str] | None = None) -> float:
+    """Multiply-add FLOPs (x2) of the Conv, MatMul and Gemm nodes of an ONNX model at fixed input shapes;
+    with `outputs`, only the nodes those outputs depend on (elementwise ops, pooling and softmax left out).
+    Shapes come from one onnxruntime run on zeros (static shape inference loses them after dynamic reshapes)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # a copy: every tensor becomes an output
+    g = model.graph
+    del g.output[:]
+    names = [o for n in g.node for o in n.output if o]
+    g.output.extend(onnx.ValueInfoProto(name=o) for o in names)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {k: np.zeros(v, dtype=np.float32) for k, v in inputs.items()}
+    shapes = {name: list(value.shape) for name, value in zip(names, session.run(names, feeds))}
+    shapes |= {t.name: list(numpy_helper.to_array(t).shape) for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    nodes = list(g.node)
+    if outputs:  # the ancestors of the requested outputs
+        seen, todo = set(), list(outputs)
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                todo.extend(node.input)
+        nodes = [n for n in nodes if id(n) in seen]
+    total = 0.0
+    for n in nodes:
+        out = shapes.get(n.output[0])
+        if not out or 0 in out:
+            continue
+        size = 1
+        for s in out:
+            size *= s
+        if n.op_type == "Conv":
+            w = shapes[n.input[1]]  # (C_out, C_in / groups, kh, kw)
+            total += 2 * size * w[1] * w[2] * w[3]
+        elif n.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(n.input[0])
+            if a:
+                trans = n.op_type == "Gemm" and any(at.name == "transA" and at.i for at in n.attribute)
+                total += 2 * size * (a[-2] if trans else a[-1])
+    return total
 
 
 # Vicuna-7B v1.5 (Llama-2-7B dimensions), the LLM of LLaVA-1.5-7B.

@@ -135,11 +135,22 @@ class LineFeatures:
 
 @dataclass(frozen=True)
 class Window:
-    """Lines [first, split) of article `article` are the distant part; the proximal window starts at line split."""
+    """Lines [first, split) of article `article` are the distant part; the proximal window starts at line `start`
+    (default: split, the text that follows; a line inside the distant part makes a copy window, see `copied`)."""
 
     article: int
     first: int
     split: int
+    start: int | None = None
+
+    @property
+    def proximal_line(self) -> int:
+        return self.split if self.start is None else self.start
+
+    def copied(self, rng: random.Random) -> Window:
+        """The same distant part, the proximal window starting at one of its lines: the LLM can predict it only
+        by reading the memory (a reading curriculum, ICAE-style; --copy)."""
+        return dataclasses.replace(self, start=rng.randrange(self.first, self.split))
 
 
 class Corpus:
@@ -178,7 +189,7 @@ class Corpus:
         return self.texts[w.article][int(lf.spans[w.first, 0]) : int(lf.spans[w.split - 1, 1])]
 
     def proximal_ids(self, w: Window) -> list[int]:
-        text, start = self.texts[w.article], int(self.lines[w.article].spans[w.split, 0])
+        text, start = self.texts[w.article], int(self.lines[w.article].spans[w.proximal_line, 0])
         t = self.args.proximal_tokens
         span = 8 * t
         while True:
@@ -216,6 +227,7 @@ class Corpus:
             "ids": _pad(prox),
             "distant": _pad(dist),
             "keys": torch.tensor([[w.article, w.first, w.split] for w in windows], dtype=torch.int64),
+            "copy": torch.tensor([w.start is not None for w in windows]),
         }
 
 
@@ -246,11 +258,15 @@ def step_loss(model: VistModel, batch: dict, pve: PVEConfig, queue: FeatureQueue
     ids, mask = batch["ids"]
     total, count = model.nll(ids, mask, memory)
     lm = total.sum() / count.sum()
-    info = {"lm": lm.item()}
+    copy = batch["copy"]
+    info = {"lm": (total[~copy].sum() / count[~copy].sum()).item()} if (~copy).any() else {}
+    if copy.any():  # logged apart: on copy windows the loss falls only if the memory is read
+        info["copy"] = (total[copy].sum() / count[copy].sum()).item()
     if base:
         with torch.no_grad():
             b_total, _ = model.nll(ids, mask, None)
-        info["base"] = (b_total.sum() / count.sum()).item()
+        real = ~copy if (~copy).any() else copy
+        info["base"] = (b_total[real].sum() / count[real].sum()).item()
     loss = lm
     if pve.weight > 0:
         from gistify.vist.pve import visual_summary
@@ -271,10 +287,13 @@ def step_loss(model: VistModel, batch: dict, pve: PVEConfig, queue: FeatureQueue
     return loss, info
 
 
-def windows_for(corpus: Corpus, step: int, micro: int, batch: int, seed: int) -> list[Window]:
-    """The windows of micro-batch `micro` of step `step`: a function of (seed, step, micro) only."""
+def windows_for(corpus: Corpus, step: int, micro: int, batch: int, seed: int, copy: float = 0.0) -> list[Window]:
+    """The windows of micro-batch `micro` of step `step`: a function of (seed, step, micro) only; a share `copy`
+    of them (rounded) are copy windows (Window.copied)."""
     rng = random.Random(f"{seed}-{step}-{micro}")
-    return rng.sample(corpus.windows, min(batch, len(corpus.windows)))
+    windows = rng.sample(corpus.windows, min(batch, len(corpus.windows)))
+    n_copy = round(copy * len(windows))
+    return [w.copied(rng) if i < n_copy else w for i, w in enumerate(windows)]
 
 
 def eval_windows(corpus: Corpus, n: int, seed: int) -> list[Window]:
@@ -293,11 +312,24 @@ def eval_windows(corpus: Corpus, n: int, seed: int) -> list[Window]:
     return out
 
 
+def nll_after(model: VistModel, prefixes: list[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) summed NLL of the proximal windows `ids` (every token after the first, as VistModel.nll) read by the
+    plain LLM after the text tokens `prefixes[i]`: the same tokens scored, with text instead of a memory."""
+    rows, scored_at = [], []
+    for prefix, row, m in zip(prefixes, ids, mask):
+        rows.append(list(prefix) + row[: int(m.sum())].tolist())
+        scored_at.append(len(prefix) + 1)
+    tid, tmask = _pad(rows)
+    scored = torch.arange(tid.shape[1])[None, :] >= torch.tensor(scored_at)[:, None]
+    return model.nll(tid, tmask, None, scored)[0]
+
+
 @torch.no_grad()
-def evaluate(model: VistModel, corpus: Corpus, windows: list[Window], batch: int = 8) -> dict:
+def evaluate(model: VistModel, corpus: Corpus, windows: list[Window], batch: int = 8, text: bool = True) -> dict:
     """Mean per-token NLL of the proximal windows (every token after the first): without distant context
-    ("base"), with vist ("vist"), with another window's memory ("shuffled"), with the distant text ("text")."""
-    sums = {k: 0.0 for k in ("base", "vist", "shuffled", "text")}
+    ("base"), with vist ("vist"), with another window's memory ("shuffled"), with the distant text ("text",
+    unless `text` is False)."""
+    sums = {k: 0.0 for k in ("base", "vist", "shuffled", "text")[: 4 if text else 3]}
     count = 0
     model.eval()
     for s in range(0, len(windows), batch):
@@ -311,17 +343,11 @@ def evaluate(model: VistModel, corpus: Corpus, windows: list[Window], batch: int
             total, n = model.nll(ids, mask, mem)
             sums[key] += total.sum().item()
         count += n.sum().item()
+        if not text:
+            continue
         # the ceiling: distant text then the proximal window, scoring the same tokens
-        rows, scored_at = [], []
-        for i in range(len(part)):
-            d = b["distant"][0][i][: int(b["distant"][1][i].sum())].tolist()
-            p = ids[i][: int(mask[i].sum())].tolist()
-            rows.append(d + p)
-            scored_at.append(len(d) + 1)
-        tid, tmask = _pad(rows)
-        scored = torch.arange(tid.shape[1])[None, :] >= torch.tensor(scored_at)[:, None]
-        total, _ = model.nll(tid, tmask, None, scored)
-        sums["text"] += total.sum().item()
+        distant = [b["distant"][0][i][: int(b["distant"][1][i].sum())].tolist() for i in range(len(part))]
+        sums["text"] += nll_after(model, distant, ids, mask).sum().item()
     if len(windows) < 2:
         sums.pop("shuffled")
     out = {k: round(v / count, 4) for k, v in sums.items()}
@@ -373,7 +399,7 @@ def command(args) -> str:
     flags += [f"--inject {args.inject}", f"--latents {args.latents}", f"--lines-per-image {args.lines_per_image}"]
     flags += [f"--xattn-every {args.xattn_every}", f"--out-init {args.out_init}", f"--dim {args.dim}"]
     flags += ["--pve" if args.pve else "--no-pve", f"--mask {args.mask}", f"--mask-ratio {args.mask_ratio}"]
-    flags += [f"--queue {args.queue}", f"--llm-dtype {args.llm_dtype}", f"--seed {args.seed}"]
+    flags += [f"--queue {args.queue}", f"--copy {args.copy}", f"--llm-dtype {args.llm_dtype}", f"--seed {args.seed}"]
     return "python -m gistify_bench.vist_train " + " ".join(flags)
 
 
@@ -421,7 +447,7 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, args.steps, args.warmup))
     queue = FeatureQueue(pve.queue, lm.config.hidden_size) if pve.weight > 0 and pve.queue else None
     start, history = 0, []
-    keys = ("steps", "batch", "accum", "lr", "warmup", "distant_tokens", "proximal_tokens", "articles", "seed")
+    keys = ("steps", "batch", "accum", "lr", "warmup", "distant_tokens", "proximal_tokens", "articles", "seed", "copy")
     run = {k: getattr(args, k) for k in keys}  # what a resumed run must share with the one it continues
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -442,7 +468,7 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
         opt.zero_grad()
         infos = []
         for micro in range(args.accum):
-            batch = data.batch(windows_for(data, step, micro, args.batch, args.seed))
+            batch = data.batch(windows_for(data, step, micro, args.batch, args.seed, args.copy))
             g = torch.Generator().manual_seed((args.seed * 1_000_003 + step * 1009 + micro) % 2**31)
             logged = (step + 1) % args.log_every == 0 and micro == 0  # the plain LLM's loss, for the log
             loss, info = step_loss(model, batch, pve, queue, g, scores, base=logged)
@@ -453,7 +479,7 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
         sched.step()
         history.append({k: sum(i[k] for i in infos) / len(infos) for k in infos[-1]})
         if "base" in infos[0]:
-            history[-1]["lm_gain"] = infos[0]["base"] - infos[0]["lm"]  # on the logged micro-batch
+            history[-1]["lm_gain"] = infos[0]["base"] - infos[0].get("lm", infos[0].get("copy"))  # logged micro-batch
         done = step + 1
         if done % args.log_every == 0 or done == args.steps:
             recent = history[-args.log_every :]
@@ -485,6 +511,9 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
     held.ensure(windows, log)
     results = evaluate(model, held, windows) if windows else {}
     if results:
+        rng = random.Random(f"copy-{args.seed}")
+        copies = evaluate(model, held, [w.copied(rng) for w in windows], text=False)
+        results |= {f"copy_{k}": v for k, v in copies.items() if k in ("base", "vist", "shuffled")}
         results["vist_gain"] = round(results["base"] - results["vist"], 4)
         if "shuffled" in results:
             results["content_gain"] = round(results["shuffled"] - results["vist"], 4)
@@ -549,6 +578,8 @@ def parser() -> argparse.ArgumentParser:
     a("--mask-ratio", type=float, default=0.5)
     a("--temperature", type=float, default=0.07)
     a("--queue", type=int, default=256, help="queued text features (extra PVE negatives)")
+    a("--copy", type=float, default=0.0, help="share of copy windows per batch (the proximal window is a passage "
+      "of the distant part: a reading curriculum; held-out numbers are on real continuations)")
     a("--llm-dtype", choices=["bfloat16", "float32"], default="bfloat16", help="the frozen LLM's dtype")
     a("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16", help="of the saved weights")
     a("--articles", type=int, default=0, help="use only the first N train articles (0: all)")

@@ -108,6 +108,21 @@ class Encoded:
         return self.features.shape[1]
 
 
+def feature_outputs(model, name: str = "the model") -> dict[str, str]:
+    """{"backbone": ..., "neck": ...}: the names of the recogniser's feature tensors, found by structure."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    softmax = [n for n in g.node if n.op_type == "Softmax" and n.output[0] == g.output[0].name]
+    # The neck's output is the data input of the CTC head: walk back from the softmax to the head's MatMul.
+    head = softmax[0] if softmax else None
+    while head is not None and head.op_type != "MatMul":
+        head = producer.get(head.input[0])
+    pools = [n for n in g.node if n.op_type == "AveragePool"]  # the backbone ends by pooling the height to 1
+    if head is None or not pools:
+        raise EncoderError(f"{name} does not have the PP-OCRv6 recogniser's structure (CNN, SVTR neck, CTC)")
+    return {"backbone": pools[-1].output[0], "neck": head.input[0]}
+
+
 def _graph(path: Path) -> tuple[bytes, list[str], list[str]]:
     """The recogniser with its backbone and neck features as outputs and the softmax replaced by argmax + max.
 
@@ -118,20 +133,12 @@ def _graph(path: Path) -> tuple[bytes, list[str], list[str]]:
 
     model = onnx.load(str(path))
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    softmax = [n for n in g.node if n.op_type == "Softmax" and n.output[0] == g.output[0].name]
-    # The neck's output is the data input of the CTC head: walk back from the softmax to the head's MatMul.
-    head = softmax[0] if softmax else None
-    while head is not None and head.op_type != "MatMul":
-        head = producer.get(head.input[0])
-    pools = [n for n in g.node if n.op_type == "AveragePool"]  # the backbone ends by pooling the height to 1
-    if head is None or not pools:
-        raise EncoderError(f"{path.name} does not have the PP-OCRv6 recogniser's structure (CNN, SVTR neck, CTC)")
-    probs = softmax[0].output[0]
+    features = feature_outputs(model, path.name)
+    probs = g.output[0].name
     g.node.append(helper.make_node("ArgMax", [probs], ["ctc_ids"], axis=2, keepdims=0))
     g.node.append(helper.make_node("ReduceMax", [probs], ["ctc_max"], axes=[2], keepdims=0))
     del g.output[:]
-    names = {"backbone": pools[-1].output[0], "neck": head.input[0], "ids": "ctc_ids", "confidence": "ctc_max"}
+    names = features | {"ids": "ctc_ids", "confidence": "ctc_max"}
     for key, name in names.items():
         g.output.append(
             helper.make_tensor_value_info(name, TensorProto.INT64 if key == "ids" else TensorProto.FLOAT, None)

@@ -1,0 +1,441 @@
+"""vist against keeping the text (research/methods.md §3.7): language modelling, in-context learning, cost.
+
+    python -m gistify_bench.vist_bench lm   [--weights W] [--distant 1024] [--n 48]
+    python -m gistify_bench.vist_bench icl  [--weights W] [--classes 6] [--per-class 20] [--seeds 0 1 2]
+    python -m gistify_bench.vist_bench cost [--weights W] [--lengths 1024 2048 4096 8192 16384]
+    python -m gistify_bench.vist_bench ablation --run frequency=DIR --run no_pve=DIR --run random=DIR
+    python -m gistify_bench.vist_bench report
+
+Every task reads the held-out Wikipedia "eval" articles (vist_train trains on "train"). Each way of giving the LLM
+the distant part is scored on the same tokens, and its LLM-side token count is reported with it:
+- none: only the proximal text (no distant context);
+- vist: the distant part through vist's memory (visual tokens V) + the proximal text;
+- shuffled (lm only): another window's memory, a control (a gain that survives it is not reading);
+- truncate: the last V tokens of the distant text, as text (the same LLM-side token count as vist);
+- reinforce: the distant text compressed by gistify's reinforce to V tokens (no question: its query is the
+  text's end), as text;
+- full: the whole distant text, as text (the ceiling where it fits).
+
+lm: perplexity of the last 128 tokens (a 129-token proximal window, every token after the first) after D
+distant tokens (whole lines, D at most), one window per article, the windows of vist_train.
+icl: topic classification (a DBPedia-like task made of real sentences): each of `classes` eval articles is a
+label (its title); demos "Sentence: {x}\\nTopic: {y}" balanced per label, 2 of them in the decoder, the rest
+distant (one per line with a blank line after each, the paper's "dynamic + blank lines"); each label scored by
+its log-likelihood (raw, and calibrated by the same prompt with an empty sentence, as CEPE).
+cost: one text of D distant tokens (eval articles one after another) and a 129-token proximal text, for D from
+1k to 16k: LLM-side tokens, forward FLOPs (counted: the LLM, the cross-attention, the resampler and PP-OCRv6's
+convolutions and matmuls, at the shapes run), peak memory (VmHWM above the RSS before), and the throughput of
+generating 16 tokens end to end (vist: rendering and encoding included, encoder cache off). The plain LLM reads
+D + 129 tokens (SmolLM2 was trained to 8k: beyond that its cost is real, its output is not).
+ablation: the lm task (vist and its shuffled control only) for each trained run given.
+Results go to docs/results/vist/*.json; `report` writes docs/results/vist/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from gistify_bench.measure import machine, reset_peak_rss, rss_mb
+from gistify_bench.vist_train import Corpus, _pad, default_dir, eval_windows, nll_after
+
+PROXIMAL = 129  # the last 128 tokens are scored
+OUT = Path("docs/results/vist")
+
+
+def load(weights: str | None):
+    """The trained VistModel (LLM in bfloat16, as trained) and the held-out articles."""
+    from gistify.vist.model import VistModel
+    from gistify_bench.data import wikipedia
+
+    model = VistModel.from_pretrained(weights, dtype=torch.bfloat16)
+    return model, wikipedia("eval")
+
+
+def reinforce_ids(model, text: str, tokens: int) -> list[int]:
+    """The distant text compressed by reinforce to `tokens` LLM tokens (the LLM's own tokenizer counts)."""
+    import gistify
+
+    kept = gistify.compress(text, None, tokens=tokens, method="reinforce").text
+    return model.tokenizer(kept, add_special_tokens=False)["input_ids"][:tokens]
+
+
+# -- long-context language modelling -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def lm_task(model, articles: dict, distant: int, n: int, seed: int = 0, cache: Path | None = None,
+            ways: tuple[str, ...] = ("none", "vist", "shuffled", "truncate", "reinforce", "full"),
+            progress: bool = True) -> dict:  # fmt: skip
+    """Mean NLL per token (and perplexity) of the last 128 tokens of n held-out windows, each way."""
+    from gistify.progress import track
+
+    args = SimpleNamespace(distant_tokens=distant, proximal_tokens=PROXIMAL)
+    folder = Path(cache or default_dir()) / "features"
+    held = Corpus(articles, model, model.encoder, folder, args, "eval")
+    # only windows whose distant part was cut by the budget (so it holds ~distant tokens), one per article
+    held.windows = [w for w in held.windows if w.first > 0]
+    windows = eval_windows(held, n, seed)
+    held.ensure(windows)
+    sums = {k: 0.0 for k in ways}
+    llm_tokens = {k: 0 for k in ways}
+    count, distant_tokens, batch = 0, 0, 4
+    for s in track(range(0, len(windows), batch), -(-len(windows) // batch), "lm", enabled=progress):
+        part = windows[s : s + batch]
+        b = held.batch(part)
+        ids, mask = b["ids"]
+        memory = model.memory(b["pages"])
+        visual = memory.visual_tokens
+        dist = [b["distant"][0][i][: int(b["distant"][1][i].sum())].tolist() for i in range(len(part))]
+        n_prox = mask.sum().item()
+        count += (mask[:, 1:].sum()).item()
+        distant_tokens += sum(len(d) for d in dist)
+        for way in ways:
+            if way in ("none", "vist", "shuffled"):
+                mem = {"none": None, "vist": memory, "shuffled": memory.roll(1)}[way]
+                if way == "shuffled" and len(part) < 2:
+                    continue
+                total = model.nll(ids, mask, mem)[0]
+                extra = 0 if way == "none" else sum(visual)
+            else:
+                if way == "full":
+                    prefixes = dist
+                elif way == "truncate":
+                    prefixes = [d[len(d) - v :] if v else [] for d, v in zip(dist, visual)]
+                else:
+                    prefixes = [reinforce_ids(model, held.distant_text(w), v) for w, v in zip(part, visual)]
+                total = nll_after(model, prefixes, ids, mask)
+                extra = sum(len(p) for p in prefixes)
+            sums[way] += total.sum().item()
+            llm_tokens[way] += extra + n_prox
+    rows = {}
+    for way in ways:
+        nll = sums[way] / count
+        rows[way] = {"nll": round(nll, 4), "ppl": round(float(torch.tensor(nll).exp()), 3),
+                     "llm_tokens": round(llm_tokens[way] / len(windows), 1)}  # fmt: skip
+    if "shuffled" in rows and len(windows) % batch == 1:
+        rows["shuffled"]["note"] = "the last batch had one window (no shuffle): excluded from this row"
+    return {
+        "task": "lm",
+        "distant_tokens": round(distant_tokens / len(windows), 1),
+        "proximal_tokens": PROXIMAL,
+        "scored_tokens": count,
+        "windows": len(windows),
+        "articles": len({w.article for w in windows}),
+        "ways": rows,
+    }
+
+
+# -- in-context learning ------------------------------------------------------------------------------------------
+
+
+def sentences(text: str, title: str) -> list[str]:
+    """Sentences of 8-40 words that do not name the article, not even inflected (the label would be given away)."""
+    words = [w.lower() for w in re.findall(r"\w+", title) if len(w) > 3]
+    out = []
+    for s in re.split(r"(?<=[.!?])\s+", text.replace("\n", " ")):
+        s = s.strip()
+        n = len(s.split())
+        if 8 <= n <= 40 and not any(w in s.lower() for w in words) and "=" not in s:
+            out.append(s)
+    return out
+
+
+def icl_data(articles: dict, classes: int, demos: int, per_class: int, seed: int) -> dict:
+    """Labels (short eval-article titles), balanced demos (shuffled) and `per_class` test sentences per label."""
+    rng = random.Random(f"icl-{seed}")
+    usable = {
+        t: sentences(text, t)
+        for t, text in articles.items()
+        if "(" not in t and len(t.split()) <= 2 and len(sentences(text, t)) >= demos // classes + 1 + per_class
+    }
+    if len(usable) < classes:
+        raise ValueError(f"only {len(usable)} eval articles have enough sentences for {classes} classes")
+    labels = sorted(rng.sample(sorted(usable), classes))
+    pool = {t: rng.sample(usable[t], len(usable[t])) for t in labels}
+    shots = [(pool[labels[i % classes]].pop(), labels[i % classes]) for i in range(demos)]
+    rng.shuffle(shots)
+    tests = [(pool[t].pop(), t) for t in labels for _ in range(per_class)]
+    return {"labels": labels, "demos": shots, "tests": tests}
+
+
+def demo(x: str, y: str) -> str:
+    return f"Sentence: {x}\nTopic: {y}\n\n"
+
+
+@torch.no_grad()
+def label_scores(model, context: list[int], memory, prompt: str, labels: list[str]) -> torch.Tensor:
+    """(K,) summed log-likelihood of each label after `context` (text tokens) + `prompt`, reading `memory`."""
+    tok = model.tokenizer
+    head = context + tok(prompt, add_special_tokens=False)["input_ids"]
+    rows = [head + tok(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
+    ids, mask = _pad(rows)
+    scored = torch.arange(ids.shape[1])[None, :] >= len(head)
+    mem = None
+    if memory is not None:
+        from gistify.vist.model import Memory
+
+        k = len(labels)
+        mem = Memory(memory.tokens.expand(k, -1, -1), memory.mask.expand(k, -1), None, memory.image_mask, [])
+    total, _ = model.nll(ids, mask, mem, scored)
+    return -total.float()
+
+
+@torch.no_grad()
+def icl_task(model, articles: dict, classes: int, per_class: int, seed: int, decoder_demos: int = 2,
+             distant_demos: int = 18, ways=("none", "vist", "truncate", "reinforce", "full"),
+             progress: bool = True) -> dict:  # fmt: skip
+    """Accuracy (raw and calibrated) of each way on one seed's draw of labels, demos and tests."""
+    from gistify.progress import track
+
+    data = icl_data(articles, classes, decoder_demos + distant_demos, per_class, seed)
+    labels, shots = data["labels"], data["demos"]
+    far, near = shots[:distant_demos], shots[distant_demos:]
+    far_text = "".join(demo(x, y) for x, y in far).rstrip("\n")
+    near_text = "".join(demo(x, y) for x, y in near)
+    tok = model.tokenizer
+    far_ids = tok(far_text + "\n\n", add_special_tokens=False)["input_ids"]
+    memory = model.memory(model.read([far_text]))
+    visual = int(memory.visual_tokens[0])
+    contexts = {  # (text-token context, memory) of each way
+        "none": ([], None),
+        "vist": ([], memory),
+        "truncate": (far_ids[len(far_ids) - visual :], None),
+        "reinforce": (reinforce_ids(model, far_text, visual) + tok("\n\n", add_special_tokens=False)["input_ids"],
+                      None),
+        "full": (far_ids, None),
+    }  # fmt: skip
+    out = {}
+    for way in track(ways, len(ways), "icl", enabled=progress):
+        context, mem = contexts[way]
+        empty = label_scores(model, context, mem, near_text + "Sentence: \nTopic:", labels)
+        raw = calibrated = 0
+        for x, y in data["tests"]:
+            s = label_scores(model, context, mem, near_text + f"Sentence: {x}\nTopic:", labels)
+            raw += int(labels[int(s.argmax())] == y)
+            calibrated += int(labels[int((s - empty).argmax())] == y)
+        n_prompt = len(tok(near_text + "Sentence: x\nTopic:", add_special_tokens=False)["input_ids"])
+        out[way] = {"accuracy": round(raw / len(data["tests"]), 4),
+                    "accuracy_calibrated": round(calibrated / len(data["tests"]), 4),
+                    "llm_tokens_context": len(context) + (visual if mem is not None else 0),
+                    "llm_tokens_prompt_min": n_prompt}  # fmt: skip
+    return {"seed": seed, "labels": labels, "tests": len(data["tests"]), "distant_demos": distant_demos,
+            "decoder_demos": decoder_demos, "distant_text_tokens": len(far_ids), "visual_tokens": visual,
+            "ways": out}  # fmt: skip
+
+
+# -- cost as the distant part grows -------------------------------------------------------------------------------
+
+
+def _long_text(articles: dict, tokenizer, tokens: int) -> tuple[str, str]:
+    """The eval articles one after another: the first `tokens` tokens (cut at a token start) and the next 129."""
+    text = "\n\n".join(articles.values())
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [a for a, _ in enc["offset_mapping"]]
+    if len(starts) < tokens + PROXIMAL + 1:
+        raise ValueError(f"the eval articles hold {len(starts)} tokens, fewer than {tokens + PROXIMAL + 1}")
+    return text[: starts[tokens]], text[starts[tokens] : starts[tokens + PROXIMAL]]
+
+
+def _measured(fn):
+    """(result, seconds, peak MB above the RSS before) of fn()."""
+    import gc
+
+    gc.collect()
+    reset_peak_rss()
+    before = rss_mb("VmRSS") or 0.0
+    t0 = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t0
+    return result, seconds, round((rss_mb("VmHWM") or 0.0) - before, 1)
+
+
+def encoder_flops_per_line(width: int) -> float:
+    import onnx
+
+    from gistify.vist.encoder import feature_outputs, model_path
+    from gistify_bench.flops import onnx_flops
+
+    model = onnx.load(str(model_path()))
+    return onnx_flops(model, {model.graph.input[0].name: [1, 3, 48, width]}, [feature_outputs(model)["neck"]])
+
+
+@torch.no_grad()
+def cost_task(model, articles: dict, lengths: list[int], new_tokens: int = 16) -> dict:
+    from gistify.vist.encoder import EncoderConfig, TextImageEncoder
+    from gistify_bench.flops import Decoder, resampler_flops
+
+    c, lm, tok = model.config, model.lm, model.tokenizer
+    dec = Decoder.from_config(lm.config)
+    per_line = encoder_flops_per_line(c.width)
+    r = model.resampler.config
+    blocks = len(model.xattn.layer_ids) if c.inject == "xattn" else 0
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    warm_distant, warm_proximal = _long_text(articles, tok, 64)  # first calls pay for kernels and allocations
+    model.generate(warm_distant, warm_proximal, 2)
+    lm.generate(tok(warm_proximal, return_tensors="pt")["input_ids"], max_new_tokens=2, pad_token_id=tok.pad_token_id)
+    rows = []
+    for d in lengths:
+        distant, proximal = _long_text(articles, tok, d)
+        # vist: render, encode (no cache: a fresh encoder), resample, then generate reading the memory
+        model._encoder = TextImageEncoder(EncoderConfig(features=c.features, cache_mb=0))  # nothing cached
+        model.encoder._model  # noqa: B018 (the ONNX session is made here, once, as a user's loaded encoder)
+
+        def run_vist(distant=distant, proximal=proximal):
+            t0 = time.perf_counter()
+            memory = model.memory(model.read([distant]))
+            read_s = time.perf_counter() - t0
+            model.generate("", proximal, new_tokens, memory=memory, min_new_tokens=new_tokens)
+            return memory, read_s
+
+        (memory, read_s), vist_s, vist_mb = _measured(run_vist)
+        lines = model.encoder.stats["rows"]
+        visual = int(memory.visual_tokens[0])
+        images = int(memory.image_mask.sum())
+        p = len(tok(proximal, add_special_tokens=False)["input_ids"])
+        vist_flops = {
+            "encoder": lines * per_line,
+            "resampler": resampler_flops(images, c.lines_per_image * c.tokens_per_line, r.latents + int(r.cls),
+                                         r.input_dim, r.dim, r.depth, r.heads * r.head_dim, r.ff_mult),
+            "llm": dec.prefill_flops(p, 1),
+            "cross_attention": blocks * dec.cross_attention_flops(p, visual, r.dim),
+        }  # fmt: skip
+        # the plain LLM reads the distant text and the proximal text as one prompt
+        ids = tok(distant + proximal, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        _, plain_s, plain_mb = _measured(lambda ids=ids: lm.generate(ids, **gen))
+        plain_flops = dec.prefill_flops(ids.shape[1], 1)
+        total = sum(vist_flops.values())
+        row = {
+            "distant_tokens": d,
+            "plain": {"llm_tokens": ids.shape[1], "flops": plain_flops, "seconds": round(plain_s, 2),
+                      "tokens_per_s": round(new_tokens / plain_s, 2), "peak_mb": plain_mb},
+            "vist": {"llm_tokens": visual + p, "visual_tokens": visual, "images": images, "lines": lines,
+                     "flops": total, "flops_parts": vist_flops,
+                     "seconds": round(vist_s, 2), "read_seconds": round(read_s, 2),
+                     "tokens_per_s": round(new_tokens / vist_s, 2), "peak_mb": vist_mb},
+        }  # fmt: skip
+        row["flops_saved"] = round(1 - total / plain_flops, 4)
+        row["memory_ratio"] = round(row["vist"]["peak_mb"] / plain_mb, 4) if plain_mb > 0 else None
+        row["speedup"] = round(plain_s / vist_s, 3)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"task": "cost", "new_tokens": new_tokens, "proximal_tokens": PROXIMAL, "machine": machine(),
+            "llm_dtype": str(next(lm.parameters()).dtype), "rows": rows}  # fmt: skip
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+
+
+def report(folder: Path = OUT) -> str:
+    """docs/results/vist/report.md from the JSON files there."""
+
+    def read(name):
+        path = folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    lines = ["# vist against text: measured", ""]
+    lm = read("lm")
+    if lm:
+        lines += [f"## Long-context LM: perplexity of the last 128 tokens ({lm['windows']} held-out windows, "
+                  f"{lm['articles']} articles, ~{lm['distant_tokens']:.0f} distant tokens)", "",
+                  "| way | LLM-side tokens | NLL/token | perplexity |", "|---|---|---|---|"]  # fmt: skip
+        for way, r in lm["ways"].items():
+            lines.append(f"| {way} | {r['llm_tokens']:.0f} | {r['nll']:.4f} | {r['ppl']:.2f} |")
+        lines.append("")
+    icl = read("icl")
+    if icl:
+        runs = icl["runs"]
+        lines += [f"## ICL: topic classification, {len(runs[0]['labels'])} labels, {runs[0]['distant_demos']} "
+                  f"distant + {runs[0]['decoder_demos']} decoder demos, {runs[0]['tests']} tests x {len(runs)} seeds",
+                  "", "| way | LLM-side context tokens | accuracy | calibrated |", "|---|---|---|---|"]  # fmt: skip
+        for way in runs[0]["ways"]:
+            acc = sum(r["ways"][way]["accuracy"] for r in runs) / len(runs)
+            cal = sum(r["ways"][way]["accuracy_calibrated"] for r in runs) / len(runs)
+            ctx = sum(r["ways"][way]["llm_tokens_context"] for r in runs) / len(runs)
+            lines.append(f"| {way} | {ctx:.0f} | {acc:.3f} | {cal:.3f} |")
+        lines.append("")
+    cost = read("cost")
+    if cost:
+        lines += [f"## Cost as the distant part grows ({cost['machine']}; {cost['new_tokens']} tokens generated)",
+                  "", "| distant tokens | LLM tokens plain / vist | TFLOPs plain / vist (saved) | peak MB plain / vist "
+                  "| s plain / vist (speed-up) |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in cost["rows"]:
+            p, v = r["plain"], r["vist"]
+            cells = [f"{r['distant_tokens']}", f"{p['llm_tokens']} / {v['llm_tokens']}",
+                     f"{p['flops'] / 1e12:.3f} / {v['flops'] / 1e12:.3f} ({r['flops_saved']:.0%})",
+                     f"{p['peak_mb']:.0f} / {v['peak_mb']:.0f}",
+                     f"{p['seconds']:.1f} / {v['seconds']:.1f} ({r['speedup']:.2f}x)"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    ab = read("ablation")
+    if ab:
+        lines += ["## Ablations (lm task: vist vs its shuffled control)", "",
+                  "| run | NLL vist | NLL shuffled | content gain | NLL none |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in ab["runs"].items():
+            w = r["ways"]
+            lines.append(f"| {name} | {w['vist']['nll']:.4f} | {w['shuffled']['nll']:.4f} | "
+                         f"{w['shuffled']['nll'] - w['vist']['nll']:+.4f} | {w['none']['nll']:.4f} |")  # fmt: skip
+        lines.append("")
+    text = "\n".join(lines)
+    (folder / "report.md").write_text(text)
+    return text
+
+
+def _write(name: str, data: dict, folder: Path = OUT) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.vist_bench", description=__doc__.split("\n")[0])
+    p.add_argument("task", choices=["lm", "icl", "cost", "ablation", "report"])
+    p.add_argument("--weights", help="a vist.safetensors (default: the shipped weights)")
+    p.add_argument("--distant", type=int, default=1024, help="lm: most distant tokens per window")
+    p.add_argument("--n", type=int, default=48, help="lm: held-out windows")
+    p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--per-class", type=int, default=20, help="icl: test sentences per label")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--run", action="append", default=[], help="ablation: NAME=DIR of a vist_train run")
+    p.add_argument("--cache", help="vist_train's folder whose features/ cache encoded lines (default its own)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    if a.task == "report":
+        print(report(out))
+        return 0
+    if a.task == "ablation":
+        runs = {}
+        for spec in a.run:
+            name, _, folder = spec.partition("=")
+            model, articles = load(str(Path(folder) / "vist.safetensors"))
+            runs[name] = lm_task(model, articles, a.distant, a.n, cache=a.cache, ways=("none", "vist", "shuffled"))
+            runs[name]["command"] = model.card.get("command")
+            runs[name]["held_out_in_training"] = model.card.get("held_out", {}).get("nll_per_token")
+        _write("ablation", {"runs": runs}, out)
+    else:
+        model, articles = load(a.weights)
+        if a.task == "lm":
+            result = lm_task(model, articles, a.distant, a.n, cache=a.cache)
+        elif a.task == "icl":
+            result = {"runs": [icl_task(model, articles, a.classes, a.per_class, s) for s in a.seeds]}
+        else:
+            result = cost_task(model, articles, a.lengths)
+        result["weights"] = model.card.get("command")
+        _write(a.task, result, out)
+    print(report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
