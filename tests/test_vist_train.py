@@ -382,3 +382,16 @@ def test_the_cost_task_and_the_report(trained, lm, tiny_tokenizer, tmp_path):
     assert row["plain"]["seconds"] > 0 and row["vist"]["seconds"] >= row["vist"]["read_seconds"] > 0
     vist_bench._write("cost", r, tmp_path)
     assert "| 200 | 329 /" in vist_bench.report(tmp_path) and (tmp_path / "report.md").is_file()
+
+
+def test_vist_is_listed_and_compress_takes_its_dataclass(trained, lm, tiny_tokenizer):
+    import gistify
+    from gistify.vist.method import Vist
+
+    assert "vist" in gistify.methods() and "vist" in gistify.methods("rendered")
+    with pytest.raises(ValueError, match="proximal_tokens"):
+        Vist(proximal_tokens=-1)
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    text = prose("aardwolf.txt")[:1500]
+    r = gistify.compress(text, method=Vist(proximal_tokens=20), model=m)
+    assert r.method == "vist" and r.proximal_tokens == 20 and r.text == text[r.kept_spans[0][0] :]

@@ -10,7 +10,7 @@ import numpy as np
 
 from gistify import tokens as tok
 from gistify.budget import Budget
-from gistify.method import get_method
+from gistify.method import Method, get_method
 from gistify.protect import Protect, missing, protected_ranges, protected_words
 from gistify.result import Compressed
 from gistify.scorer import Scorer
@@ -73,6 +73,8 @@ def compress(
             `protect_numbers`, `protect_negations`, `protect_identifiers` add common ones.
         progress: draw a progress bar on stderr for long inputs.
     """
+    if isinstance(method, Method) and method.name == "vist":
+        method, params = "vist", {**method.params(), **params}
     if method == "vist":  # not a text method: the distant part is read as images (gistify/vist/model.py)
         from gistify.vist.model import compress as vist_compress
 

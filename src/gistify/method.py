@@ -84,6 +84,7 @@ def check_choice(owner: str, name: str, value, choices) -> None:
 def _load_builtin_methods() -> None:
     # Importing a family package registers its methods; done lazily so `import gistify` stays light.
     from gistify import text, vision  # noqa: F401
+    from gistify.vist import method  # noqa: F401
 
 
 def methods(kind: str | None = None) -> dict[str, str]:
