@@ -200,6 +200,23 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
         vist_train.train(tiny_args(b, *run, "--mask", "random"), lm, tiny_tokenizer, enc2, corpus())
 
 
+def test_copy_windows_repeat_a_passage_of_their_distant_part(lm, tiny_tokenizer, tmp_path):
+    model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
+    args = tiny_args(tmp_path)
+    data = vist_train.Corpus(corpus()["train"], model, model.encoder, tmp_path / "features", args, "train")
+    windows = vist_train.windows_for(data, 3, 0, 8, 0, copy=0.5)
+    assert windows == vist_train.windows_for(data, 3, 0, 8, 0, copy=0.5)  # a function of (seed, step, micro)
+    copies = [w for w in windows if w.start is not None]
+    assert len(copies) == 4 and all(w.first <= w.start < w.split for w in copies)
+    batch = data.batch(windows)
+    assert batch["copy"].tolist() == [w.start is not None for w in windows]
+    for w in copies:
+        text, spans = data.texts[w.article], data.lines[w.article].spans
+        passage = text[int(spans[w.start, 0]) :]
+        assert data.distant_text(w).find(text[int(spans[w.start, 0]) : int(spans[w.start, 1])]) >= 0
+        assert data.proximal_ids(w) == tiny_tokenizer(passage, add_special_tokens=False)["input_ids"][:24]
+
+
 def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_path):
     """Training reads features cached per line of a whole article; inference renders the distant text alone.
     Greedy wrapping makes them the same lines, pixel for pixel: PP-OCRv6 on two short lines."""

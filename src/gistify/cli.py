@@ -155,7 +155,7 @@ def cmd_methods(args) -> int:
     from gistify.method import REGISTRY, methods
 
     for name, description in methods().items():
-        print(f"{name:<12} {REGISTRY[name].kind:<7} {description}")
+        print(f"{name:<16} {REGISTRY[name].kind:<8} {description}")
         if args.verbose:
             for f in dataclasses.fields(REGISTRY[name]):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

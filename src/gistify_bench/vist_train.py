@@ -17,7 +17,10 @@ and the mean frozen LLM input embedding of its distant tokens, half of them mask
 (token counts over the train articles with the LLM's tokenizer, saved with the weights); negatives are the
 batch's and a queue of earlier batches' (--queue), overlapping windows excluded. The LLM and the encoder are
 frozen; the resampler, the cross-attention blocks (or the prefix projector) and PVE's head train. AdamW
-(0.9, 0.999, 1e-8), warm-up 4% then cosine, as the paper.
+(0.9, 0.999, 1e-8), warm-up 4% then cosine, as the paper. --copy P (ours, not the paper's) makes a share P of
+each batch copy windows: the proximal window is a passage of the distant part itself, which the LLM can predict
+only by reading the memory (a reading curriculum, like ICAE's autoencoding); their loss is logged apart ("copy")
+and the held-out numbers are on real continuations (plus copy windows of the eval articles, "copy_*").
 
 Checkpoints go to DIR every --save-every steps (trained parts, optimizer, queue, history); rerunning the same
 command resumes from the last one, and batches and masks depend only on (seed, step), so a resumed run is the run
@@ -400,6 +403,7 @@ def command(args) -> str:
     flags += [f"--xattn-every {args.xattn_every}", f"--out-init {args.out_init}", f"--dim {args.dim}"]
     flags += ["--pve" if args.pve else "--no-pve", f"--mask {args.mask}", f"--mask-ratio {args.mask_ratio}"]
     flags += [f"--queue {args.queue}", f"--copy {args.copy}", f"--llm-dtype {args.llm_dtype}", f"--seed {args.seed}"]
+    flags += [f"--articles {args.articles}"] if args.articles else []
     return "python -m gistify_bench.vist_train " + " ".join(flags)
 
 
@@ -532,6 +536,7 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
             "distant_tokens": args.distant_tokens,
             "proximal_tokens": args.proximal_tokens,
             "llm_dtype": args.llm_dtype,
+            "copy_windows": args.copy,
             "pve": dataclasses.asdict(pve),
             "loss_first": _mean(first),
             "loss_last": _mean(last),
