@@ -12,8 +12,8 @@ the distant part is scored on the same tokens, and its LLM-side token count is r
 - vist: the distant part through vist's memory (visual tokens V) + the proximal text;
 - shuffled (lm only): another window's memory, a control (a gain that survives it is not reading);
 - truncate: the last V tokens of the distant text, as text (the same LLM-side token count as vist);
-- reinforce: the distant text compressed by gistify's reinforce to V tokens (no question: its query is the
-  text's end), as text;
+- reinforce: the distant text compressed by gistify's reinforce to V tokens (no question: a uniform prior, i.e.
+  PageRank centrality over the text), as text;
 - full: the whole distant text, as text (the ceiling where it fits).
 
 lm: perplexity of the last 128 tokens (a 129-token proximal window, every token after the first) after D
@@ -137,15 +137,12 @@ def lm_task(model, articles: dict, distant: int, n: int, seed: int = 0, cache: P
 
 
 def sentences(text: str, title: str) -> list[str]:
-    """Sentences of 8-40 words that do not name the article, not even inflected (the label would be given away)."""
+    """The icl-topics task's sentences (8-30 words) that do not name the article, not even inflected (the label
+    would be given away)."""
+    from gistify_bench.tasks.icl import _sentences
+
     words = [w.lower() for w in re.findall(r"\w+", title) if len(w) > 3]
-    out = []
-    for s in re.split(r"(?<=[.!?])\s+", text.replace("\n", " ")):
-        s = s.strip()
-        n = len(s.split())
-        if 8 <= n <= 40 and not any(w in s.lower() for w in words) and "=" not in s:
-            out.append(s)
-    return out
+    return [s for s in _sentences(text) if not any(w in s.lower() for w in words) and "=" not in s]
 
 
 def icl_data(articles: dict, classes: int, demos: int, per_class: int, seed: int) -> dict:

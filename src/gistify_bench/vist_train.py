@@ -583,8 +583,13 @@ def parser() -> argparse.ArgumentParser:
     a("--mask-ratio", type=float, default=0.5)
     a("--temperature", type=float, default=0.07)
     a("--queue", type=int, default=256, help="queued text features (extra PVE negatives)")
-    a("--copy", type=float, default=0.0, help="share of copy windows per batch (the proximal window is a passage "
-      "of the distant part: a reading curriculum; held-out numbers are on real continuations)")
+    a(
+        "--copy",
+        type=float,
+        default=0.0,
+        help="share of copy windows per batch (the proximal window is a passage "
+        "of the distant part: a reading curriculum; held-out numbers are on real continuations)",
+    )
     a("--llm-dtype", choices=["bfloat16", "float32"], default="bfloat16", help="the frozen LLM's dtype")
     a("--export-dtype", choices=["bfloat16", "float32"], default="bfloat16", help="of the saved weights")
     a("--articles", type=int, default=0, help="use only the first N train articles (0: all)")

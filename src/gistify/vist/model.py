@@ -551,6 +551,13 @@ def compress(
     )
     if question:
         notes.append("the question is not used to compress (vist reads all of the context); ask r.generate(question)")
+    held = model.card.get("held_out", {}).get("nll_per_token", {})
+    if memory is not None and "shuffled" in held and held["shuffled"] - held["vist"] < 0.01:
+        notes.append(
+            f"these weights do not read the memory's content: held out, another text's memory scores as well "
+            f"(NLL {held['vist']:.3f} with its own, {held['shuffled']:.3f} with another's), so the distant part is "
+            "in effect not read; see the card (vist.json)"
+        )
     return VistCompressed(
         text=proximal,
         source=text,
