@@ -359,6 +359,28 @@ def test_the_icl_task_scores_labels_each_way(trained, lm, tiny_tokenizer):
     assert ways["full"]["llm_tokens_context"] == r["distant_text_tokens"]
 
 
+def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_tokenizer):
+    from gistify_bench import vist_bench
+
+    m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    context = tiny_tokenizer("Sentence: The aardwolf eats termites.\nTopic: Aardwolf\n\n")["input_ids"]
+    memory = m.memory(m.read(["The abacus is a counting frame.\nThe ampere is a unit of current."]))
+    prompt, labels = "Sentence: It counts beads.\nTopic:", ["Abacus", "Aardwolf", "Ampere unit of current"]
+    for ctx, mem in ((context, None), ([], memory), (context, memory)):
+        got = vist_bench.label_scores(m, vist_bench.context_cache(m, ctx, mem), mem, prompt, labels)
+        head = ctx + tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        rows = [head + tiny_tokenizer(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
+        ids, mask = vist_train._pad(rows)
+        scored = torch.arange(ids.shape[1])[None, :] >= len(head)
+        from gistify.vist.model import Memory
+
+        k = len(labels)
+        whole = None if mem is None else Memory(mem.tokens.expand(k, -1, -1), mem.mask.expand(k, -1), None, None, [])
+        with torch.no_grad():
+            want = -m.nll(ids, mask, whole, scored)[0]
+        assert torch.allclose(got, want, atol=1e-4), (len(ctx), mem is None, got, want)
+
+
 def test_onnx_flops_count_convolutions_and_matmuls():
     from onnx import TensorProto, helper, numpy_helper
 
@@ -414,3 +436,20 @@ def test_vist_is_listed_and_compress_takes_its_dataclass(trained, lm, tiny_token
     text = prose("aardwolf.txt")[:1500]
     r = gistify.compress(text, method=Vist(proximal_tokens=20), model=m)
     assert r.method == "vist" and r.proximal_tokens == 20 and r.text == text[r.kept_spans[0][0] :]
+
+
+def test_reading_a_long_text_in_chunks_gives_what_reading_it_whole_gives(lm, tiny_tokenizer):
+    m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
+    text = (
+        prose("abacus.txt")[:3000]
+        + "\n\n\n    indented line   with   blanks   \n"
+        + "東京は日本の首都です。" * 8
+        + "\n"
+        + "x" * 200
+        + "\n\n"
+    )
+    whole = m.read([text], chunk_lines=10_000)[0]
+    for chunk in (1, 3, 7):
+        pieces = m.read([text], chunk_lines=chunk)[0]
+        assert torch.equal(pieces.features, whole.features) and torch.equal(pieces.mask, whole.mask)
+    assert len(m.read([""])[0]) == 1  # an empty text: one blank image

@@ -317,16 +317,10 @@ def _wrap(text: str, start: int, end: int, fits) -> list[tuple[int, int]]:
     return rows
 
 
-def render(text: str, layout: Layout | None = None, start: int = 0, end: int | None = None) -> Rendering:
-    """Render `text[start:end]` (all of it by default) with `layout` (default: the paper's fold).
-
-    Spans in the result are offsets into `text` itself, so a caller that cuts a long text into pieces (the
-    paper splits the encoder text evenly into M images) renders each piece with `start`/`end` and keeps offsets
-    into the original. An empty text gives one blank image, fully masked.
-    """
+def _rows(text: str, layout: Layout, start: int, end: int | None) -> tuple[_Fonts, list[tuple[int, int]]]:
+    """The fonts and the rows (character spans) of text[start:end] in `layout`, checked."""
     if not isinstance(text, str):
         raise TypeError(f"render() takes a str, got {type(text).__name__}")
-    layout = layout or Layout.fold()
     end = len(text) if end is None else end
     if not 0 <= start <= end <= len(text):
         raise ValueError(f"render(): need 0 <= start <= end <= len(text) = {len(text)}, got {start}, {end}")
@@ -338,7 +332,25 @@ def render(text: str, layout: Layout | None = None, start: int = 0, end: int | N
             f"(the font needs {ascent + descent} px)"
         )
     room = layout.width - 2 * layout.padding
-    spans = _wrap(text, start, end, lambda s: fonts.length(_drawable(s, layout.tab_size)) <= room)
+    return fonts, _wrap(text, start, end, lambda s: fonts.length(_drawable(s, layout.tab_size)) <= room)
+
+
+def row_spans(text: str, layout: Layout | None = None, start: int = 0, end: int | None = None) -> list:
+    """The rows render() makes of text[start:end], as (start, end) character spans, without drawing them: a
+    long text can be rendered piece by piece from row starts (greedy wrapping gives the same rows)."""
+    return _rows(text, layout or Layout.fold(), start, end)[1]
+
+
+def render(text: str, layout: Layout | None = None, start: int = 0, end: int | None = None) -> Rendering:
+    """Render `text[start:end]` (all of it by default) with `layout` (default: the paper's fold).
+
+    Spans in the result are offsets into `text` itself, so a caller that cuts a long text into pieces (the
+    paper splits the encoder text evenly into M images) renders each piece with `start`/`end` and keeps offsets
+    into the original. An empty text gives one blank image, fully masked.
+    """
+    layout = layout or Layout.fold()
+    fonts, spans = _rows(text, layout, start, end)
+    ascent, descent = fonts.fonts[0].getmetrics()
     # Centre the main font's ascent + descent in the row; every run sits on that baseline.
     baseline = (layout.row_height - ascent - descent) // 2 + ascent
 

@@ -34,10 +34,12 @@ Results go to docs/results/vist/*.json; `report` writes docs/results/vist/report
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,22 +169,56 @@ def demo(x: str, y: str) -> str:
     return f"Sentence: {x}\nTopic: {y}\n\n"
 
 
-@torch.no_grad()
-def label_scores(model, context: list[int], memory, prompt: str, labels: list[str]) -> torch.Tensor:
-    """(K,) summed log-likelihood of each label after `context` (text tokens) + `prompt`, reading `memory`."""
-    tok = model.tokenizer
-    head = context + tok(prompt, add_special_tokens=False)["input_ids"]
-    rows = [head + tok(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
-    ids, mask = _pad(rows)
-    scored = torch.arange(ids.shape[1])[None, :] >= len(head)
-    mem = None
-    if memory is not None:
-        from gistify.vist.model import Memory
+@contextmanager
+def _reading(model, memory, batch: int):
+    """The LLM of `model` reading `memory` (expanded to `batch` rows) for the span of the block; None: plain."""
+    if memory is None:
+        yield
+        return
+    with model.xattn.attach(model.lm, memory.tokens.expand(batch, -1, -1), memory.mask.expand(batch, -1)):
+        yield
 
-        k = len(labels)
-        mem = Memory(memory.tokens.expand(k, -1, -1), memory.mask.expand(k, -1), None, memory.image_mask, [])
-    total, _ = model.nll(ids, mask, mem, scored)
-    return -total.float()
+
+@torch.no_grad()
+def context_cache(model, context: list[int], memory=None):
+    """The LLM's KV cache of the text tokens `context` read with `memory` (None when there are no tokens):
+    computed once per way."""
+    if not context:
+        return None
+    with _reading(model, memory, 1):
+        return model.lm(input_ids=torch.tensor([context]), use_cache=True).past_key_values
+
+
+@torch.no_grad()
+def label_scores(model, cache, memory, prompt: str, labels: list[str]) -> torch.Tensor:
+    """(K,) summed log-likelihood of each label after the cached context + `prompt`, reading `memory`.
+
+    The prompt is read once on a copy of the context's cache, then the K labels as one batch on K copies of it:
+    the context is never recomputed (the shared prefix costs nothing per test)."""
+    tok = model.tokenizer
+    lm = model.lm
+    if memory is not None and model.config.inject != "xattn":
+        raise ValueError("the icl task reads vist's memory through cross-attention (inject='xattn')")
+    cache = copy.deepcopy(cache) if cache is not None else None
+    past = cache.get_seq_length() if cache is not None else 0
+    prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+    with _reading(model, memory, 1):
+        out = lm(input_ids=prompt_ids, past_key_values=cache, use_cache=True)
+    first = out.logits[0, -1].float().log_softmax(-1)  # (V,): the first label token
+    cache = out.past_key_values
+    rows = [tok(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
+    ids, mask = _pad(rows)  # right-padded: padding follows every real token
+    k, width = ids.shape
+    cache.batch_repeat_interleave(k)
+    full_mask = torch.cat([torch.ones(k, past + prompt_ids.shape[1], dtype=mask.dtype), mask], dim=1)
+    with _reading(model, memory, k):
+        logits = lm(input_ids=ids, attention_mask=full_mask, past_key_values=cache, use_cache=True).logits.float()
+    logp = logits.log_softmax(-1)  # (K, W, V): position j predicts label token j + 1
+    scores = first[ids[:, 0]]
+    if width > 1:
+        later = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
+        scores = scores + later.sum(1)
+    return scores
 
 
 @torch.no_grad()
@@ -212,10 +248,11 @@ def icl_task(model, articles: dict, classes: int, per_class: int, seed: int, dec
     out = {}
     for way in track(ways, len(ways), "icl", enabled=progress):
         context, mem = contexts[way]
-        empty = label_scores(model, context, mem, near_text + "Sentence: \nTopic:", labels)
+        cache = context_cache(model, context, mem)
+        empty = label_scores(model, cache, mem, near_text + "Sentence: \nTopic:", labels)
         raw = calibrated = 0
         for x, y in data["tests"]:
-            s = label_scores(model, context, mem, near_text + f"Sentence: {x}\nTopic:", labels)
+            s = label_scores(model, cache, mem, near_text + f"Sentence: {x}\nTopic:", labels)
             raw += int(labels[int(s.argmax())] == y)
             calibrated += int(labels[int((s - empty).argmax())] == y)
         n_prompt = len(tok(near_text + "Sentence: x\nTopic:", add_special_tokens=False)["input_ids"])

@@ -254,16 +254,16 @@ class TextImageEncoder:
         self.stats["cached"] += len(rendering) - len(todo)
         if todo:
             t0 = time.perf_counter()
-            inputs = np.concatenate([self.rows_of(rendering.images[i], rows) for i in todo])  # (len(todo) x R, ...)
-            outs = [
-                self._run(inputs[s : s + self.config.batch_size]) for s in range(0, len(inputs), self.config.batch_size)
-            ]
-            joined = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-            for j, i in enumerate(todo):
-                value = {k: v[j * rows : (j + 1) * rows].reshape(-1, *v.shape[2:]) for k, v in joined.items()}
-                results[i] = value
-                self._remember(self._key(rendering, i), value)
-            self.stats["rows"] += len(inputs)
+            # Pixels are made batch by batch: a whole long text's rows as float32 would be ~0.44 MB a row.
+            per_run = max(1, self.config.batch_size // rows)  # images per run (at least one, whatever its rows)
+            for s in range(0, len(todo), per_run):
+                part = todo[s : s + per_run]
+                out = self._run(np.concatenate([self.rows_of(rendering.images[i], rows) for i in part]))
+                for j, i in enumerate(part):
+                    value = {k: v[j * rows : (j + 1) * rows].reshape(-1, *v.shape[2:]).copy() for k, v in out.items()}
+                    results[i] = value
+                    self._remember(self._key(rendering, i), value)
+                self.stats["rows"] += len(part) * rows
             self.stats["seconds"] += time.perf_counter() - t0
         return results
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gistify.method import check_choice
-from gistify.rendering import Layout, render
+from gistify.rendering import Layout, render, row_spans
 from gistify.result import Compressed
 from gistify.vist.inject import OUT_INITS, CrossAttentionConfig, PrefixProjector, VistCrossAttention
 from gistify.vist.resampler import PerceiverResampler, ResamplerConfig, flatten_images
@@ -211,13 +211,25 @@ class VistModel(nn.Module):
             self._encoder = TextImageEncoder(EncoderConfig(features=self.config.features))
         return self._encoder
 
-    def read(self, texts: list[str]) -> list[Pages]:
-        """Render each text in lines, encode them (frozen; cached by content) and group them into images."""
+    def read(self, texts: list[str], chunk_lines: int = 64) -> list[Pages]:
+        """Render each text in lines, encode them (frozen; cached by content) and group them into images.
+
+        A long text is rendered and encoded `chunk_lines` lines at a time, from row starts (the same rows as
+        rendering it whole): its line images (~0.1 MB each) are never all held at once."""
+        layout = self.config.layout()
         out = []
         for text in texts:
-            r = render(text, self.config.layout())
-            e = self.encoder.encode(r)  # (lines, T, D)
-            out.append(group_lines(e.features, e.mask, self.config.lines_per_image))
+            spans = row_spans(text, layout)
+            features, masks = [], []
+            for k in range(0, max(1, len(spans)), chunk_lines):
+                piece = spans[k : k + chunk_lines]
+                r = render(text, layout, piece[0][0], piece[-1][1]) if piece else render(text, layout)
+                if piece and [row.span for row in r.rows] != piece:
+                    raise RuntimeError(f"rendering from a row start changed the rows at row {k}")  # a bug: say so
+                e = self.encoder.encode(r)  # (lines, T, D)
+                features.append(e.features)
+                masks.append(e.mask)
+            out.append(group_lines(torch.cat(features), torch.cat(masks), self.config.lines_per_image))
         return out
 
     # -- trainable parts --------------------------------------------------------------------------------------------
