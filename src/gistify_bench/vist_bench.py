@@ -88,7 +88,9 @@ def lm_task(model, articles: dict, distant: int, n: int, seed: int = 0, cache: P
     held.ensure(windows)
     sums = {k: 0.0 for k in ways}
     llm_tokens = {k: 0 for k in ways}
-    count, distant_tokens, batch = 0, 0, 4
+    counts = {k: 0 for k in ways}  # scored tokens and windows, per way (a batch of one has no shuffle)
+    windows_of = {k: 0 for k in ways}
+    distant_tokens, batch = 0, 4
     for s in track(range(0, len(windows), batch), -(-len(windows) // batch), "lm", enabled=progress):
         part = windows[s : s + batch]
         b = held.batch(part)
@@ -96,8 +98,7 @@ def lm_task(model, articles: dict, distant: int, n: int, seed: int = 0, cache: P
         memory = model.memory(b["pages"])
         visual = memory.visual_tokens
         dist = [b["distant"][0][i][: int(b["distant"][1][i].sum())].tolist() for i in range(len(part))]
-        n_prox = mask.sum().item()
-        count += (mask[:, 1:].sum()).item()
+        n_prox, scored = mask.sum().item(), mask[:, 1:].sum().item()
         distant_tokens += sum(len(d) for d in dist)
         for way in ways:
             if way in ("none", "vist", "shuffled"):
@@ -110,25 +111,25 @@ def lm_task(model, articles: dict, distant: int, n: int, seed: int = 0, cache: P
                 if way == "full":
                     prefixes = dist
                 elif way == "truncate":
-                    prefixes = [d[len(d) - v :] if v else [] for d, v in zip(dist, visual)]
+                    prefixes = [d[max(0, len(d) - v) :] if v else [] for d, v in zip(dist, visual)]
                 else:
                     prefixes = [reinforce_ids(model, held.distant_text(w), v) for w, v in zip(part, visual)]
                 total = nll_after(model, prefixes, ids, mask)
                 extra = sum(len(p) for p in prefixes)
             sums[way] += total.sum().item()
             llm_tokens[way] += extra + n_prox
+            counts[way] += scored
+            windows_of[way] += len(part)
     rows = {}
     for way in ways:
-        nll = sums[way] / count
+        nll = sums[way] / counts[way]
         rows[way] = {"nll": round(nll, 4), "ppl": round(float(torch.tensor(nll).exp()), 3),
-                     "llm_tokens": round(llm_tokens[way] / len(windows), 1)}  # fmt: skip
-    if "shuffled" in rows and len(windows) % batch == 1:
-        rows["shuffled"]["note"] = "the last batch had one window (no shuffle): excluded from this row"
+                     "llm_tokens": round(llm_tokens[way] / windows_of[way], 1), "windows": windows_of[way]}  # fmt: skip
     return {
         "task": "lm",
         "distant_tokens": round(distant_tokens / len(windows), 1),
         "proximal_tokens": PROXIMAL,
-        "scored_tokens": count,
+        "scored_tokens": counts["none"] if "none" in counts else max(counts.values()),
         "windows": len(windows),
         "articles": len({w.article for w in windows}),
         "ways": rows,
@@ -240,7 +241,7 @@ def icl_task(model, articles: dict, classes: int, per_class: int, seed: int, dec
     contexts = {  # (text-token context, memory) of each way
         "none": ([], None),
         "vist": ([], memory),
-        "truncate": (far_ids[len(far_ids) - visual :], None),
+        "truncate": (far_ids[max(0, len(far_ids) - visual) :], None),
         "reinforce": (reinforce_ids(model, far_text, visual) + tok("\n\n", add_special_tokens=False)["input_ids"],
                       None),
         "full": (far_ids, None),
