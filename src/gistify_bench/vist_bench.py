@@ -319,8 +319,10 @@ def cost_task(model, articles: dict, lengths: list[int], new_tokens: int = 16) -
     rows = []
     for d in lengths:
         distant, proximal = _long_text(articles, tok, d)
-        # vist: render, encode (no cache: a fresh encoder), resample, then generate reading the memory
-        model._encoder = TextImageEncoder(EncoderConfig(features=c.features, cache_mb=0))  # nothing cached
+        # vist: render, encode (a fresh encoder: nothing cached; as many threads as the LLM, its default is 1),
+        # resample, then generate reading the memory
+        enc = EncoderConfig(features=c.features, cache_mb=0, threads=torch.get_num_threads())
+        model._encoder = TextImageEncoder(enc)
         model.encoder._model  # noqa: B018 (the ONNX session is made here, once, as a user's loaded encoder)
 
         def run_vist(distant=distant, proximal=proximal):
