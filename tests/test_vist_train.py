@@ -291,6 +291,9 @@ def test_compress_with_vist(trained, lm, tiny_tokenizer):
     assert any("not a text" in note for note in r.notes)
     held = m.card["held_out"]["nll_per_token"]  # 3 tiny steps do not learn to read, and the result says so
     assert abs(held["shuffled"] - held["vist"]) < 0.01 and any("do not read the memory" in x for x in r.notes)
+    m.card = {**m.card, "held_out": {"nll_per_token": {**held, "shuffled": held["vist"] + 0.05}}}  # weights that read
+    reads = gistify.compress(context, method="vist", model=m, tokens=n // 3)
+    assert not any("do not read the memory" in x for x in reads.notes)
     assert isinstance(r.generate(" Answer:", max_new_tokens=2), str)
     json.dumps(r.to_dict())
     default = compress(context, model=m)  # no budget: the proximal window vist was trained with
@@ -321,7 +324,7 @@ def test_the_lm_task_scores_every_way_on_the_same_tokens(trained, lm, tiny_token
     r = vist_bench.lm_task(m, articles, distant=96, n=3, cache=tmp_path)
     ways = r["ways"]
     assert set(ways) == {"none", "vist", "shuffled", "truncate", "reinforce", "full"}
-    assert r["scored_tokens"] == 128 * r["windows"] and r["windows"] == 3
+    assert set(r["scored_tokens"].values()) == {128 * r["windows"]} and r["windows"] == 3  # as each way counted
     assert all(math.isfinite(w["nll"]) and w["ppl"] > 1 for w in ways.values())
     # truncation reads as many LLM-side tokens as vist; reinforce at most as many; none the fewest, full the most
     assert ways["truncate"]["llm_tokens"] == ways["vist"]["llm_tokens"] >= ways["reinforce"]["llm_tokens"]
@@ -343,6 +346,13 @@ def test_icl_data_is_balanced_and_never_names_the_label():
     assert d == vist_bench.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)  # a function of the seed
     with pytest.raises(ValueError, match="enough sentences"):
         vist_bench.icl_data(articles, classes=5, demos=8, per_class=4, seed=1)
+    # a title names its sentences in any inflection; a short title (no word over 3 letters) is matched whole
+    amps = "Amperes measure the current that flows in a wire today."
+    dna = "The DNA of a cell is very long and folded up tightly."
+    ants = "Ants are not named here at all, not even once, really."
+    text = " ".join([amps, dna, ants])
+    assert vist_bench.sentences(text, "Ampere") == [dna, ants]
+    assert vist_bench.sentences(text, "DNA") == [amps, ants]
 
 
 def test_the_icl_task_scores_labels_each_way(trained, lm, tiny_tokenizer):

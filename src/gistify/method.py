@@ -55,7 +55,7 @@ class Method(ABC):
     """Base of every compression method. Dataclass fields are the hyperparameters."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]  # "text" or "vision": which inputs the method reduces
+    kind: ClassVar[str]  # which inputs the method reduces: "text", "vision" or "rendered" (vist)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -21,12 +21,13 @@ class Decoder:
     kv_heads: int
     vocab: int
 
-    def prefill_flops(self, tokens: int, head_tokens: int | None = None) -> float:
+    def prefill_flops(self, tokens: int, head_tokens: int | None = None, causal: bool = False) -> float:
         """A forward pass over `tokens`; the LM head over `head_tokens` of them (default all; generation's
-        prefill needs 1, perplexity of the last k tokens k + 1)."""
+        prefill needs 1, perplexity of the last k tokens k + 1). causal: count only the L (L + 1) / 2 pairs a
+        causal kernel computes (torch's CPU flash kernel skips the masked blocks) instead of all L x L."""
         d, d_kv = self.width, self.width * self.kv_heads // self.heads
         projections = 2 * tokens * d * (2 * d + 2 * d_kv)
-        attention = 4 * tokens * tokens * d
+        attention = 2 * tokens * (tokens + 1) * d if causal else 4 * tokens * tokens * d
         mlp = 6 * tokens * d * self.ffn
         head = tokens if head_tokens is None else head_tokens
         return self.layers * (projections + attention + mlp) + 2 * head * d * self.vocab

@@ -151,8 +151,10 @@ class Window:
         return self.split if self.start is None else self.start
 
     def copied(self, rng: random.Random) -> Window:
-        """The same distant part, the proximal window starting at one of its lines: the LLM can predict it only
-        by reading the memory (a reading curriculum, ICAE-style; --copy)."""
+        """The same distant part, the proximal window starting at one of its lines (a reading curriculum,
+        ICAE-style; --copy): what it repeats can be predicted only by reading the memory. It runs
+        proximal_tokens tokens, so one that starts in the last ~13 lines runs on past the split into the
+        continuation (that part is an ordinary proximal window)."""
         return dataclasses.replace(self, start=rng.randrange(self.first, self.split))
 
 
@@ -190,6 +192,15 @@ class Corpus:
     def distant_text(self, w: Window) -> str:
         lf = self.lines[w.article]
         return self.texts[w.article][int(lf.spans[w.first, 0]) : int(lf.spans[w.split - 1, 1])]
+
+    def text_before(self, w: Window) -> str:
+        """The distant part as a plain LLM reads it before the proximal window: up to the window's first
+        character, so the break between them (a space, a newline) is kept."""
+        lf = self.lines[w.article]
+        return self.texts[w.article][int(lf.spans[w.first, 0]) : int(lf.spans[w.split, 0])]
+
+    def text_before_ids(self, w: Window) -> list[int]:
+        return self.model.tokenizer(self.text_before(w), add_special_tokens=False)["input_ids"]
 
     def proximal_ids(self, w: Window) -> list[int]:
         text, start = self.texts[w.article], int(self.lines[w.article].spans[w.proximal_line, 0])
@@ -315,16 +326,17 @@ def eval_windows(corpus: Corpus, n: int, seed: int) -> list[Window]:
     return out
 
 
-def nll_after(model: VistModel, prefixes: list[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def nll_after(model: VistModel, prefixes: list[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> tuple:
     """(B,) summed NLL of the proximal windows `ids` (every token after the first, as VistModel.nll) read by the
-    plain LLM after the text tokens `prefixes[i]`: the same tokens scored, with text instead of a memory."""
+    plain LLM after the text tokens `prefixes[i]`, and (B,) how many tokens: the same tokens as VistModel.nll
+    scores, with text instead of a memory."""
     rows, scored_at = [], []
     for prefix, row, m in zip(prefixes, ids, mask):
         rows.append(list(prefix) + row[: int(m.sum())].tolist())
         scored_at.append(len(prefix) + 1)
     tid, tmask = _pad(rows)
     scored = torch.arange(tid.shape[1])[None, :] >= torch.tensor(scored_at)[:, None]
-    return model.nll(tid, tmask, None, scored)[0]
+    return model.nll(tid, tmask, None, scored)
 
 
 @torch.no_grad()
@@ -333,7 +345,7 @@ def evaluate(model: VistModel, corpus: Corpus, windows: list[Window], batch: int
     ("base"), with vist ("vist"), with another window's memory ("shuffled"), with the distant text ("text",
     unless `text` is False)."""
     sums = {k: 0.0 for k in ("base", "vist", "shuffled", "text")[: 4 if text else 3]}
-    count = 0
+    counts = dict.fromkeys(sums, 0)  # per key: a last batch of one window has no shuffle
     model.eval()
     for s in range(0, len(windows), batch):
         part = windows[s : s + batch]
@@ -345,16 +357,15 @@ def evaluate(model: VistModel, corpus: Corpus, windows: list[Window], batch: int
                 continue
             total, n = model.nll(ids, mask, mem)
             sums[key] += total.sum().item()
-        count += n.sum().item()
+            counts[key] += n.sum().item()
         if not text:
             continue
         # the ceiling: distant text then the proximal window, scoring the same tokens
-        distant = [b["distant"][0][i][: int(b["distant"][1][i].sum())].tolist() for i in range(len(part))]
-        sums["text"] += nll_after(model, distant, ids, mask).sum().item()
-    if len(windows) < 2:
-        sums.pop("shuffled")
-    out = {k: round(v / count, 4) for k, v in sums.items()}
-    out["tokens_scored"] = int(count)
+        total, n = nll_after(model, [corpus.text_before_ids(w) for w in part], ids, mask)
+        sums["text"] += total.sum().item()
+        counts["text"] += n.sum().item()
+    out = {k: round(v / counts[k], 4) for k, v in sums.items() if counts[k]}
+    out["tokens_scored"] = int(counts["base"])
     out["windows"] = len(windows)
     return out
 
