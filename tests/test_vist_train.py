@@ -230,7 +230,7 @@ def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_p
     assert len(lf) >= 2 and lf.have.all()
     pages = model.read([text[int(lf.spans[1, 0]) :]])[0]  # from the second line on, rendered alone
     cached = lf.pages(1, len(lf))
-    assert torch.allclose(pages.features, cached.features, rtol=2e-3, atol=2e-3)  # float16 in the cache
+    assert torch.allclose(pages.features.float(), cached.features, rtol=2e-3, atol=2e-3)  # both float16-rounded
     assert torch.equal(pages.mask, cached.mask) and pages.mask.any()
     again = vist_train.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")  # read back from disk
     assert again.have.all() and np.array_equal(again.spans, lf.spans)
@@ -463,3 +463,13 @@ def test_reading_a_long_text_in_chunks_gives_what_reading_it_whole_gives(lm, tin
         pieces = m.read([text], chunk_lines=chunk)[0]
         assert torch.equal(pieces.features, whole.features) and torch.equal(pieces.mask, whole.mask)
     assert len(m.read([""])[0]) == 1  # an empty text: one blank image
+
+
+def test_resampling_images_in_chunks_gives_the_same_memory(lm, tiny_tokenizer):
+    m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
+    pages = m.read([prose("abacus.txt")[:2000], prose("ampere.txt")[:700]])
+    with torch.no_grad():
+        whole, parts = m.memory(pages, chunk_images=1000), m.memory(pages, chunk_images=3)
+    assert len(pages[0]) > 3  # several chunks
+    assert torch.allclose(whole.tokens, parts.tokens, atol=1e-6) and torch.equal(whole.mask, parts.mask)
+    assert torch.allclose(whole.cls, parts.cls, atol=1e-6) and whole.images == parts.images

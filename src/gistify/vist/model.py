@@ -215,21 +215,29 @@ class VistModel(nn.Module):
         """Render each text in lines, encode them (frozen; cached by content) and group them into images.
 
         A long text is rendered and encoded `chunk_lines` lines at a time, from row starts (the same rows as
-        rendering it whole): its line images (~0.1 MB each) are never all held at once."""
-        layout = self.config.layout()
+        rendering it whole): its line images (~0.1 MB each) are never all held at once. Features are kept in
+        float16 (46 kB a line in float32), as vist_train caches them."""
+        from gistify.vist.encoder import WIDTHS
+
+        c = self.config
+        layout = c.layout()
         out = []
         for text in texts:
             spans = row_spans(text, layout)
-            features, masks = [], []
-            for k in range(0, max(1, len(spans)), chunk_lines):
+            lines = max(1, len(spans))  # an empty text: one blank line
+            # the padded images' buffer, filled chunk by chunk (group_lines' layout, without its copies)
+            pages = math.ceil(lines / c.lines_per_image)
+            features = torch.zeros(pages * c.lines_per_image, c.tokens_per_line, WIDTHS[c.features], dtype=torch.half)
+            mask = torch.zeros(pages * c.lines_per_image, c.tokens_per_line, dtype=torch.bool)
+            for k in range(0, lines, chunk_lines):
                 piece = spans[k : k + chunk_lines]
                 r = render(text, layout, piece[0][0], piece[-1][1]) if piece else render(text, layout)
                 if piece and [row.span for row in r.rows] != piece:
                     raise RuntimeError(f"rendering from a row start changed the rows at row {k}")  # a bug: say so
                 e = self.encoder.encode(r)  # (lines, T, D)
-                features.append(e.features)
-                masks.append(e.mask)
-            out.append(group_lines(torch.cat(features), torch.cat(masks), self.config.lines_per_image))
+                features[k : k + len(e.features)] = e.features  # float16, as training caches them
+                mask[k : k + len(e.features)] = e.mask
+            out.append(Pages(features.view(pages, -1, features.shape[-1]), mask.view(pages, -1)))
         return out
 
     # -- trainable parts --------------------------------------------------------------------------------------------
@@ -270,13 +278,20 @@ class VistModel(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------------------
 
-    def memory(self, pages: list[Pages]) -> Memory:
-        feats = torch.cat([p.features for p in pages]).float()
-        mask = torch.cat([p.mask for p in pages])
-        out = self.resampler(feats, mask)
+    def memory(self, pages: list[Pages], chunk_images: int = 4) -> Memory:
+        """The resampled tokens of every sample's images. Images are resampled `chunk_images` at a time (each
+        alone: the same result), so a long text's activations (~10 MB an image) are never all alive at once."""
+        feats = pages[0].features if len(pages) == 1 else torch.cat([p.features for p in pages])
+        mask = pages[0].mask if len(pages) == 1 else torch.cat([p.mask for p in pages])
+        outs = [
+            self.resampler(feats[i : i + chunk_images].float(), mask[i : i + chunk_images])
+            for i in range(0, len(feats), chunk_images)
+        ]
+        cls = torch.cat([o.cls for o in outs]) if outs[0].cls is not None else None
+        image_mask = torch.cat([o.image_mask for o in outs])
         images = [len(p) for p in pages]
-        tokens, tmask = flatten_images(out.tokens, out.image_mask, images)
-        return Memory(tokens, tmask, out.cls, out.image_mask, images)
+        tokens, tmask = flatten_images(torch.cat([o.tokens for o in outs]), image_mask, images)
+        return Memory(tokens, tmask, cls, image_mask, images)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, memory: Memory | None) -> torch.Tensor:
         """(B, T, V) next-token logits of the text `input_ids` reading `memory` (None: the plain LLM)."""
