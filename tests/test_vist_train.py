@@ -473,3 +473,17 @@ def test_resampling_images_in_chunks_gives_the_same_memory(lm, tiny_tokenizer):
     assert len(pages[0]) > 3  # several chunks
     assert torch.allclose(whole.tokens, parts.tokens, atol=1e-6) and torch.equal(whole.mask, parts.mask)
     assert torch.allclose(whole.cls, parts.cls, atol=1e-6) and whole.images == parts.images
+
+
+def test_diversity_tells_a_collapsed_memory(lm, tiny_tokenizer):
+    from gistify_bench import vist_bench
+
+    m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
+    articles = {n: prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere")}
+    live = vist_bench.diversity(m, articles, texts=3, chars=600)
+    assert -1 <= live["across_slots"] < 0.99 and live["across_texts"] < 1.0
+    with torch.no_grad():  # a resampler whose latents never take in what they attend to: the same memory always
+        for attention, _ in m.resampler.layers:
+            attention.to_out.weight.zero_()
+    dead = vist_bench.diversity(m, articles, texts=3, chars=600)
+    assert dead["across_texts"] == pytest.approx(1.0, abs=1e-4)

@@ -29,6 +29,7 @@ convolutions and matmuls, at the shapes run), peak memory (VmHWM above the RSS b
 generating 16 tokens end to end (vist: rendering and encoding included, encoder cache off). The plain LLM reads
 D + 129 tokens (SmolLM2 was trained to 8k: beyond that its cost is real, its output is not).
 ablation: the held-out numbers that vist_train measured at the end of each run given (their cards).
+diversity: whether the memory depends on what is read (cosines between texts and between latents).
 Results go to docs/results/vist/*.json; `report` writes docs/results/vist/report.md.
 """
 
@@ -384,6 +385,26 @@ def cost_task(model, articles: dict, lengths: list[int], new_tokens: int = 16) -
             "llm_dtype": str(next(lm.parameters()).dtype), "rows": rows}  # fmt: skip
 
 
+# -- does the memory carry content? ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def diversity(model, articles: dict, texts: int = 8, chars: int = 1500) -> dict:
+    """How much vist's memory depends on what it reads: the mean cosine between the tokens in the same slot
+    (image 0, latent j) of two different texts, and between neighbouring slots of one text. 1.0 and 1.0: every
+    text gives the same memory and every latent the same token (a collapsed resampler: nothing to read)."""
+    import torch.nn.functional as F
+
+    sample = [t[:chars] for t in list(articles.values())[:texts]]
+    memory = model.memory(model.read(sample))
+    n = model.config.latents
+    first = memory.tokens[:, :n].float()  # (texts, N, D): each text's first image
+    across = [F.cosine_similarity(first[i], first[j], dim=-1).mean() for i in range(texts) for j in range(i + 1, texts)]
+    slots = F.cosine_similarity(first[:, :-1], first[:, 1:], dim=-1).mean()
+    return {"texts": texts, "across_texts": round(float(torch.stack(across).mean()), 4),
+            "across_slots": round(float(slots), 4), "token_std": round(float(first.std()), 4)}  # fmt: skip
+
+
 # -- report ---------------------------------------------------------------------------------------------------------
 
 
@@ -457,7 +478,7 @@ def _write(name: str, data: dict, folder: Path = OUT) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.vist_bench", description=__doc__.split("\n")[0])
-    p.add_argument("task", choices=["lm", "icl", "cost", "ablation", "report"])
+    p.add_argument("task", choices=["lm", "icl", "cost", "ablation", "diversity", "report"])
     p.add_argument("--weights", help="a vist.safetensors (default: the shipped weights)")
     p.add_argument("--distant", type=int, default=1024, help="lm: most distant tokens per window")
     p.add_argument("--n", type=int, default=48, help="lm: held-out windows")
@@ -465,7 +486,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=20, help="icl: test sentences per label")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--run", action="append", default=[], help="ablation: NAME=DIR of a vist_train run")
+    p.add_argument("--run", action="append", default=[], help="ablation, diversity: NAME=DIR of a vist_train run")
     p.add_argument("--cache", help="vist_train's folder whose features/ cache encoded lines (default its own)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(OUT))
@@ -475,6 +496,15 @@ def main(argv=None) -> int:
     out = Path(a.out)
     if a.task == "report":
         print(report(out))
+        return 0
+    if a.task == "diversity" and a.run:  # several trained runs
+        runs = {}
+        for spec in a.run:
+            name, _, folder = spec.partition("=")
+            model, articles = load(str(Path(folder) / "vist.safetensors"))
+            runs[name] = diversity(model, articles) | {"command": model.card.get("command")}
+        _write("diversity", {"runs": runs}, out)
+        print(json.dumps(runs, indent=1))
         return 0
     if a.task == "ablation":  # the held-out numbers each run's vist_train measured at its end (its card)
         runs = {}
@@ -488,7 +518,9 @@ def main(argv=None) -> int:
         _write("ablation", {"runs": runs}, out)
     else:
         model, articles = load(a.weights)
-        if a.task == "lm":
+        if a.task == "diversity":
+            result = {"runs": {a.weights or "shipped": diversity(model, articles)}}
+        elif a.task == "lm":
             result = lm_task(model, articles, a.distant, a.n, cache=a.cache)
         elif a.task == "icl":
             result = {"runs": [icl_task(model, articles, a.classes, a.per_class, s) for s in a.seeds]}
