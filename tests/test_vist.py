@@ -4,6 +4,8 @@ init, restoration, generation, and a training step that moves only the trainable
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -123,6 +125,22 @@ def test_resampler_shapes_and_key_mask():
     assert no_cls(feats).tokens.shape == (3, 6, 32) and no_cls(feats).cls is None
     with pytest.raises(ValueError, match="max_tokens"):
         res(torch.randn(1, 41, 12))
+
+
+def test_local_latents_read_only_their_own_stretch():
+    torch.manual_seed(0)
+    res = PerceiverResampler(dataclasses.replace(SMALL, depth=1, local=True))  # one block: nothing else leaks in
+    feats = torch.randn(1, 40, 12)
+    out = res(feats)
+    changed = feats.clone()
+    changed[0, 10:] = 5.0  # latent 0 reads tokens 0-9 (40 tokens / 4 latents)
+    moved = res(changed)
+    assert torch.allclose(moved.tokens[0, 0], out.tokens[0, 0], atol=1e-6)
+    assert not torch.allclose(moved.tokens[0, 1:], out.tokens[0, 1:], atol=1e-3)
+    assert not torch.allclose(moved.cls, out.cls, atol=1e-3)  # the CLS latent reads everything
+    empty = torch.ones(1, 40, dtype=torch.bool)
+    empty[0, :10] = False  # latent 0's stretch is blank: it sees only the latents, no NaN
+    assert torch.isfinite(res(feats, empty).tokens).all()
 
 
 def test_resampler_on_real_features(encoder):

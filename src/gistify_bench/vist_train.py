@@ -385,6 +385,7 @@ def config_from(args) -> VistConfig:
         xattn_every=args.xattn_every,
         out_init=args.out_init,
         features=args.features,
+        local_latents=args.local,
     )
 
 
@@ -415,6 +416,7 @@ def command(args) -> str:
     flags += ["--pve" if args.pve else "--no-pve", f"--mask {args.mask}", f"--mask-ratio {args.mask_ratio}"]
     flags += [f"--queue {args.queue}", f"--copy {args.copy}", f"--llm-dtype {args.llm_dtype}", f"--seed {args.seed}"]
     flags += [f"--articles {args.articles}"] if args.articles else []
+    flags += ["--local"] if args.local else []
     return "python -m gistify_bench.vist_train " + " ".join(flags)
 
 
@@ -588,6 +590,7 @@ def parser() -> argparse.ArgumentParser:
     a("--xattn-every", type=int, default=3, help="a cross-attention block every k decoder layers (1: all)")
     a("--out-init", choices=["zero", "normal", "copy"], default="zero", help="cross-attention o_proj init")
     a("--features", choices=["neck", "backbone"], default="neck")
+    a("--local", action="store_true", help="each latent reads only its own stretch of the image (ours)")
     a("--pve", action=argparse.BooleanOptionalAction, default=True, help="the PVE loss (--no-pve: LM loss only)")
     a("--pve-weight", type=float, default=1.0)
     a("--mask", choices=["frequency", "random", "lowest", "none"], default="frequency")

@@ -67,6 +67,7 @@ class VistConfig:
         paper's placement (26M parameters on SmolLM2: too large to ship; 3 gives 10 blocks, 8M).
     out_init: the blocks' o_proj initialisation (gistify.vist.inject): "zero" starts as the plain LLM.
     features: the encoder features read ("neck" 120-d or "backbone" 384-d).
+    local_latents: each latent reads only its own stretch of the image (ResamplerConfig.local; ours).
     font, font_size, width: the line layout (Layout.line()'s defaults).
     """
 
@@ -81,6 +82,7 @@ class VistConfig:
     xattn_every: int = 3
     out_init: str = "zero"
     features: str = "neck"
+    local_latents: bool = False
     font: str = "DejaVuSans.ttf"
     font_size: int = 32
     width: int = 768
@@ -187,6 +189,7 @@ class VistModel(nn.Module):
                 latents=c.latents,
                 cls=True,
                 max_tokens=c.lines_per_image * c.tokens_per_line,
+                local=c.local_latents,
             )
         )
         layers = lm.config.num_hidden_layers

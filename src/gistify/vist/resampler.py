@@ -37,6 +37,9 @@ class ResamplerConfig:
     ff_mult: feed-forward expansion (x4).
     latents: tokens per image given to the LLM (the paper's N = 64).
     cls: add one more latent whose output is the image's summary for PVE (§3.5), never seen by the LLM.
+    local: (ours) latent j attends only to its own j-th 1/N of the image's tokens in reading order (16 lines x 96
+        tokens, 48 latents: a third of a line), the CLS latent to all. A locality prior: with global attention
+        every trained run collapsed to one constant memory (README, "Results: vist"; vist_bench diversity).
     max_tokens: most encoder tokens per image (sizes the position embedding; a fold image has 16 x 96 = 1536).
     """
 
@@ -49,6 +52,7 @@ class ResamplerConfig:
     latents: int = 64
     cls: bool = True
     max_tokens: int = 1536
+    local: bool = False
 
     def __post_init__(self):
         for name in ("input_dim", "dim", "depth", "heads", "head_dim", "ff_mult", "latents", "max_tokens"):
@@ -80,13 +84,15 @@ class PerceiverAttention(nn.Module):
         self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x (M, L, D), latents (M, N, D), key_mask (M, L + N) True = attend -> (M, N, D)."""
+        """x (M, L, D), latents (M, N, D), key_mask (M, L + N) or per latent (M, N, L + N), True = attend
+        -> (M, N, D)."""
         m, n = latents.shape[:2]
         latents = self.norm_latents(latents)
         q = self.to_q(latents)
         k, v = self.to_kv(torch.cat([self.norm_media(x), latents], dim=1)).chunk(2, dim=-1)
         q, k, v = (t.view(m, t.shape[1], self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])  # (M, H, N, hd)
+        mask = key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (M, H, N, hd)
         return self.to_out(out.transpose(1, 2).reshape(m, n, -1))
 
 
@@ -128,6 +134,12 @@ class PerceiverResampler(nn.Module):
         latents = self.latents.expand(m, -1, -1)  # (M, N(+1), D)
         # Latents always see each other, so a blank image still has keys and no softmax over nothing.
         key_mask = torch.cat([mask.to(x.device), torch.ones(m, latents.shape[1], dtype=torch.bool)], dim=1)
+        if c.local:  # (M, N(+1), L + N(+1)): latent j sees tokens i with floor(i N / L) = j, and every latent
+            own = (torch.arange(length) * c.latents // length)[None, :] == torch.arange(latents.shape[1])[:, None]
+            if c.cls:
+                own[-1] = True
+            seen = own.to(x.device)[None] & mask.to(x.device)[:, None, :]
+            key_mask = torch.cat([seen, key_mask[:, None, length:].expand(-1, latents.shape[1], -1)], dim=2)
         for attn, ff in self.layers:
             latents = latents + attn(x, latents, key_mask)
             latents = latents + ff(latents)
