@@ -36,12 +36,12 @@ Results go to docs/results/vist/*.json; `report` writes docs/results/vist/report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import random
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,23 +173,13 @@ def demo(x: str, y: str) -> str:
     return f"Sentence: {x}\nTopic: {y}\n\n"
 
 
-@contextmanager
-def _reading(model, memory, batch: int):
-    """The LLM of `model` reading `memory` (expanded to `batch` rows) for the span of the block; None: plain."""
-    if memory is None:
-        yield
-        return
-    with model.xattn.attach(model.lm, memory.tokens.expand(batch, -1, -1), memory.mask.expand(batch, -1)):
-        yield
-
-
 @torch.no_grad()
 def context_cache(model, context: list[int], memory=None):
     """The LLM's KV cache of the text tokens `context` read with `memory` (None when there are no tokens):
     computed once per way."""
     if not context:
         return None
-    with _reading(model, memory, 1):
+    with model.reading(memory, 1):
         return model.lm(input_ids=torch.tensor([context]), use_cache=True).past_key_values
 
 
@@ -204,7 +194,7 @@ def label_scores(model, cache, memory, prompt: str, labels: list[str]) -> torch.
     cache = copy.deepcopy(cache) if cache is not None else None
     past = cache.get_seq_length() if cache is not None else 0
     prompt_ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-    with _reading(model, memory, 1):
+    with model.reading(memory, 1):
         out = lm(input_ids=prompt_ids, past_key_values=cache, use_cache=True)
     first = out.logits[0, -1].float().log_softmax(-1)  # (V,): the first label token
     cache = out.past_key_values
@@ -213,7 +203,7 @@ def label_scores(model, cache, memory, prompt: str, labels: list[str]) -> torch.
     k, width = ids.shape
     cache.batch_repeat_interleave(k)
     full_mask = torch.cat([torch.ones(k, past + prompt_ids.shape[1], dtype=mask.dtype), mask], dim=1)
-    with _reading(model, memory, k):
+    with model.reading(memory, k):
         logits = lm(input_ids=ids, attention_mask=full_mask, past_key_values=cache, use_cache=True).logits.float()
     logp = logits.log_softmax(-1)  # (K, W, V): position j predicts label token j + 1
     scores = first[ids[:, 0]]
@@ -301,10 +291,8 @@ def _trim() -> None:
     import ctypes
     import ctypes.util
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def encoder_flops_per_line(width: int) -> float:
@@ -497,20 +485,24 @@ def main(argv=None) -> int:
     if a.task == "report":
         print(report(out))
         return 0
-    if a.task == "diversity" and a.run:  # several trained runs
+    runs_given = []
+    for spec in a.run:
+        name, sep, folder = spec.partition("=")
+        if not (sep and name and folder):
+            p.error(f"--run takes NAME=DIR (a vist_train --out folder), got {spec!r}")
+        runs_given.append((name, Path(folder)))
+    if a.task == "diversity" and runs_given:  # several trained runs
         runs = {}
-        for spec in a.run:
-            name, _, folder = spec.partition("=")
-            model, articles = load(str(Path(folder) / "vist.safetensors"))
+        for name, folder in runs_given:
+            model, articles = load(str(folder / "vist.safetensors"))
             runs[name] = diversity(model, articles) | {"command": model.card.get("command")}
         _write("diversity", {"runs": runs}, out)
         print(json.dumps(runs, indent=1))
         return 0
     if a.task == "ablation":  # the held-out numbers each run's vist_train measured at its end (its card)
         runs = {}
-        for spec in a.run:
-            name, _, folder = spec.partition("=")
-            card = json.loads((Path(folder) / "vist.json").read_text())
+        for name, folder in runs_given:
+            card = json.loads((folder / "vist.json").read_text())
             runs[name] = {"command": card["command"], "pve": card["training"]["pve"],
                           "held_out": card["held_out"]["nll_per_token"],
                           "pve_acc": card["training"]["loss_last"].get("pve_acc"),

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,23 @@ class Pages:
         return self.features.shape[0]
 
 
+def blank_pages(lines: int, per_image: int, tokens: int, width: int, dtype: torch.dtype = torch.float32) -> Pages:
+    """Room for `lines` lines of (tokens, width) features, `per_image` lines per image (at least one image), all
+    zero and masked; fill line i through `features.view(-1, tokens, width)[i]` and `mask.view(-1, tokens)[i]`."""
+    p = max(1, math.ceil(lines / per_image))
+    return Pages(
+        torch.zeros(p, per_image * tokens, width, dtype=dtype), torch.zeros(p, per_image * tokens, dtype=torch.bool)
+    )
+
+
 def group_lines(features: torch.Tensor, mask: torch.Tensor, per_image: int) -> Pages:
     """Lines (n, T, D), (n, T) -> Pages of `per_image` lines each, the last padded with masked empty lines. No
     lines gives one empty (fully masked) image."""
     n, t, d = features.shape
-    p = max(1, math.ceil(n / per_image))
-    feats = features.new_zeros(p * per_image, t, d)
-    keep = torch.zeros(p * per_image, t, dtype=torch.bool)
-    feats[:n], keep[:n] = features, mask.bool()
-    return Pages(feats.view(p, per_image * t, d), keep.view(p, per_image * t))
+    pages = blank_pages(n, per_image, t, d, features.dtype)
+    pages.features.view(-1, t, d)[:n] = features
+    pages.mask.view(-1, t)[:n] = mask.bool()
+    return pages
 
 
 @dataclass
@@ -228,19 +237,19 @@ class VistModel(nn.Module):
         for text in texts:
             spans = row_spans(text, layout)
             lines = max(1, len(spans))  # an empty text: one blank line
-            # the padded images' buffer, filled chunk by chunk (group_lines' layout, without its copies)
-            pages = math.ceil(lines / c.lines_per_image)
-            features = torch.zeros(pages * c.lines_per_image, c.tokens_per_line, WIDTHS[c.features], dtype=torch.half)
-            mask = torch.zeros(pages * c.lines_per_image, c.tokens_per_line, dtype=torch.bool)
+            # filled chunk by chunk: no copy of the whole text's features is ever made (float16, as training caches)
+            t, d = c.tokens_per_line, WIDTHS[c.features]
+            pages = blank_pages(lines, c.lines_per_image, t, d, torch.half)
+            features, mask = pages.features.view(-1, t, d), pages.mask.view(-1, t)  # line by line
             for k in range(0, lines, chunk_lines):
                 piece = spans[k : k + chunk_lines]
                 r = render(text, layout, piece[0][0], piece[-1][1]) if piece else render(text, layout)
                 if piece and [row.span for row in r.rows] != piece:
                     raise RuntimeError(f"rendering from a row start changed the rows at row {k}")  # a bug: say so
                 e = self.encoder.encode(r)  # (lines, T, D)
-                features[k : k + len(e.features)] = e.features  # float16, as training caches them
+                features[k : k + len(e.features)] = e.features
                 mask[k : k + len(e.features)] = e.mask
-            out.append(Pages(features.view(pages, -1, features.shape[-1]), mask.view(pages, -1)))
+            out.append(pages)
         return out
 
     # -- trainable parts --------------------------------------------------------------------------------------------
@@ -296,12 +305,23 @@ class VistModel(nn.Module):
         tokens, tmask = flatten_images(torch.cat([o.tokens for o in outs]), image_mask, images)
         return Memory(tokens, tmask, cls, image_mask, images)
 
+    def reading(self, memory: Memory | None, rows: int | None = None):
+        """A block within which the LLM reads `memory` through the cross-attention blocks (its one sample
+        repeated to `rows` rows, for a batch that shares it); None: the plain LLM. Prefix mode has no such block:
+        its tokens go into the input (PrefixProjector.inputs)."""
+        if memory is None:
+            return nullcontext()
+        if self.config.inject != "xattn":
+            raise ValueError("reading() needs inject='xattn'; with 'prefix' the memory is part of the input")
+        tokens, mask = memory.tokens, memory.mask
+        if rows is not None:
+            tokens, mask = tokens.expand(rows, -1, -1), mask.expand(rows, -1)
+        return self.xattn.attach(self.lm, tokens, mask)
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, memory: Memory | None) -> torch.Tensor:
         """(B, T, V) next-token logits of the text `input_ids` reading `memory` (None: the plain LLM)."""
-        if memory is None:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
-        if self.config.inject == "xattn":
-            with self.xattn.attach(self.lm, memory.tokens, memory.mask):
+        if memory is None or self.config.inject == "xattn":
+            with self.reading(memory):
                 return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
         kw = self.prefix.inputs(self.lm, input_ids, memory.tokens, memory.mask, attention_mask)
         return self.lm(**kw).logits[:, -input_ids.shape[1] :]
@@ -403,7 +423,7 @@ class VistModel(nn.Module):
         ids, mask = self._ids([proximal_text], "left")
         kwargs = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id, **kwargs}
         if self.config.inject == "xattn":
-            with self.xattn.attach(self.lm, memory.tokens, memory.mask):
+            with self.reading(memory):
                 out = self.lm.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
             new = out[0, ids.shape[1] :]
         else:
