@@ -127,6 +127,21 @@ def test_resampler_shapes_and_key_mask():
         res(torch.randn(1, 41, 12))
 
 
+def test_features_are_standardised_with_the_corpus_statistics():
+    torch.manual_seed(0)
+    res = PerceiverResampler(SMALL)
+    feats = torch.randn(2, 40, 12) * 3 + 30  # a large shared component, as PP-OCRv6's
+    mean, std = torch.full((12,), 30.0), torch.full((12,), 3.0)
+    plain = res((feats - mean) / std).tokens  # identity statistics until set
+    res.set_feature_stats(mean, std)
+    assert torch.allclose(res(feats).tokens, plain, atol=1e-5)
+    assert torch.equal(res.state_dict()["feature_mean"], mean)  # saved with the weights
+    with pytest.raises(ValueError, match="positive"):
+        res.set_feature_stats(mean, torch.zeros(12))
+    with pytest.raises(ValueError, match=r"\(12,\)"):
+        res.set_feature_stats(torch.zeros(5), torch.ones(5))
+
+
 def test_local_latents_read_only_their_own_stretch():
     torch.manual_seed(0)
     res = PerceiverResampler(dataclasses.replace(SMALL, depth=1, local=True))  # one block: nothing else leaks in

@@ -200,6 +200,29 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
         vist_train.train(tiny_args(b, *run, "--mask", "random"), lm, tiny_tokenizer, enc2, corpus())
 
 
+def test_training_standardises_features_with_the_corpus_statistics(trained, lm, tiny_tokenizer, tmp_path):
+    model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
+    data = vist_train.Corpus(
+        corpus()["train"], model, model.encoder, tmp_path / "features", tiny_args(tmp_path), "train"
+    )
+    data.ensure(None, log=lambda _: None)
+    mean, std = data.feature_stats()
+    every = np.concatenate([lf.features[lf.mask].astype(np.float64) for lf in data.lines])
+    assert np.allclose(mean.numpy(), every.mean(0), atol=1e-5) and np.allclose(
+        std.numpy(), every.std(0, ddof=1), atol=1e-4
+    )
+    # the trained weights carry them, and in float32 whatever the export dtype
+    from safetensors.torch import load_file
+
+    trained_model = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
+    assert torch.allclose(trained_model.resampler.feature_mean, mean)
+    assert torch.allclose(trained_model.resampler.feature_std, std)
+    saved = load_file(str(trained_model.save(tmp_path / "bf16.safetensors", dtype=torch.bfloat16)))
+    assert saved["resampler.proj.weight"].dtype == torch.bfloat16
+    assert torch.equal(saved["resampler.feature_mean"], trained_model.resampler.feature_mean)
+    assert torch.equal(saved["resampler.feature_std"], trained_model.resampler.feature_std)
+
+
 def test_copy_windows_repeat_a_passage_of_their_distant_part(lm, tiny_tokenizer, tmp_path):
     model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
     args = tiny_args(tmp_path)
@@ -475,7 +498,7 @@ def test_resampling_images_in_chunks_gives_the_same_memory(lm, tiny_tokenizer):
     assert torch.allclose(whole.cls, parts.cls, atol=1e-6) and whole.images == parts.images
 
 
-def test_diversity_tells_a_collapsed_memory(lm, tiny_tokenizer):
+def test_diversity_tells_a_collapsed_memory(lm, tiny_tokenizer, tmp_path):
     from gistify_bench import vist_bench
 
     m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
@@ -487,3 +510,28 @@ def test_diversity_tells_a_collapsed_memory(lm, tiny_tokenizer):
             attention.to_out.weight.zero_()
     dead = vist_bench.diversity(m, articles, texts=3, chars=600)
     assert dead["across_texts"] == pytest.approx(1.0, abs=1e-4)
+    vist_bench._write("diversity", {"runs": {"live": live, "dead": dead}}, tmp_path)
+    assert f"| dead | {dead['across_texts']:.4f} |" in vist_bench.report(tmp_path)
+
+
+def test_the_oracle_probe_trains_the_cross_attention_on_a_perfect_memory(lm, tiny_tokenizer, tmp_path):
+    from gistify_bench import vist_oracle
+
+    args = vist_oracle.parser().parse_args(
+        [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--dim", "16", "--xattn-every", "2"),
+         *("--distant-tokens", "96", "--proximal-tokens", "24", "--llm-dtype", "float32", "--eval-n", "4"),
+         *("--eval-every", "10", "--cache", str(tmp_path), "--no-progress")]
+    )  # fmt: skip
+    result = vist_oracle.run(args, lm, tiny_tokenizer, corpus())
+    curve = result["curve"]
+    assert [c["step"] for c in curve] == [0, 10, 20] and result["held_out_copy_windows"] == 4
+    assert curve[-1]["own"] < curve[0]["own"] - 0.03, curve  # the blocks and the map learn
+    assert "--copy 1.0" in result["command"]
+    from gistify_bench import vist_bench
+
+    vist_bench._write("oracle", result, tmp_path)
+    assert f"| 20 | {curve[-1]['own']:.4f} |" in vist_bench.report(tmp_path)
+    oracle = vist_oracle.OracleMemory(lm.get_input_embeddings(), 16, 8)
+    ids = torch.tensor([[5, 6, 7], [7, 6, 5]])
+    memory = oracle(ids)
+    assert memory.shape == (2, 3, 16) and not torch.allclose(memory[0, 0], memory[1, 2])  # same token, other place

@@ -30,6 +30,8 @@ generating 16 tokens end to end (vist: rendering and encoding included, encoder 
 D + 129 tokens (SmolLM2 was trained to 8k: beyond that its cost is real, its output is not).
 ablation: the held-out numbers that vist_train measured at the end of each run given (their cards).
 diversity: whether the memory depends on what is read (cosines between texts and between latents).
+The oracle probe (gistify_bench.vist_oracle: the cross-attention reading a perfect memory) writes oracle.json here
+too, and the report shows it.
 Results go to docs/results/vist/*.json; `report` writes docs/results/vist/report.md.
 """
 
@@ -449,6 +451,20 @@ def report(folder: Path = OUT) -> str:
             lines.append(f"| {name} | {h['base']:.4f} | {h['vist']:.4f} | {h['shuffled']:.4f} | "
                          f"{h['shuffled'] - h['vist']:+.4f} | {h.get('copy_vist', float('nan')):.4f} / "
                          f"{h.get('copy_shuffled', float('nan')):.4f} | {acc} |")  # fmt: skip
+        lines.append("")
+    div = read("diversity")
+    if div:
+        lines += ["## Does the memory depend on the text? (mean cosine: same slot of two texts, neighbouring slots)",
+                  "", "| run | across texts | across slots |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {r['across_texts']:.4f} | {r['across_slots']:.4f} |" for name, r in div["runs"].items()]
+        lines.append("")
+    oracle = read("oracle")
+    if oracle:
+        lines += [f"## Oracle probe: the cross-attention reading a perfect memory ({oracle['held_out_copy_windows']} "
+                  "held-out copy windows, NLL per token)", "", f"`{oracle['command']}`", "",
+                  "| step | own memory | another window's | gap |", "|---|---|---|---|"]  # fmt: skip
+        for c in oracle["curve"]:
+            lines.append(f"| {c['step']} | {c['own']:.4f} | {c['shuffled']:.4f} | {c['shuffled'] - c['own']:+.4f} |")
         lines.append("")
     text = "\n".join(lines)
     (folder / "report.md").write_text(text)

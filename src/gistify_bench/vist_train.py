@@ -6,7 +6,9 @@
 Data: the Wikipedia "train" articles (gistify_bench.data); the held-out numbers come from "eval" articles, never
 trained on. Each article is rendered once in lines (Layout.line()) and every line is encoded once by the frozen
 PP-OCRv6 encoder (~35 ms a line on one thread; ~13k lines for the train split), cached on disk as float16 in
-DIR/features, so reruns, resumed runs and ablations read features only. A training sample is a window of an
+DIR/features, so reruns, resumed runs and ablations read features only. The resampler standardises the features
+with their per-channel mean and standard deviation over the train articles' text tokens (saved with the weights;
+gistify.vist.resampler says why: without it every run collapsed to one memory). A training sample is a window of an
 article: the whole lines before a line start, up to --distant-tokens LLM tokens, are the distant part (read as
 images); the --proximal-tokens tokens from that line start are the proximal window, read as text (research/
 methods.md §3.1, §3.9: T_e 512, T_d 128 on CPU).
@@ -231,6 +233,19 @@ class Corpus:
             for a, lines in todo.items():
                 self.lines[a].ensure(lines, advance=advance)
         log(f"encoded {total} lines in {time.perf_counter() - t0:.0f} s")
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D,), (D,): the mean and standard deviation of every text token's encoder features over the articles
+        (accumulated in float64, an article at a time), for the resampler's standardisation."""
+        total, squares, n = 0.0, 0.0, 0
+        for lf in self.lines:
+            x = lf.features[lf.mask].astype(np.float64)  # (tokens, D)
+            total, squares, n = total + x.sum(0), squares + (x * x).sum(0), n + len(x)
+        if n < 2:
+            raise ValueError("the training articles hold fewer than 2 encoded text tokens")
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean * mean, 0) * n / (n - 1))
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp(min=1e-6)
 
     def batch(self, windows: list[Window]) -> dict:
         pages = [self.lines[w.article].pages(w.first, w.split) for w in windows]
@@ -457,6 +472,7 @@ def train(args, lm=None, tokenizer=None, encoder=None, corpus: dict | None = Non
     model.set_token_counts(counts, len(data.windows))
     log(f"train: {len(data.texts)} articles, {len(data.windows)} windows, {int(counts.sum())} tokens counted")
     data.ensure(None, log)
+    model.resampler.set_feature_stats(*data.feature_stats())
 
     params = model.trainable_parameters()
     log(f"trainable parameters: {sum(p.numel() for p in params) / 1e6:.2f} M ({args.inject})")

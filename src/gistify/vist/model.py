@@ -350,8 +350,12 @@ class VistModel(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # buffers (the resampler's feature statistics) stay float32: in bfloat16 a mean of 30 is off by 0.1
+        buffers = {f"{p}.{k}" for p in self.trained_parts for k, _ in getattr(self, p).named_buffers()}
         state = {
-            k: (v.to(dtype) if v.is_floating_point() else v.to(torch.int32) if k == "token_counts" else v)
+            k: (v.float() if k in buffers else v.to(dtype))
+            if v.is_floating_point()
+            else (v.to(torch.int32) if k == "token_counts" else v)
             for k, v in self.trained_state().items()
         }
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
