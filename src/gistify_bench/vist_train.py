@@ -6,12 +6,12 @@
 Data: the Wikipedia "train" articles (gistify_bench.data); the held-out numbers come from "eval" articles, never
 trained on. Each article is rendered once in lines (Layout.line()) and every line is encoded once by the frozen
 PP-OCRv6 encoder (~35 ms a line on one thread; ~13k lines for the train split), cached on disk as float16 in
-DIR/features, so reruns, resumed runs and ablations read features only. The resampler standardises the features
-with their per-channel mean and standard deviation over the train articles' text tokens (saved with the weights;
-gistify.vist.resampler says why: without it every run collapsed to one memory). A training sample is a window of an
-article: the whole lines before a line start, up to --distant-tokens LLM tokens, are the distant part (read as
-images); the --proximal-tokens tokens from that line start are the proximal window, read as text (research/
-methods.md §3.1, §3.9: T_e 512, T_d 128 on CPU).
+DIR/features, so reruns, resumed runs and ablations read features only. The resampler standardises the
+features with their per-channel mean and standard deviation over the train articles' text tokens (saved with
+the weights; gistify.vist.resampler says why: without it every run collapsed to one memory). A training sample
+is a window of an article: the whole lines before a line start, up to --distant-tokens LLM tokens, are the
+distant part (read as images); the --proximal-tokens tokens from that line start are the proximal window, read
+as text (research/methods.md §3.1, §3.9: T_e 512, T_d 128 on CPU).
 
 Loss (§3.5-3.6): L = L_LM + w * L_PVE. L_LM is the next-token cross-entropy of the proximal window with the
 distant part as memory. L_PVE is InfoNCE between the mean CLS output of a sample's images (through a linear head)
