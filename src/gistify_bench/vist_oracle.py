@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gistify_bench.vist_train import Corpus, default_dir, eval_windows, windows_for
@@ -48,19 +47,17 @@ class OracleMemory(nn.Module):
         return self.proj(e) + self.position[: ids.shape[1]]
 
 
-def copy_nll(model, oracle: OracleMemory, corpus: Corpus, windows: list, shuffle: bool = False) -> torch.Tensor:
-    """Mean per-token NLL of the windows' proximal tokens, reading each window's own oracle memory (or, with
-    `shuffle`, the next window's)."""
-    batch = corpus.batch(windows)
+def copy_nll(model, oracle: OracleMemory, batch: dict, shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and token count (VistModel.nll's: every proximal token after the first) of a Corpus batch,
+    each window reading its own oracle memory (with `shuffle`, the next window's)."""
     dids, dmask = batch["distant"]
     memory, mask = oracle(dids), dmask.bool()
     if shuffle:
         memory, mask = memory.roll(1, 0), mask.roll(1, 0)
     ids, attention = batch["ids"]
-    with model.xattn.attach(model.lm, memory, mask):
-        logits = model.lm(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
-    use = attention[:, 1:].bool()
-    return F.cross_entropy(logits[use], ids[:, 1:][use])
+    with model.xattn.attach(model.lm, memory, mask):  # raw tensors: this memory is not a resampled Memory
+        total, count = model.nll(ids, attention, None)
+    return total.sum(), count.sum()
 
 
 def run(args, lm=None, tokenizer=None, corpus: dict | None = None) -> dict:
@@ -94,19 +91,26 @@ def run(args, lm=None, tokenizer=None, corpus: dict | None = None) -> dict:
     opt = torch.optim.AdamW(params, lr=args.lr)
     warmup = max(1, args.steps // 20)
 
+    held_batches = [held.batch(held_windows[i : i + 8]) for i in range(0, len(held_windows), 8)]  # made once
+
     @torch.no_grad()
     def evaluate(step: int) -> dict:
-        own = [copy_nll(model, oracle, held, held_windows[i : i + 8]) for i in range(0, len(held_windows), 8)]
-        other = [copy_nll(model, oracle, held, held_windows[i : i + 8], True) for i in range(0, len(held_windows), 8)]
-        return {"step": step, "own": round(float(torch.stack(own).mean()), 4),
-                "shuffled": round(float(torch.stack(other).mean()), 4)}  # fmt: skip
+        """Per-token NLL of the held-out copy windows, own memory and another window's."""
+        out = {"step": step}
+        for key, shuffle in (("own", False), ("shuffled", True)):
+            total, count = map(sum, zip(*(copy_nll(model, oracle, b, shuffle) for b in held_batches)))
+            out[key] = round(float(total / count), 4)
+        return out
 
     curve, t0 = [evaluate(0)], time.perf_counter()
     with progress_bar(args.steps, "oracle", enabled=args.progress) as advance:
         for step in range(args.steps):
             for group in opt.param_groups:
                 group["lr"] = args.lr * min(1.0, (step + 1) / warmup)
-            loss = copy_nll(model, oracle, train, windows_for(train, step, 0, args.batch, args.seed, args.copy))
+            total, count = copy_nll(
+                model, oracle, train.batch(windows_for(train, step, 0, args.batch, args.seed, args.copy))
+            )
+            loss = total / count
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

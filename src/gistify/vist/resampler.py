@@ -45,8 +45,9 @@ class ResamplerConfig:
     latents: tokens per image given to the LLM (the paper's N = 64).
     cls: add one more latent whose output is the image's summary for PVE (§3.5), never seen by the LLM.
     local: (ours) latent j attends only to its own j-th 1/N of the image's tokens in reading order (16 lines x 96
-        tokens, 48 latents: a third of a line), the CLS latent to all. A locality prior: with global attention
-        every trained run collapsed to one constant memory (README, "Results: vist"; vist_bench diversity).
+        tokens, 48 latents: a third of a line), the CLS latent to all. A locality prior, added when every
+        trained run collapsed to one constant memory; the cause was the features' shared component, which the
+        standardisation (1, above) removes (README, "Results: vist").
     max_tokens: most encoder tokens per image (sizes the position embedding; a fold image has 16 x 96 = 1536).
     """
 
