@@ -17,14 +17,28 @@ import gistify
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 FACTS = [
-    ("The harbour master's favourite drink was cardamom tea.", "What was the harbour master's favourite drink?", "cardamom"),
-    ("The stolen painting was later found in a garage in Lisbon.", "Where was the stolen painting later found?", "Lisbon"),
+    (
+        "The harbour master's favourite drink was cardamom tea.",
+        "What was the harbour master's favourite drink?",
+        "cardamom",
+    ),
+    (
+        "The stolen painting was later found in a garage in Lisbon.",
+        "Where was the stolen painting later found?",
+        "Lisbon",
+    ),
     ("The team's mascot is a purple penguin named Oskar.", "What is the name of the team's mascot?", "Oskar"),
     ("Entry to the observatory costs 37 dollars per person.", "How much does entry to the observatory cost?", "37"),
-    ("The first prize in the poetry contest went to Marguerite Okafor.", "Who won the first prize in the poetry contest?",
-     "Okafor"),
-    ("The bridge was built using granite from the quarry at Dunmore.", "Where did the granite for the bridge come from?",
-     "Dunmore"),
+    (
+        "The first prize in the poetry contest went to Marguerite Okafor.",
+        "Who won the first prize in the poetry contest?",
+        "Okafor",
+    ),
+    (
+        "The bridge was built using granite from the quarry at Dunmore.",
+        "Where did the granite for the bridge come from?",
+        "Dunmore",
+    ),
     ("The submarine's call sign was Kestrel Nine.", "What was the submarine's call sign?", "Kestrel"),
     ("The festival is always held on the second Sunday of October.", "When is the festival held?", "October"),
 ]

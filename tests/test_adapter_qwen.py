@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gistify import Budget, reduce
-from gistify.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, block_stats, extra_positions, to_raster, window_order
+from gistify.vision.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, block_stats, extra_positions, to_raster, window_order
 
 IMG, VIDEO, START, END, PAD = 90, 93, 91, 92, 0
 PATCH_DIM = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch: one row of pixel_values

@@ -25,9 +25,10 @@ from transformers import (
 )
 
 import gistify
-from gistify.adapters import adapter_class
-from gistify.adapters.base import ANALOGUE_NOTE, FASTV_NOTE, clean_question, locate_images
-from gistify.adapters.llava import LlavaAdapter, TextTower
+from gistify.vision.adapters import adapter_class
+from gistify.vision.adapters.base import ANALOGUE_NOTE, FASTV_NOTE
+from gistify.vision.adapters.llava import LlavaAdapter, TextTower
+from gistify.vision.adapters.prompt import clean_question, locate_images
 
 IMG, FAKE, PAD = 100, 101, 0  # image placeholder, Idefics3's <fake_token_around_image>, padding
 NEW = 4  # tokens generated per test

@@ -99,7 +99,7 @@ def test_stdin(monkeypatch, tiny_model_dir, capsys):
         (
             b"some words here",
             ["--keep", "0.5", "-m", "nosuch"],
-            "known text methods: random, reinforce, reinforce-rl, selfinfo, truncate",
+            "methods that compress text: random, reinforce, reinforce-rl, selfinfo, truncate, vist",
         ),
         (b"some words here", ["--keep", "0.5", "--set", "seed"], "NAME=VALUE"),
         (b"some words here", ["--keep", "0.5", "--tokenizer", "gpt9"], "unknown tokenizer"),
@@ -145,7 +145,7 @@ def test_model_that_does_not_load_exits_3(doc, tmp_path, capsys):
 def test_uncached_embedded_model_says_which_command_to_run(doc, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GISTIFY_HOME", str(tmp_path / "empty-home"))
     models.load.cache_clear()
-    from gistify.compression import _shared_scorer
+    from gistify.text.pipeline import _shared_scorer
 
     _shared_scorer.cache_clear()
     try:

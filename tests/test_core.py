@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import gistify
 from gistify.budget import Budget
 from gistify.graph import affinity_graph, personalized_pagerank
-from gistify.protect import missing, protected_ranges
-from gistify.tokens import openai
+from gistify.text.protect import missing, protected_ranges
+from gistify.text.tokens import openai
 
 
 def test_budget_validation_and_target():

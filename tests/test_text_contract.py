@@ -9,7 +9,7 @@ import pytest
 
 import gistify
 from conftest import prose
-from gistify.text.base import segment
+from gistify.text.words import segment
 from methods_params import TEXT_METHODS
 
 CASES = [(name, params) for name, sets in TEXT_METHODS.items() for params in sets]
@@ -134,7 +134,7 @@ def test_random_seed_changes_selection(tiny_scorer):
 
 def test_openai_tokenizer_budget(tiny_scorer):
     r = run(tiny_scorer, prose()[:3000], "random", {}, keep=0.25, tokenizer="cl100k_base")
-    from gistify.tokens import openai
+    from gistify.text.tokens import openai
 
     assert r.tokenizer == "cl100k_base" and r.tokens_out == openai("cl100k_base").count(r.text)
     assert abs(r.tokens_out - r.target_tokens) <= 1
@@ -157,7 +157,7 @@ def test_bad_input_errors(tiny_scorer):
         gistify.compress("some text", keep=1.5, method="random", scorer=tiny_scorer)
     with pytest.raises(ValueError, match="exactly one"):
         gistify.compress("some text", keep=0.5, tokens=3, method="random", scorer=tiny_scorer)
-    with pytest.raises(ValueError, match="known text methods: random, reinforce"):
+    with pytest.raises(ValueError, match="methods that compress text: random, reinforce"):
         gistify.compress("some text", keep=0.5, method="nope", scorer=tiny_scorer)
     with pytest.raises(ValueError, match="no parameter"):
         gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, colour=3)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gistify.text.base import assemble, per_word, segment, select, token_to_word, word_costs
+from gistify.text.words import assemble, per_word, segment, select, token_to_word, word_costs
 
 
 def words_of(text):

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from conftest import prose, tiny_llama
+from gistify.vist.compress import compress
+from gistify.vist.config import VistConfig, VistWeightsError
 from gistify.vist.encoder import Encoded
-from gistify.vist.model import VistConfig, VistModel, VistWeightsError, compress, group_lines
+from gistify.vist.memory import group_lines
+from gistify.vist.model import VistModel
 from gistify.vist.pve import FeatureQueue, PVEConfig, importance, mask_positions, pve_loss, token_counts
 from gistify_bench import vist_train
 
@@ -323,7 +326,7 @@ def test_compress_with_vist(trained, lm, tiny_tokenizer):
     assert abs(default.proximal_tokens - 24) <= 2
     tight = compress(context, model=m, tokens=5)  # below what images cost: all read as images, and said so
     assert tight.proximal_tokens == 0 and any("below what the whole context costs" in x for x in tight.notes)
-    with pytest.raises(ValueError, match="does not take protect"):
+    with pytest.raises(ValueError, match="'vist' has no parameter protect"):
         gistify.compress(context, method="vist", model=m, tokens=50, protect=[r"\d+"])
 
 
@@ -405,7 +408,7 @@ def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_toke
         rows = [head + tiny_tokenizer(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
         ids, mask = vist_train._pad(rows)
         scored = torch.arange(ids.shape[1])[None, :] >= len(head)
-        from gistify.vist.model import Memory
+        from gistify.vist.memory import Memory
 
         k = len(labels)
         whole = None if mem is None else Memory(mem.tokens.expand(k, -1, -1), mem.mask.expand(k, -1), None, None, [])

@@ -1,4 +1,4 @@
-"""The small VLM (gistify.vlm) and its adapter: the encoder is the real pretrained EfficientNet-Lite0 (from its
+"""The small VLM (gistify_bench.vlm) and its adapter: the encoder is the real pretrained EfficientNet-Lite0 (from its
 PyPI wheel); the LLM is a tiny random Llama (fast); the easy-vqa data are the real ones."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 import gistify
 from conftest import tiny_llama
-from gistify.vlm import efficientnet
-from gistify.vlm.model import GRID, GistVLM, contrastive_loss
 from gistify_bench import vqa
+from gistify_bench.vlm import efficientnet
+from gistify_bench.vlm.model import GRID, GistVLM, contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest.one_thread
 METHODS = ("recover", "random", "pool", "fastv", "visionzip", "prumerge", "tome", "reinforce")
@@ -210,7 +210,7 @@ def test_training_batches_are_deterministic_and_mixed():
 def test_shipped_vlm_answers_held_out_questions():
     """The shipped weights answer held-out single-shape questions well above chance (its card records 0.81 on
     300; easy-vqa's answers are 13 words, yes/no the most common)."""
-    from gistify.vlm.model import WEIGHTS
+    from gistify_bench.vlm.model import WEIGHTS
 
     assert WEIGHTS.exists(), "the small VLM's weights ship with the package"
     model = GistVLM.from_pretrained(dtype=torch.bfloat16)

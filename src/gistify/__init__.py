@@ -15,11 +15,11 @@ _EXPORTS = {
     "Budget": "gistify.budget",
     "Compressed": "gistify.result",
     "Method": "gistify.method",
-    "Scorer": "gistify.scorer",
-    "compress": "gistify.compression",
+    "Scorer": "gistify.text.scorer",
+    "compress": "gistify.api",
     "get_method": "gistify.method",
     "methods": "gistify.method",
-    "reduce": "gistify.reduction",
+    "reduce": "gistify.vision.session",
     "render": "gistify.rendering",
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,4 +1,5 @@
-"""The `gistify` command: compress, render, methods, models.
+"""The `gistify` command: compress, render, methods, models, and the subcommands other packages register in the
+`gistify.commands` entry-point group (the harness registers `gistify bench`; the library never imports it).
 
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
@@ -12,9 +13,12 @@ import ast
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
+BUILTIN = ("compress", "render", "methods", "models")  # a registered command never shadows these
 
 
 class InputError(ValueError):
@@ -92,6 +96,7 @@ def cmd_compress(args) -> int:
     from transformers.utils import logging as hf_logging
 
     import gistify
+    from gistify.method import method_class
 
     hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
 
@@ -99,20 +104,19 @@ def cmd_compress(args) -> int:
     if not text.strip():
         raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
     params = _parse_sets(args.set)
-    result = gistify.compress(
-        text,
-        args.question,
-        keep=args.keep,
-        tokens=args.tokens,
-        method=args.method,
+    options = dict(
         model=args.model,
-        tokenizer=args.tokenizer,
+        tokenizer=None if args.tokenizer == "scorer" else args.tokenizer,
         protect=args.protect,
         protect_numbers=args.protect_numbers,
         protect_negations=args.protect_negations,
         protect_identifiers=args.protect_identifiers,
-        progress=sys.stderr.isatty(),
-        **params,
+    )
+    options = {k: v for k, v in options.items() if v}  # only what was asked for: each family takes its own options
+    if sys.stderr.isatty() and "progress" in method_class(args.method).options:
+        options["progress"] = True
+    result = gistify.compress(
+        text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, **options, **params
     )
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -188,12 +192,21 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args) -> int:
+def registered_commands() -> dict:
+    """name -> entry point: the subcommands other packages register in the `gistify.commands` group."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS)}
+
+
+def cmd_registered(args) -> int:
+    """A subcommand registered by another package: its `main(argv)` gets the rest of the command line."""
     try:
-        from gistify_bench.cli import main as bench_main
+        command = args.entry_point.load()
     except ImportError as e:
-        raise InputError(f"the harness needs its extras ({e.name} is missing): pip install 'gistify[bench]'") from None
-    return bench_main(args.rest)
+        raise InputError(
+            f"`gistify {args.entry_point.name}` needs packages that are missing ({e.name}): install its extras, "
+            "e.g. pip install 'gistify[bench]'"
+        ) from None
+    return command(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,9 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=int, help="image width in px (default: 224 for fold, 768 for line)")
     r.set_defaults(run=cmd_render)
 
-    bench = sub.add_parser("bench", help="the evaluation harness: `gistify bench --help`", add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(run=cmd_bench)
+    for ep in registered_commands().values():  # e.g. `gistify bench`, which gistify_bench registers
+        if ep.name not in sub.choices:
+            extra = sub.add_parser(
+                ep.name, help=f"`gistify {ep.name} --help` ({ep.value.split(':')[0]})", add_help=False
+            )
+            extra.add_argument("rest", nargs=argparse.REMAINDER)
+            extra.set_defaults(run=cmd_registered, entry_point=ep)
 
     m = sub.add_parser("methods", help="list the methods with a one-line description")
     m.add_argument("-v", "--verbose", action="store_true", help="also list each method's parameters")
@@ -261,7 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    registered = registered_commands()
+    if argv and argv[0] in registered and argv[0] not in BUILTIN:
+        # argparse's REMAINDER drops a leading option ("bench --help"): hand the rest over untouched
+        args = argparse.Namespace(run=cmd_registered, entry_point=registered[argv[0]], rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     from gistify.models import ModelError
 
     try:

@@ -75,8 +75,8 @@ def _bos(tokenizer) -> list[int]:
 
 def make_input(scorer, context: str, question: str, answer: str) -> Input:
     """The θ-independent parts of one cloze question: features, token ids, the uncompressed read."""
-    from gistify.text.base import Document, segment
     from gistify.text.reinforce import ContextualReinforcement
+    from gistify.text.words import Document, segment
     from gistify_bench.tasks.wiki import BLANK
 
     tok = scorer.tokenizer
@@ -152,8 +152,8 @@ def train(
     """Train θ, resuming from `state_path` when it holds a run with the same settings; write `out`.
     `scorer` (reader too) defaults to the embedded SmolLM2, `inputs` to `make_inputs(settings, scorer)`."""
     from gistify.progress import progress_bar
-    from gistify.scorer import Scorer
     from gistify.text.reinforce import ContextualReinforcement
+    from gistify.text.scorer import Scorer
 
     torch.manual_seed(settings.seed)
     start = ContextualReinforcement()

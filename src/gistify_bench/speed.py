@@ -33,7 +33,7 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
 
-    from gistify.compression import _shared_scorer
+    from gistify.text.pipeline import _shared_scorer
     from gistify_bench.peers import lingua
     from gistify_bench.reader import Reader
     from gistify_bench.runner import gistify_compressor

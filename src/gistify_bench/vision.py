@@ -5,7 +5,7 @@
     python -m gistify_bench.vision report   [--out docs/results/vision]
 
 accuracy: every method at keep 1, 0.5, 0.25, 0.1, 0.05 (and recover's own dynamic budget) on the trained small
-    VLM (gistify.vlm), on held-out easy-vqa questions: "easyvqa" (one shape per image) and "easyvqa-4" (four
+    VLM (gistify_bench.vlm), on held-out easy-vqa questions: "easyvqa" (one shape per image) and "easyvqa-4" (four
     shapes, the question about one of them). Greedy answers; right when the first word is the answer.
 speed: prefill (the prompt's forward, batch 1) on the trained VLM and on a tiny-config LLaVA with LLaVA-1.5's
     576 visual tokens; median of repeats, split into the reducer's own cost and the LLM's prefill; the KV cache
@@ -36,7 +36,7 @@ OUT = Path("docs/results/vision")
 
 
 def load_vlm():
-    from gistify.vlm.model import GistVLM
+    from gistify_bench.vlm.model import GistVLM
 
     # bfloat16: the dtype the projector was trained against (and the CPU's fast path)
     return GistVLM.from_pretrained(dtype=torch.bfloat16)

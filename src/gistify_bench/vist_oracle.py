@@ -62,7 +62,8 @@ def copy_nll(model, oracle: OracleMemory, batch: dict, shuffle: bool = False) ->
 
 def run(args, lm=None, tokenizer=None, corpus: dict | None = None) -> dict:
     from gistify.progress import progress_bar
-    from gistify.vist.model import VistConfig, VistModel
+    from gistify.vist.config import VistConfig
+    from gistify.vist.model import VistModel
 
     torch.manual_seed(args.seed)
     if args.threads:

@@ -50,7 +50,9 @@ import torch
 
 from gistify.progress import track
 from gistify.rendering import Rendering, Row, render
-from gistify.vist.model import WEIGHTS, Pages, VistConfig, VistModel, card_path, group_lines
+from gistify.vist.config import WEIGHTS, VistConfig, card_path
+from gistify.vist.memory import Pages, group_lines
+from gistify.vist.model import VistModel
 from gistify.vist.pve import FeatureQueue, PVEConfig, mask_positions, pve_loss, text_features, token_counts
 
 

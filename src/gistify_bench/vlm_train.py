@@ -1,4 +1,4 @@
-"""Train the small VLM (gistify.vlm): one command, with progress and resumption.
+"""Train the small VLM (gistify_bench.vlm): one command, with progress and resumption.
 
     python -m gistify_bench.vlm_train [--steps 600] [--out DIR] [--ship]
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from gistify.progress import track
-from gistify.vlm.model import CARD, GRID, WEIGHTS, GistVLM, contrastive_loss
 from gistify_bench import vqa
+from gistify_bench.vlm.model import CARD, GRID, WEIGHTS, GistVLM, contrastive_loss
 
 TEMPLATES = {  # text -> which attributes it names (colour, shape); every text names at least one
     "what is the {c} shape?": (True, False),

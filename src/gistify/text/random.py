@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gistify.text.base import Document, TextMethod
+from gistify.text.base import TextMethod
+from gistify.text.words import Document
 
 
 @dataclass
@@ -21,8 +22,7 @@ class RandomWords(TextMethod):
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"random.seed must be an int, got {self.seed!r}")
+        self._check_int("seed", 0)
 
     def score(self, doc: Document) -> np.ndarray:
         return np.random.default_rng(self.seed).random(len(doc.words))

@@ -28,6 +28,7 @@ Step 7 (merging embeddings) is off for text (averaged text embeddings are off-di
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from gistify.graph import affinity_graph, personalized_pagerank, zscore
-from gistify.text.base import AGGREGATES, Document, TextMethod, check_choice
+from gistify.text.base import AGGREGATES, TextMethod
+from gistify.text.words import Document
 
 
 @dataclass
@@ -83,21 +85,17 @@ class ContextualReinforcement(TextMethod):
 
     def __post_init__(self):
         for f, lo in (("layer", 0), ("k", 1), ("iterations", 1), ("tail_tokens", 0)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"reinforce.{f} must be an int >= {lo}, got {v!r}")
+            self._check_int(f, lo)
         for f in ("sigma", "temperature"):
-            if not getattr(self, f) > 0:
-                raise ValueError(f"reinforce.{f} must be > 0, got {getattr(self, f)!r}")
-        if not 0 <= self.alpha < 1:
-            raise ValueError(f"reinforce.alpha must be in [0, 1), got {self.alpha!r}")
+            self._check_number(f, 0, math.inf, lo_open=True, hi_open=True)
+        self._check_number("alpha", 0, 1, hi_open=True)
         if len(tuple(self.weights)) != 3:
             raise ValueError(f"reinforce.weights must be three numbers, got {self.weights!r}")
         self.weights = tuple(float(w) for w in self.weights)
-        if self.threshold is not None and not 0 < self.threshold < 1:
-            raise ValueError(f"reinforce.threshold must be in (0, 1) or None, got {self.threshold!r}")
-        check_choice("reinforce", "query", self.query, ("mean", "max", "vote"))
-        check_choice("reinforce", "aggregate", self.aggregate, AGGREGATES)
+        if self.threshold is not None:
+            self._check_number("threshold", 0, 1, lo_open=True, hi_open=True)
+        self._check_choice("query", ("mean", "max", "vote"))
+        self._check_choice("aggregate", AGGREGATES)
 
     def features(self, doc: Document) -> torch.Tensor:
         """(n_tokens, 3) z-scored propagated relevance ŝ, prior relevance r̂ and self-information û of the

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gistify.text.base import AGGREGATES, Document, TextMethod, check_choice
+from gistify.text.base import AGGREGATES, TextMethod
+from gistify.text.words import Document
 
 
 @dataclass
@@ -27,7 +28,7 @@ class SelectiveContext(TextMethod):
     aggregate: str = "sum"
 
     def __post_init__(self):
-        check_choice("selfinfo", "aggregate", self.aggregate, AGGREGATES)
+        self._check_choice("aggregate", AGGREGATES)
 
     def score(self, doc: Document) -> np.ndarray:
         return doc.per_word(doc.stats().self_info, self.aggregate)

@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from gistify.text.base import Document, TextMethod, check_choice
+from gistify.text.base import TextMethod
+from gistify.text.words import Document
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Truncate(TextMethod):
     side: str = "head"
 
     def __post_init__(self):
-        check_choice("truncate", "side", self.side, ("head", "tail", "middle"))
+        self._check_choice("side", ("head", "tail", "middle"))
 
     def score(self, doc: Document) -> np.ndarray:
         n = len(doc.words)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from gistify.budget import Budget
-from gistify.method import Method, check_choice
+from gistify.method import Method
 
 # What an adapter must collect for each context field; named in the error when a method lacks one.
 PROVIDERS = {
@@ -208,6 +208,11 @@ class VisionMethod(Method):
         """The context fields this instance reads (recover's text_guidance and reinforce's query change them)."""
         return self.needs
 
+    def attention_layer(self) -> int:
+        """The LLM layer whose attention an adapter puts in `llm_attention` when `required()` asks for it:
+        FastV's K, and 2 (FastV's default) for methods that read it only as a prior."""
+        return 2
+
     def reduce(self, ctx: VisualContext, budget: Budget | None = None) -> Reduction:
         """Reduce one image's tokens to the budget, or by the method's own rule when `budget` is None."""
         if not isinstance(ctx, VisualContext):
@@ -239,23 +244,3 @@ class VisionMethod(Method):
         """The method's own budget rule; `reduce` calls it only for methods with `dynamic = True`, which
         override it (recover's LOF rule, reinforce's threshold)."""
         raise NotImplementedError(f"{self.name} sets dynamic = True but defines no reduce_dynamic")
-
-    # -- validation shared by the method dataclasses ------------------------------------------------------------
-
-    def _check_int(self, name: str, lo: int, optional: bool = False) -> None:
-        v = getattr(self, name)
-        if optional and v is None:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{self.name}.{name} must be an int >= {lo}{' or None' if optional else ''}, got {v!r}")
-
-    def _check_number(self, name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = getattr(self, name)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        ok = ok and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-            raise ValueError(f"{self.name}.{name} must be a number in {interval}, got {v!r}")
-
-    def _check_choice(self, name: str, choices: tuple) -> None:
-        check_choice(self.name, name, getattr(self, name), choices)

@@ -33,5 +33,8 @@ class FastV(VisionMethod):
     def __post_init__(self):
         self._check_int("layer", 0)
 
+    def attention_layer(self) -> int:
+        return self.layer
+
     def score(self, ctx: VisualContext) -> torch.Tensor:
         return ctx.llm_attention

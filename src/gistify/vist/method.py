@@ -1,13 +1,16 @@
 """vist behind the common interface: its hyperparameters as a Method dataclass, so that `gistify.methods()` and
-`gistify methods` list it and `gistify.compress(text, method=Vist(...))` takes it. The work is done by
-gistify.vist.model.compress (loaded only when used: `import gistify` stays light)."""
+`gistify methods` list it and `gistify.compress(text, method="vist")` or `method=Vist(...)` runs it. The work is
+done by gistify.vist.compress (loaded only when used: listing the methods does not load the model code)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gistify.method import Method
+
+if TYPE_CHECKING:
+    from gistify.vist.compress import VistCompressed
 
 
 @dataclass
@@ -21,10 +24,21 @@ class Vist(Method):
 
     name: ClassVar[str] = "vist"
     kind: ClassVar[str] = "rendered"  # reads text as images: neither a text nor a visual-token method
+    # It drops nothing (the distant part is read as images), so the text family's protection, scorer and target
+    # tokenizer do not apply: `model` is a VistModel, and tokens are counted with its LLM's tokenizer.
+    options: ClassVar[tuple[str, ...]] = ("model", "tokenizer")
 
     proximal_tokens: int | None = None
     weights: str | None = None
 
     def __post_init__(self):
-        if self.proximal_tokens is not None and (not isinstance(self.proximal_tokens, int) or self.proximal_tokens < 0):
-            raise ValueError(f"Vist.proximal_tokens must be an integer >= 0 or None, got {self.proximal_tokens!r}")
+        self._check_int("proximal_tokens", 0, optional=True)
+
+    def compress(
+        self, text: str, question: str | None = None, *, keep: float | None = None, tokens: int | None = None, **options
+    ) -> VistCompressed:
+        """The last tokens of `text` as text, the rest read as images (see gistify.vist.compress.compress)."""
+        from gistify.vist.compress import compress  # torch and the model code, only when vist is used
+
+        return compress(text, question, keep=keep, tokens=tokens, proximal_tokens=self.proximal_tokens,
+                        weights=self.weights, **options)  # fmt: skip

@@ -31,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gistify.vlm.efficientnet import STRIDE, WIDTH, load_encoder
+from gistify.vision.adapters import Family, register
+from gistify_bench.vlm.efficientnet import STRIDE, WIDTH, load_encoder
+
+# gistify.reduce finds the adapter of this model through the family registry (the library knows no harness code).
+register(Family("gistify small VLM", ("GistVLM",), "gistify_bench.vlm.adapter", "GistVLMAdapter"))
 
 IMAGE_SIZE = 224  # encoder input; 224 / 16 = a 14 x 14 grid of visual tokens
 GRID = IMAGE_SIZE // STRIDE

@@ -2,7 +2,8 @@
 
 FAMILIES lists them; an adapter module is imported only when a model of its family is reduced. A model matches
 a family when its class, or one of its base classes, has one of the family's class names. To add a family,
-write a module with an `Adapter` subclass (base.py says how) and add one line here.
+write a module with an `Adapter` subclass (base.py says how) and add one line here; code outside gistify that
+defines a model of its own adds its family with `register` (gistify_bench's small VLM does).
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ class Family:
     adapter: str  # the adapter class in that module
 
 
-FAMILIES = (
-    Family("LLaVA-1.5", ("LlavaForConditionalGeneration",), "gistify.adapters.llava", "LlavaAdapter"),
-    Family("Qwen2.5-VL", ("Qwen2_5_VLForConditionalGeneration",), "gistify.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"),
+FAMILIES = [
+    Family("LLaVA-1.5", ("LlavaForConditionalGeneration",), "gistify.vision.adapters.llava", "LlavaAdapter"),
+    Family(
+        "Qwen2.5-VL", ("Qwen2_5_VLForConditionalGeneration",), "gistify.vision.adapters.qwen2_5_vl", "Qwen2_5_VLAdapter"
+    ),
     Family(
         "SmolVLM / Idefics3",
         ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
-        "gistify.adapters.idefics3",
+        "gistify.vision.adapters.idefics3",
         "Idefics3Adapter",
     ),
-    Family("gistify small VLM", ("GistVLM",), "gistify.adapters.gistvlm", "GistVLMAdapter"),
-)
+]
+
+
+def register(family: Family) -> None:
+    """Add a model family (once; a family of the same name is replaced)."""
+    FAMILIES[:] = [f for f in FAMILIES if f.name != family.name] + [family]
 
 
 def family_of(model: nn.Module) -> Family:

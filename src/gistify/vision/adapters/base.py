@@ -1,10 +1,10 @@
-"""How `gistify.reduce` puts a visual-token method inside a model: the Session and the adapter contract.
+"""The adapter contract: how `gistify.reduce` puts a visual-token method inside a model.
 
 `gistify.reduce(model, method, keep=...)` finds the model's family (`adapters/__init__.py`, FAMILIES), builds
-its adapter and returns a `Session`. Entering the `with` block calls `adapter.install(session)`; leaving it
-(normally or by an exception) undoes, in reverse order, everything the adapter registered through
-`session.patch` and `session.hook`. An adapter never touches a model in any other way, so nothing outlives the
-block, and nothing is patched at import or when the Session is built.
+its adapter and returns a `Session` (vision/session.py). Entering the `with` block calls
+`adapter.install(session)`; leaving it (normally or by an exception) undoes, in reverse order, everything the
+adapter registered through `session.patch` and `session.hook`. An adapter never touches a model in any other way,
+so nothing outlives the block, and nothing is patched at import or when the Session is built.
 
 Two levels of adapter:
 
@@ -12,7 +12,7 @@ Two levels of adapter:
     `session.hook(handle)` / `session.patch(obj, name, value)`, and reduce the images of a call with
     `session.reduce_images(contexts, samples, n_samples, notes)`, which applies the method and the per-sample
     budgets and records the Reductions the user reads afterwards. A model whose own code takes a different
-    number of visual tokens per sample (gistify.vlm) needs no more than this.
+    number of visual tokens per sample (gistify_bench.vlm) needs no more than this.
 
 `PlaceholderAdapter`: HF vision-language models whose prompt holds one placeholder token (`image_token_id`)
     per visual token and whose forward takes pre-encoded features as `mm_encoder_outputs` (LLaVA, Idefics3 /
@@ -49,18 +49,27 @@ after, D' the LLM's width, H heads.
 from __future__ import annotations
 
 import inspect
-import re
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from gistify.budget import Budget
-from gistify.vision.base import Reduction, VisionMethod, VisualContext
+from gistify.vision.adapters.prompt import (
+    ImageSpan,
+    clean_question,
+    columns,
+    locate_images,
+    restore_prompt,
+    shorten,
+    take,
+)
+from gistify.vision.base import Reduction, VisualContext
+
+if TYPE_CHECKING:
+    from gistify.vision.session import Session
 
 # Context fields read from the prompt (the question) rather than from the image.
 QUESTION_FIELDS = frozenset({"question_states", "text", "patch_text"})
@@ -78,102 +87,6 @@ FASTV_NOTE = (
     "llm_attention is scored at the input: the LLM's first layers run once on the full prompt to rank the visual "
     "tokens, then the whole LLM reads the kept ones (FastV proper prunes inside the LLM after that layer)"
 )
-
-_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models inside a `with gistify.reduce(...)` block
-
-
-class Session:
-    """What `gistify.reduce` returns: a context manager that applies a method inside a model, and afterwards
-    the record of the last call.
-
-    Attributes:
-        reductions: one list per sample of the last call, with one Reduction per image (placeholder order).
-        notes: what the user should know about the last call (the methods' and the adapter's notes, once each).
-        inputs: the shortened prompt of the last call ({"input_ids", "attention_mask"}), or None.
-    """
-
-    def __init__(self, model: nn.Module, method: VisionMethod, budget: Budget | list[Budget] | None, adapter):
-        self.model, self.method, self.budget, self.adapter = model, method, budget, adapter
-        self.reductions: list[list[Reduction]] = []
-        self.notes: list[str] = []
-        self.inputs: dict[str, torch.Tensor] | None = None
-        self._undo: list[Callable[[], None]] = []
-
-    # -- the context manager ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> Session:
-        if self.model in _ACTIVE:
-            raise RuntimeError("this model is already inside a gistify.reduce block: leave that block first")
-        _ACTIVE.add(self.model)
-        try:
-            self.adapter.install(self)
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        errors = []
-        while self._undo:  # every undo runs, even after one fails
-            try:
-                self._undo.pop()()
-            except Exception as e:  # the first is re-raised below
-                errors.append(e)
-        _ACTIVE.discard(self.model)
-        if errors:
-            raise errors[0]
-
-    # -- what adapters call ----------------------------------------------------------------------------------
-
-    def hook(self, handle: torch.utils.hooks.RemovableHandle) -> None:
-        """Remove this hook when the block ends."""
-        self._undo.append(handle.remove)
-
-    def patch(self, obj: Any, name: str, value: Any) -> None:
-        """Set obj.name = value until the block ends; then restore the instance attribute, or delete it if the
-        instance had none (so a patched method falls back to the class's again)."""
-        had = name in vars(obj)
-        old = vars(obj).get(name)
-        setattr(obj, name, value)
-        self._undo.append(lambda: setattr(obj, name, old) if had else delattr(obj, name))
-
-    def budgets(self, n_samples: int) -> list[Budget | None]:
-        """One budget per sample: the same for all, or the per-sample list given to gistify.reduce."""
-        if not isinstance(self.budget, list):
-            return [self.budget] * n_samples
-        if len(self.budget) != n_samples:
-            raise ValueError(f"gistify.reduce got {len(self.budget)} per-sample budgets for a batch of {n_samples}")
-        return self.budget
-
-    def reduce_images(
-        self, contexts: list[VisualContext], samples: list[int], n_samples: int, notes: list[str] = ()
-    ) -> list[Reduction]:
-        """Reduce each image with its sample's budget; record the result (per sample) and the notes."""
-        budgets = self.budgets(n_samples)
-        reductions = [self.method.reduce(ctx, budgets[s]) for ctx, s in zip(contexts, samples)]
-        for red in reductions:
-            red.notes.extend(n for n in notes if n not in red.notes)
-        self.reductions = [[r for r, s in zip(reductions, samples) if s == b] for b in range(n_samples)]
-        self.notes = list(dict.fromkeys(n for r in reductions for n in r.notes))
-        return reductions
-
-    # -- what users read -------------------------------------------------------------------------------------
-
-    @property
-    def tokens_in(self) -> list[int]:
-        """Visual tokens per sample of the last call, before reduction."""
-        return [sum(r.n_in for r in rs) for rs in self.reductions]
-
-    @property
-    def tokens_out(self) -> list[int]:
-        """Visual tokens per sample of the last call, after reduction."""
-        return [sum(r.n_out for r in rs) for rs in self.reductions]
-
-    def __repr__(self) -> str:
-        return f"Session({self.method.name}, budget={self.budget}, tokens {self.tokens_in} -> {self.tokens_out})"
 
 
 class Adapter:
@@ -195,14 +108,6 @@ class Adapter:
 
     def install(self, session: Session) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement install(session)")
-
-
-@dataclass
-class ImageSpan:
-    """Where one image's placeholders sit: its sample and its N positions in that sample's row."""
-
-    sample: int
-    positions: torch.Tensor  # (N,) long
 
 
 @dataclass
@@ -270,7 +175,7 @@ class PlaceholderAdapter(Adapter):
                 if kwargs.get(key) is not None:
                     short[key] = kwargs[key] - original.shape[1] + short["input_ids"].shape[1]
             out = generate(*args, **short)
-            return _restore_prompt(out, original, short["input_ids"].shape[1])
+            return restore_prompt(out, original, short["input_ids"].shape[1])
 
         def pre_forward(module, args, kwargs):
             bound = signature.bind_partial(*args, **kwargs)  # positional inputs become keywords
@@ -331,7 +236,7 @@ class PlaceholderAdapter(Adapter):
                     extra[i].update(fields)
                     notes += [note] if note and note not in notes else []
         if "llm_attention" in needs:
-            layer = getattr(session.method, "layer", 2)  # FastV's K; reinforce's attention prior has none
+            layer = session.method.attention_layer()
             attention = self.llm_attention(inputs, ids, mask, contexts, spans, layer)
             for e, a in zip(extra, attention):
                 e["llm_attention"] = a
@@ -407,7 +312,7 @@ class PlaceholderAdapter(Adapter):
         full = self.build_inputs(inputs, index, [c.visual_states for c in contexts])
         # (B, S): left-padded, so position -1 is each sample's last prompt token
         last_row = last_token_attention(layers[layer].self_attn, lambda: self.model(**full, use_cache=False))
-        column = _columns(index, ids.shape[1])
+        column = columns(index, ids.shape[1])
         return [last_row[s.sample, column[s.sample, s.positions]] for s in spans]
 
 
@@ -451,93 +356,3 @@ def captured_inputs(attention: nn.Module) -> Iterator[dict[str, Any]]:
         yield seen
     finally:
         handle.remove()
-
-
-# -- prompt surgery, shared ----------------------------------------------------------------------------------
-
-
-def locate_images(ids: torch.Tensor, mask: torch.Tensor, image_token_id: int, counts: list[int]) -> list[ImageSpan]:
-    """Split the batch's placeholders (row-major, unmasked ones) into consecutive runs of counts[i] tokens, one
-    per image in the order the vision side returned them; each run must lie in one sample."""
-    placeholders = ((ids == image_token_id) & mask.bool()).nonzero()  # (P, 2): sample, position, row-major
-    if len(placeholders) != sum(counts):
-        raise ValueError(
-            f"the prompt holds {len(placeholders)} image tokens but its images give {sum(counts)} visual tokens "
-            f"({len(counts)} images): build the inputs with the model's own processor"
-        )
-    spans, start = [], 0
-    for n in counts:
-        run = placeholders[start : start + n]
-        if run[0, 0] != run[-1, 0]:
-            raise ValueError("an image's placeholder tokens span two samples: build the inputs with the processor")
-        spans.append(ImageSpan(int(run[0, 0]), run[:, 1]))
-        start += n
-    return spans
-
-
-def shorten(ids: torch.Tensor, mask: torch.Tensor, spans: list[ImageSpan], kept: list[int]) -> torch.Tensor:
-    """(B, S') long: for each position of the shortened, left-padded prompt, the original position it copies
-    (-1 for padding). Each image keeps the first kept[i] of its placeholders (they are identical tokens; the
-    features decide what they hold); every other unmasked token stays."""
-    keep = mask.bool().clone()
-    for span, k in zip(spans, kept):
-        keep[span.sample, span.positions[k:]] = False
-    rows = [row.nonzero()[:, 0] for row in keep]
-    width = max(len(r) for r in rows)
-    index = torch.full((len(ids), width), -1, dtype=torch.long, device=ids.device)
-    for b, r in enumerate(rows):
-        index[b, width - len(r) :] = r
-    return index
-
-
-def take(x: torch.Tensor, index: torch.Tensor, fill: int | float) -> torch.Tensor:
-    """x (B, S, ...) gathered at index (B, S') along dim 1; positions where index is -1 get `fill`."""
-    safe = index.clamp_min(0).view(*index.shape, *([1] * (x.ndim - 2))).expand(*index.shape, *x.shape[2:])
-    out = x.gather(1, safe)
-    pad = (index < 0).view(*index.shape, *([1] * (x.ndim - 2)))
-    return out.masked_fill(pad, fill)
-
-
-def _columns(index: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) long: the inverse of `shorten`'s index, where each original position went (-1: dropped)."""
-    column = torch.full((len(index), width), -1, dtype=torch.long, device=index.device)
-    rows, cols = (index >= 0).nonzero(as_tuple=True)
-    column[rows, index[rows, cols]] = cols
-    return column
-
-
-def _restore_prompt(out, original: torch.Tensor, short_len: int):
-    """generate's output with the short prompt replaced by the user's input_ids (repeated as generate repeats
-    each sample for num_return_sequences)."""
-    sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    prompt = original.repeat_interleave(len(sequences) // len(original), dim=0)
-    sequences = torch.cat([prompt, sequences[:, short_len:]], dim=1)
-    if isinstance(out, torch.Tensor):
-        return sequences
-    out.sequences = sequences
-    return out
-
-
-# -- the question as text ------------------------------------------------------------------------------------
-
-# Answer-format instructions that LLaVA's evaluation prompts append to the question (methods.md §2.4 #1).
-FORMAT_SUFFIXES = (
-    "Answer the question using a single word or phrase.",
-    "Answer with the option's letter from the given choices directly.",
-    "Answer with the option letter from the given choices directly.",
-    "Please answer yes or no.",
-)
-_USER = re.compile(r"(?:^|\n|\s)(?:USER|User|user|Human|HUMAN)\s*:?\s*\n?")
-_ASSISTANT = re.compile(r"\s*(?:ASSISTANT|Assistant|assistant|GPT|gpt)\s*:?\s*$")
-
-
-def clean_question(text: str) -> str:
-    """The user's question from a decoded prompt tail: after the last user-role marker, without the reply's
-    role marker at the end or LLaVA's answer-format instruction (methods.md §2.4 #1)."""
-    users = list(_USER.finditer(text))
-    if users:
-        text = text[users[-1].end() :]
-    text = _ASSISTANT.sub("", text)
-    for suffix in FORMAT_SUFFIXES:
-        text = text.replace(suffix, "")
-    return " ".join(text.split())

@@ -1,20 +1,28 @@
-"""`gistify.compress`: shrink a text for a question under a token budget, with any text method."""
+"""The text family's compress pipeline: shrink a text for a question under a token budget, with any text method.
+
+segment into words -> count target-tokenizer tokens (each word's cost) -> protected spans -> the method's score
+per word -> select the best words within the budget -> reassemble in order -> fit to the real token count.
+`TextMethod.compress` runs it; `gistify.compress` reaches it through the method object.
+"""
 
 from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gistify import tokens as tok
 from gistify.budget import Budget
-from gistify.method import Method, get_method
-from gistify.protect import Protect, missing, protected_ranges, protected_words
+from gistify.method import check_text
 from gistify.result import Compressed
-from gistify.scorer import Scorer
-from gistify.text.base import Document, TextMethod, assemble, segment, select, word_costs
+from gistify.text import tokens as tok
+from gistify.text.protect import Protect, missing, protected_ranges, protected_words
+from gistify.text.scorer import Scorer
+from gistify.text.words import Document, assemble, segment, select, word_costs
+
+if TYPE_CHECKING:
+    from gistify.text.base import TextMethod
 
 _MAX_RECOUNTS = 64
 
@@ -22,14 +30,6 @@ _MAX_RECOUNTS = 64
 @lru_cache(maxsize=4)
 def _shared_scorer(model: str | None) -> Scorer:
     return Scorer.load(model)
-
-
-def check_text(text: Any) -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"the text to compress must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError("the text to compress is empty (or only whitespace)")
-    return text
 
 
 def _counter(tokenizer: Any, scorer: Scorer | None) -> tok.TokenCounter:
@@ -45,13 +45,13 @@ def _counter(tokenizer: Any, scorer: Scorer | None) -> tok.TokenCounter:
     return tok.from_hf(tokenizer)
 
 
-def compress(
+def compress_text(
+    m: TextMethod,
     text: str,
     question: str | None = None,
     *,
     keep: float | None = None,
     tokens: int | None = None,
-    method: str | TextMethod = "reinforce",
     scorer: Scorer | None = None,
     model: str | None = None,
     tokenizer: Any = "scorer",
@@ -60,12 +60,10 @@ def compress(
     protect_negations: bool = False,
     protect_identifiers: bool = False,
     progress: bool = False,
-    **params: Any,
 ) -> Compressed:
-    """Compress `text` for `question` to a budget of `keep` (fraction of tokens) or `tokens` (count).
+    """Compress `text` for `question` with the text method `m` to `keep` (fraction of tokens) or `tokens` (count).
 
     Args:
-        method: a text method name (see `gistify.methods("text")`) or instance; `params` set its fields.
         scorer: the scoring LM (default: the embedded SmolLM2, or `model`, a name, path or hub id).
         tokenizer: how tokens are counted for the budget and the result: "scorer", "cl100k_base",
             "o200k_base", or a Hugging Face tokenizer.
@@ -73,17 +71,8 @@ def compress(
             `protect_numbers`, `protect_negations`, `protect_identifiers` add common ones.
         progress: draw a progress bar on stderr for long inputs.
     """
-    if isinstance(method, Method) and method.name == "vist":
-        method, params = "vist", {**method.params(), **params}
-    if method == "vist":  # not a text method: the distant part is read as images (gistify/vist/model.py)
-        from gistify.vist.model import compress as vist_compress
-
-        return vist_compress(text, question, keep=keep, tokens=tokens, model=model, tokenizer=tokenizer, scorer=scorer,
-                             protect=protect, protect_numbers=protect_numbers, protect_negations=protect_negations,
-                             protect_identifiers=protect_identifiers, **params)  # fmt: skip
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
-    m = get_method(method, kind="text", **params)
     if scorer is not None and model is not None:
         raise ValueError("give either `scorer` or `model`, not both")
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):

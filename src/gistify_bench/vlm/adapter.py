@@ -1,4 +1,4 @@
-"""The adapter of gistify's own small VLM (gistify.vlm.GistVLM), whose code reads any number of visual tokens.
+"""The adapter of gistify's own small VLM (gistify_bench.vlm.GistVLM), whose code reads any number of visual tokens.
 
 GistVLM has one seam for reducers, `token_reducer`: set for the block, it receives the encoder features of a
 batch (B, N = 196, 155) and returns each image's tokens before the projector, as recover's reference reduces
@@ -14,11 +14,15 @@ CLIP's features before LLaVA's projector. The context each method asks for:
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from gistify.adapters.base import FASTV_NOTE, QUESTION_NOTE, Adapter, Session, last_token_attention
+from gistify.vision.adapters.base import FASTV_NOTE, QUESTION_NOTE, Adapter, last_token_attention
 from gistify.vision.base import VisualContext
+
+if TYPE_CHECKING:
+    from gistify.vision.session import Session
 
 PROBE_NOTE = (
     "cls_attention and keys are the analogue of research/methods.md §2.5 (EfficientNet has no [CLS]): the "
@@ -56,7 +60,7 @@ class GistVLMAdapter(Adapter):
             if needs & {"visual_states", "question_states"}:
                 fields["visual_states"] = model.project(features)
             if "llm_attention" in needs:
-                fields["llm_attention"] = self.llm_attention(features, x, getattr(method, "layer", 2))
+                fields["llm_attention"] = self.llm_attention(features, x, method.attention_layer())
                 notes.append(FASTV_NOTE)
             if "question_states" in needs:  # (M_b, D') the prompt's LLM input embeddings, padding dropped
                 embed = model.lm.get_input_embeddings()

@@ -39,12 +39,16 @@ N_i an image's tokens, D' the LLM's width, B samples, S / S' the prompt's length
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from gistify.adapters.base import PlaceholderAdapter, Session, locate_images
+from gistify.vision.adapters.base import PlaceholderAdapter
+from gistify.vision.adapters.prompt import locate_images
 from gistify.vision.base import Reduction, VisualContext
+
+if TYPE_CHECKING:
+    from gistify.vision.session import Session
 
 # What a user should know about this family's signals; added to the notes of the reductions that read them.
 NOTES = {

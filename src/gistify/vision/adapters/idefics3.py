@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gistify.adapters.base import PlaceholderAdapter, captured_inputs
+from gistify.vision.adapters.base import PlaceholderAdapter, captured_inputs
 from gistify.vision.base import VisualContext
 
 CLS_NOTE = (

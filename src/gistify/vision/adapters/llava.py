@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gistify.adapters.base import PlaceholderAdapter, Question, captured_inputs
+from gistify.vision.adapters.base import PlaceholderAdapter, Question, captured_inputs
 from gistify.vision.base import VisualContext
 from gistify.vision.ops import cls_attention
 
@@ -67,11 +67,12 @@ class TextTower:
             except (OSError, ValueError) as e:
                 raise ValueError(
                     f"could not load the tokenizer of this CLIPModel ({e}); pass "
-                    "gistify.adapters.llava.TextTower(model, tokenizer, model.visual_projection)"
+                    "gistify.vision.adapters.llava.TextTower(model, tokenizer, model.visual_projection)"
                 ) from None
             return cls(source, tokenizer, source.visual_projection)
         raise ValueError(
-            "text_tower must be a CLIP checkpoint path or id, a CLIPModel, or a gistify.adapters.llava.TextTower "
+            "text_tower must be a CLIP checkpoint path or id, a CLIPModel, or a "
+            "gistify.vision.adapters.llava.TextTower "
             f"(a CLIPTextModelWithProjection with its tokenizer and the paired visual_projection), got "
             f"{type(source).__name__}"
         )

@@ -1,0 +1,83 @@
+"""vist's configuration, the files its weights live in, and the error raised when they are missing."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from gistify.method import check_choice
+from gistify.rendering import Layout
+from gistify.vist.inject import OUT_INITS
+
+WEIGHTS = Path(__file__).with_name("vist.safetensors")
+INJECTS = ("xattn", "prefix")
+TRAIN_COMMAND = "python -m gistify_bench.vist_train --ship"
+
+
+class VistWeightsError(FileNotFoundError):
+    """vist's trained weights are not where they were looked for; the message says how to make them."""
+
+
+def card_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class VistConfig:
+    """Args:
+    inject: how the LLM reads the tokens: "xattn" (cross-attention blocks, the paper's CEPE design) or "prefix".
+    lines_per_image: encoder lines the resampler reads as one image (16: the paper's fold, ~150 LLM tokens).
+    latents: tokens per image for the LLM (the paper's N = 64).
+    dim: resampler width; None: the LLM's hidden size. Narrower is allowed: the cross-attention then copies the
+        first `dim` input columns of the self-attention's k/v (TinyLlama's case in the paper).
+    depth, heads, head_dim, ff_mult: the resampler's blocks (§3.8 for a 135M LLM: depth 2-3).
+    xattn_every: a cross-attention block in every k-th decoder layer (layers k-1, 2k-1, ...); 1: every layer, the
+        paper's placement (26M parameters on SmolLM2: too large to ship; 3 gives 10 blocks, 8M).
+    out_init: the blocks' o_proj initialisation (gistify.vist.inject): "zero" starts as the plain LLM.
+    features: the encoder features read ("neck" 120-d or "backbone" 384-d).
+    local_latents: each latent reads only its own stretch of the image (ResamplerConfig.local; ours).
+    font, font_size, width: the line layout (Layout.line()'s defaults).
+    """
+
+    inject: str = "xattn"
+    lines_per_image: int = 16
+    latents: int = 64
+    dim: int | None = 384
+    depth: int = 2
+    heads: int = 8
+    head_dim: int = 64
+    ff_mult: int = 4
+    xattn_every: int = 3
+    out_init: str = "zero"
+    features: str = "neck"
+    local_latents: bool = False
+    font: str = "DejaVuSans.ttf"
+    font_size: int = 32
+    width: int = 768
+
+    def __post_init__(self):
+        check_choice("VistConfig", "inject", self.inject, INJECTS)
+        check_choice("VistConfig", "out_init", self.out_init, OUT_INITS)
+        check_choice("VistConfig", "features", self.features, ("neck", "backbone"))
+        for name in ("lines_per_image", "latents", "depth", "heads", "head_dim", "ff_mult", "xattn_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"VistConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
+            raise ValueError(f"VistConfig.dim must be a positive integer or None, got {self.dim!r}")
+
+    def layout(self) -> Layout:
+        return Layout.line(font=self.font, font_size=self.font_size, width=self.width)
+
+    @property
+    def tokens_per_line(self) -> int:
+        return self.width // 8  # PP-OCRv6: one feature column per 8 px of a 48-px line
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VistConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
