@@ -157,3 +157,50 @@ def test_gistify_bench_is_a_registered_command():
     out = subprocess.run([sys.executable, "-m", "gistify.cli", "bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "usage: gistify bench" in out.stdout
+
+
+def test_a_new_method_is_one_class():
+    """Adding a method is one file holding one dataclass: defining it registers it (the registry line in
+    text/methods.py or vision/methods.py only makes the file load with the family)."""
+    from dataclasses import dataclass
+
+    import numpy as np
+    import torch
+
+    import gistify
+    from gistify.method import REGISTRY
+    from gistify.text.base import TextMethod
+    from gistify.vision.base import VisionMethod, VisualContext
+
+    gistify.methods()  # the built-in families first, so the new names do not shadow a later load
+    before = dict(REGISTRY)
+
+    @dataclass
+    class Longest(TextMethod):
+        """Keep the longest words."""
+
+        name = "longest-words"
+
+        def score(self, doc):
+            return (doc.words[:, 1] - doc.words[:, 0]).astype(np.float64)
+
+    @dataclass
+    class Brightest(VisionMethod):
+        """Keep the tokens with the largest norm."""
+
+        name = "brightest"
+
+        def score(self, ctx):
+            return ctx.features.norm(dim=-1)
+
+    try:
+        assert gistify.methods("text")["longest-words"] == "Keep the longest words."
+        text = "a b c d e f g h extraordinarily i j k"
+        r = gistify.compress(text, tokens=4, method="longest-words", tokenizer="cl100k_base")
+        assert "extraordinarily" in r.text and r.tokens_out <= 4 and r.method == "longest-words"
+        ctx = VisualContext(features=torch.tensor([[1.0, 0], [3, 0], [2, 0], [0, 0]]))
+        red = gistify.get_method("brightest").reduce(ctx, gistify.Budget(tokens=2))
+        assert red.kept.tolist() == [1, 2]
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(before)

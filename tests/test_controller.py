@@ -1,4 +1,4 @@
-"""The reinforcement controller (methods.md §1.2.1): estimator, reward, resumption, shipped weights."""
+"""The reinforcement controller (docs/methods.md §1.2.1): estimator, reward, resumption, shipped weights."""
 
 from __future__ import annotations
 

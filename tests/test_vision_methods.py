@@ -250,7 +250,7 @@ def test_bad_context_names_the_field():
 
 
 def reference_recover(q, k, x, v, t):
-    """The released Recoverable Compression, transcribed step by step from methods.md §2.2 (bugs included),
+    """The released Recoverable Compression, transcribed step by step from docs/methods.md §2.2 (bugs included),
     independently of gistify.vision: returns the kept indices and the output tokens."""
     n, c = x.shape
     a = torch.softmax(q @ k.T / math.sqrt(c), dim=-1)[0, 1:]  # step 1: single head, full width

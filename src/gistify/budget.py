@@ -1,8 +1,8 @@
 """Budget: how much of a context to keep, in one convention for every method.
 
 `keep` is the fraction of tokens kept (0 < keep <= 1, LLMLingua's "rate"); `tokens` is the number of tokens
-kept. Exactly one is given. Tokens are counted with the target tokenizer of the result (DESIGN.md, "Budget
-semantics"). A method honours the budget within one token and the result reports what it achieved.
+kept. Exactly one is given. Tokens are counted with the target tokenizer of the result (README, "Budget
+convention"). A method honours the budget within one token and the result reports what it achieved.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Budget:
                 raise ValueError(f"`tokens` must be >= 1, got {self.tokens}")
 
     def target(self, n: int) -> int:
-        """How many of `n` units this budget keeps: ceil(keep * n) (methods.md §1.2 step 6), or `tokens`,
+        """How many of `n` units this budget keeps: ceil(keep * n) (docs/methods.md §1.2 step 6), or `tokens`,
         never more than `n`."""
         if self.tokens is not None:
             return min(self.tokens, n)

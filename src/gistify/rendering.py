@@ -1,4 +1,4 @@
-"""Text to images, deterministically: the fast-path input of vist (research/methods.md §3.2).
+"""Text to images, deterministically: the fast-path input of vist (docs/methods.md §3.2).
 
 A layout is a stack of `rows` text rows, each `row_height` px high and `width` px wide, on a white canvas. Two
 presets cover the two encoders vist can read with:
@@ -10,7 +10,7 @@ presets cover the two encoders vist can read with:
   span each row holds is exact, and an OCR encoder can read the rows one by one (gistify.vist.encoder scales
   each 14-px row to its 48-px input).
 - `Layout.line()`: one 48-px row per image, the input height of the PP-OCRv6 recognition model that gistify
-  uses as its frozen encoder (research/feasibility.md §2), so the encoder reads the pixels as drawn. The
+  uses as its frozen encoder, so the encoder reads the pixels as drawn. The
   encoder makes one token per 8 px of width, so a line of 768 px gives 96 tokens.
 
 Long text fills row after row and image after image; rows break between words (and between CJK characters,

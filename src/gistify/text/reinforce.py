@@ -1,6 +1,6 @@
 """Contextual Reinforcement on text: graph-propagated token importance.
 
-Reconstructed from arXiv 2501.16658 as research/methods.md §1.2 specifies (the paper gives no code and
+Reconstructed from arXiv 2501.16658 as docs/methods.md §1.2 specifies (the paper gives no code and
 few details; every constant is exposed as a field). Per scorer token:
 
 1. features z_i: the scorer's hidden state at a shallow `layer`, centred over the text and L2-normalised;
@@ -158,7 +158,7 @@ def learned_weights(path: Path = LEARNED) -> dict:
 @dataclass
 class LearnedReinforcement(ContextualReinforcement):
     """`reinforce` with the step-5 weights β and bias b learned by the reinforcement controller
-    (methods.md §1.2.1: REINFORCE against a frozen reader's loss on sampled compressions; trained by
+    (docs/methods.md §1.2.1: REINFORCE against a frozen reader's loss on sampled compressions; trained by
     `python -m gistify_bench.controller` on the "train" articles, shipped in reinforce_rl.json). At
     inference the selection is deterministic (step 6). In budget mode only the direction of β matters:
     the bias and the scale shift every token alike. Pass `weights=` / `bias=` to override.

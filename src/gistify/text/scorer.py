@@ -1,8 +1,8 @@
 """The scorer LM: per-token statistics of a text from one causal LM, in windows of bounded memory.
 
 Text methods that need a model (selfinfo, reinforce) ask the scorer for `TokenStats`: each token's
-character offset, its self-information -log p(x_t | x_<t) (Selective Context; methods.md §1.2 step 5) and
-its hidden state at a shallow layer (the node features of methods.md §1.2 step 1).
+character offset, its self-information -log p(x_t | x_<t) (Selective Context; docs/methods.md §1.2 step 5) and
+its hidden state at a shallow layer (the node features of docs/methods.md §1.2 step 1).
 
 Long texts are read in windows of `window` tokens, each preceded by `context` tokens of the text before it
 so that early tokens of a window are still predicted in context. Memory is bounded by the window, not the

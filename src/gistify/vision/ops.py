@@ -24,7 +24,7 @@ def cls_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def lof_ratio(x: torch.Tensor, k: int, upper_only: bool = False) -> float:
     """The fraction of the values of x (n,) that LOF calls outliers: sklearn LocalOutlierFactor(n_neighbors=k,
-    contamination='auto'), i.e. LOF > 1.5 (Recoverable Compression's "dynamic scale filter", methods.md §2.2
+    contamination='auto'), i.e. LOF > 1.5 (Recoverable Compression's "dynamic scale filter", docs/methods.md §2.2
     step 3). `upper_only` counts only outliers above the median (§2.4 #8: LOF flags low outliers too, yet the
     ratio feeds a top-k of the high values)."""
     from sklearn.neighbors import LocalOutlierFactor  # lazy: scikit-learn is slow to import
@@ -64,7 +64,7 @@ def centre_merge(
 
     For each centre i, the `neighbours` tokens j != i (other centres included) with the highest
     cos(k_i, k_j) + bonus_j become x_i + sum_j weight_j x_j: a residual, attention-weighted sum, unnormalised
-    as in both reference codes (`normalize` divides by 1 + sum_j weight_j, methods.md §2.4 #6). A token can feed
+    as in both reference codes (`normalize` divides by 1 + sum_j weight_j, docs/methods.md §2.4 #6). A token can feed
     several centres.
 
     x: (n, D) tokens; weight: (n,) merge weights (the [CLS] attention); keys: (n, C) the keys used for token j

@@ -1,10 +1,10 @@
 """Pooling: average the patch grid down to a coarser grid, the "downsampling" baseline.
 
-Simple downsampling beats many compression methods on common benchmarks (VTC-Bench, anchors.md §3.9), so
-every method must be compared with it. The h x w grid becomes the largest h' x w' grid that fits the budget
-with the image's aspect kept (h' = floor(h * sqrt(K / N)), likewise w', then one more row and/or column if
-it still fits); each output token is the mean of its window (adaptive average pooling: windows of nearly
-equal size that may overlap by one patch). Its slot is the window's centre patch.
+Simple downsampling beats many compression methods on common benchmarks (VTC-Bench, arXiv 2510.07143;
+docs/methods.md §4.3), so every method must be compared with it. The h x w grid becomes the largest h' x w' grid
+that fits the budget with the image's aspect kept (h' = floor(h * sqrt(K / N)), likewise w', then one more row
+and/or column if it still fits); each output token is the mean of its window (adaptive average pooling: windows of
+nearly equal size that may overlap by one patch). Its slot is the window's centre patch.
 """
 
 from __future__ import annotations

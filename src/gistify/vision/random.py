@@ -1,7 +1,7 @@
 """The floor every visual-token method must beat: keep random tokens.
 
-Random pruning is a strong baseline for visual tokens (UniPruneBench, anchors.md §3.9): neighbouring patches
-are redundant, so any spread-out subset keeps much of the image.
+Random pruning is a strong baseline for visual tokens (UniPruneBench, arXiv 2511.02650; docs/methods.md §4.3):
+neighbouring patches are redundant, so any spread-out subset keeps much of the image.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Recoverable Compression (arXiv 2409.01179, AAAI 2025): text-guided recovery of visual tokens.
 
-methods.md §2.2 describes the reference implementation step by step; per image (N patches):
+docs/methods.md §2.2 describes the reference implementation step by step; per image (N patches):
 
 1. a = [CLS] attention of the last encoder layer (N,); k_v = floor(N * LOF-ratio(a)); I_v = top k_v of a;
 2. s_j = cos(text, patch_text_j) / sqrt(Dt): how much each patch matches the question (CLIP's text tower);

@@ -1,6 +1,6 @@
 """Contextual Reinforcement on visual tokens: question relevance propagated over a patch affinity graph.
 
-methods.md §1.2 with visual tokens (the text version is gistify/text/reinforce.py; both use gistify.graph):
+docs/methods.md §1.2 with visual tokens (the text version is gistify/text/reinforce.py; both use gistify.graph):
 
 1. node features z_i: the visual tokens' states in the LLM's space (`visual_states`, else `features`),
    L2-normalised;
@@ -46,7 +46,7 @@ def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
 class VisualReinforcement(VisionMethod):
     """Contextual Reinforcement: question relevance propagated over a patch graph; dropped tokens merged.
 
-    Reconstructed from https://arxiv.org/abs/2501.16658 (research/methods.md §1.2).
+    Reconstructed from https://arxiv.org/abs/2501.16658 (docs/methods.md §1.2).
 
     Args:
         k: neighbours per token in the affinity graph.

@@ -49,7 +49,7 @@ def reduce(
             rule chooses (recover's LOF rule, prumerge's IQR rule, reinforce's threshold).
         text_tower: the CLIP text tower for recover's question guidance (LLaVA): a checkpoint path or id, a
             CLIPModel, or a gistify.vision.adapters.llava.TextTower. Without it, the guidance is the analogue of
-            research/methods.md §2.5, said so in the notes.
+            docs/methods.md §2.5, said so in the notes.
         tokenizer: the model's tokenizer or processor, to read the question as text for the text tower.
         **method_options: the method's hyperparameters (e.g. layer=2 for fastv).
     """

@@ -1,8 +1,8 @@
 """The frozen encoder of rendered text: PP-OCRv6's recognition model, run with onnxruntime.
 
-The paper reads its images with a frozen OpenCLIP ViT-L/14 (research/methods.md §3.3), whose value here is that
+The paper reads its images with a frozen OpenCLIP ViT-L/14 (docs/methods.md §3.3), whose value here is that
 it can read text in images. No CLIP weights can be had offline; the text recogniser of PP-OCRv6 can (the ONNX
-file inside the PyPI wheel `rapidocr`, Apache-2.0), and reading text is all it does (research/feasibility.md §2).
+file inside the PyPI wheel `rapidocr`, Apache-2.0), and reading text is all it does.
 
 The model takes a line image `x (N, 3, 48, W)` and makes one feature column per 8 px: a CNN backbone pooled to
 height 1, `(N, 384, 1, W/8)`, then an SVTR neck (two attention blocks over the columns, width 120) and a linear CTC

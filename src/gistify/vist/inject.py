@@ -1,6 +1,6 @@
 """Two ways for a llama-family LLM to read vist's resampled tokens: cross-attention (the paper's) or a prefix.
 
-**Cross-attention** (research/methods.md §3.4, CEPE's design, arXiv 2402.16617). A block sits in every decoder
+**Cross-attention** (docs/methods.md §3.4, CEPE's design, arXiv 2402.16617). A block sits in every decoder
 layer between self-attention and the MLP:
 
     h <- h + SelfAttn(RMSNorm(h));  h <- h + CrossAttn(RMSNorm_x(h), E);  h <- h + MLP(RMSNorm(h))

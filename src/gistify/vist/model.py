@@ -1,6 +1,6 @@
 """vist as one model: distant text -> line images -> frozen PP-OCRv6 -> Perceiver resampler -> the LLM reads the
 tokens (cross-attention in some decoder layers, or a prefix); the proximal text goes to the LLM as text.
-research/methods.md §3; the pieces are gistify.rendering, gistify.vist.{encoder,resampler,inject,pve}.
+docs/methods.md §3; the pieces are gistify.rendering, gistify.vist.{encoder,resampler,inject,pve}.
 
 Images. The distant text is rendered with `Layout.line()` (one 48-px row per image, the encoder's own input
 height, so it reads the pixels as drawn; 768 px = 96 encoder tokens, about 10 LLM tokens of prose per line), and

@@ -1,5 +1,5 @@
 """PVE, Probability-informed Visual Enhancement: vist's contrastive loss between what the resampler made of an
-image and the LLM's own embeddings of the text drawn on it, with the frequent tokens masked (research/methods.md
+image and the LLM's own embeddings of the text drawn on it, with the frequent tokens masked (docs/methods.md
 §3.5).
 
 Per sample i:

@@ -1,6 +1,6 @@
 """The Perceiver resampler: one image's encoder features -> N latent tokens, plus a CLS latent for PVE.
 
-research/methods.md §3.3 (Flamingo's design, arXiv 2204.14198): learned latent queries attend to the concatenation
+docs/methods.md §3.3 (Flamingo's design, arXiv 2204.14198): learned latent queries attend to the concatenation
 of the image's features and the latents themselves, then a feed-forward block, repeated `depth` times, then a
 LayerNorm. The paper keeps 64 tokens per image for the LLM (N, changeable at inference by training with several)
 and one extra latent whose output feeds only the PVE loss (§3.5), with Flamingo's sizes (depth 6, 8 heads x 64,

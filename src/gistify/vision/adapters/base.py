@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 QUESTION_FIELDS = frozenset({"question_states", "text", "patch_text"})
 
 ANALOGUE_NOTE = (
-    "text guidance is an analogue (research/methods.md §2.5), not the paper's CLIP text tower: `text` is the mean "
+    "text guidance is an analogue (docs/methods.md §2.5), not the paper's CLIP text tower: `text` is the mean "
     "LLM input embedding of the prompt's text after the last image (the question and the chat template's tail) and "
     "`patch_text` the visual tokens as the LLM reads them"
 )
@@ -103,7 +103,7 @@ class Adapter:
         """Resolve `text_tower` (a path/id or an instance); families without a paired text tower refuse it."""
         raise ValueError(
             f"{self.family} has no paired text tower: leave text_tower=None (question guidance then uses the "
-            "analogue of research/methods.md §2.5, labelled in the Reductions' notes)"
+            "analogue of docs/methods.md §2.5, labelled in the Reductions' notes)"
         )
 
     def install(self, session: Session) -> None:

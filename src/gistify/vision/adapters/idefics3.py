@@ -5,7 +5,7 @@ The processor splits an image into sub-images plus a global view; each one's P p
 connector tokens (s = scale_factor: the pixel shuffle concatenates each s x s block of patches), with N
 placeholders in the prompt. The reduction runs on those connector outputs, one sub-image at a time, grid
 (√N, √N): the pixel shuffle forbids reducing before it. SigLIP has no [CLS] and SmolVLM no paired text tower,
-so three context fields are analogues (research/methods.md §2.5), each said so in the Reductions' notes:
+so three context fields are analogues (docs/methods.md §2.5), each said so in the Reductions' notes:
 
 - cls_attention: the mean attention each patch receives in SigLIP's last layer (over heads and all unpadded
   queries), summed over the s² patches each connector token gathers;
@@ -28,7 +28,7 @@ from gistify.vision.adapters.base import PlaceholderAdapter, captured_inputs
 from gistify.vision.base import VisualContext
 
 CLS_NOTE = (
-    "cls_attention is an analogue (research/methods.md §2.5): SigLIP has no [CLS]; it is the mean attention each "
+    "cls_attention is an analogue (docs/methods.md §2.5): SigLIP has no [CLS]; it is the mean attention each "
     "patch receives in the last encoder layer, summed over the patches each connector token gathers"
 )
 KEYS_NOTE = "keys are the last SigLIP layer's keys of each connector token's patches, concatenated (pixel shuffle)"

@@ -1,7 +1,7 @@
 """LLaVA-1.5 (transformers' LlavaForConditionalGeneration): CLIP ViT, 2-layer MLP projector, Llama/Vicuna LLM.
 
 Where the reduction runs: on the CLIP features as they enter the projector (Recoverable Compression's hook
-point, methods.md §2.1): `vision_feature_layer`'s hidden states ([CLS] dropped under the "default" strategy,
+point, docs/methods.md §2.1): `vision_feature_layer`'s hidden states ([CLS] dropped under the "default" strategy,
 kept as a token under "full"), one image of N patches at a time; the projector then maps the K' tokens left
 (merged ones included) into the LLM. What each context field is here:
 
@@ -11,7 +11,7 @@ kept as a token under "full"), one image of N patches at a time; the projector t
   projections); under "full", [CLS]'s own weight comes first;
 - keys: that layer's keys of the tokens;
 - patch_text / text (recover's question guidance): with a `TextTower`, CLIP's visual_projection of the last
-  layer's patch states (no post-LayerNorm, as the reference code; methods.md §2.4 #3) and the EOS-pooled,
+  layer's patch states (no post-LayerNorm, as the reference code; docs/methods.md §2.4 #3) and the EOS-pooled,
   projected text_embeds of the user's question only (chat template, system prompt and LLaVA's answer-format
   instruction stripped; §2.4 #1, #2). LlavaForConditionalGeneration's tower is a CLIPVisionModel, which has no
   visual_projection: the TextTower brings the one of the CLIP checkpoint it comes from. Without a text tower,

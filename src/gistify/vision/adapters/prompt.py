@@ -83,7 +83,7 @@ def restore_prompt(out, original: torch.Tensor, short_len: int):
 
 # -- the question as text ------------------------------------------------------------------------------------
 
-# Answer-format instructions that LLaVA's evaluation prompts append to the question (methods.md §2.4 #1).
+# Answer-format instructions that LLaVA's evaluation prompts append to the question (docs/methods.md §2.4 #1).
 FORMAT_SUFFIXES = (
     "Answer the question using a single word or phrase.",
     "Answer with the option's letter from the given choices directly.",
@@ -96,7 +96,7 @@ _ASSISTANT = re.compile(r"\s*(?:ASSISTANT|Assistant|assistant|GPT|gpt)\s*:?\s*$"
 
 def clean_question(text: str) -> str:
     """The user's question from a decoded prompt tail: after the last user-role marker, without the reply's
-    role marker at the end or LLaVA's answer-format instruction (methods.md §2.4 #1)."""
+    role marker at the end or LLaVA's answer-format instruction (docs/methods.md §2.4 #1)."""
     users = list(_USER.finditer(text))
     if users:
         text = text[users[-1].end() :]

@@ -23,7 +23,7 @@ prompt whose K'_i placeholders receive the reduced tokens through `mm_encoder_ou
   step that gives no position ids (manual decoding from `session.inputs`) continues where the unmodified model
   would; `generate` carries the explicit position ids forward itself.
 
-Analogues (the tower has no [CLS] and there is no paired text tower; research/methods.md §2.5), said in the notes:
+Analogues (the tower has no [CLS] and there is no paired text tower; docs/methods.md §2.5), said in the notes:
 - cls_attention: the attention each token's 4 patches receive together in the last vision block, averaged over
   its heads and over all the queries of their attention segment: the whole image when that block has full
   attention, as in the released checkpoints (then it sums to 1 over the image's tokens, as [CLS] attention over
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 # What a user should know about this family's signals; added to the notes of the reductions that read them.
 NOTES = {
-    "cls_attention": "qwen2_5_vl has no [CLS]: cls_attention is an analogue (research/methods.md §2.5), the "
+    "cls_attention": "qwen2_5_vl has no [CLS]: cls_attention is an analogue (docs/methods.md §2.5), the "
     "attention each token's 4 patches receive together in the vision tower's last block (mean over heads and "
     "queries)",
     "keys": "qwen2_5_vl: keys are the last vision block's keys before RoPE, averaged over each token's 4 patches",
