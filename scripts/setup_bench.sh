@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The harness's setup, idempotent, after the main job's (scripts/setup.sh, run first): the `bench` extra
+# (matplotlib, mwparserfromhell, easy-vqa), the evaluation data in the cache (Wikipedia and news articles from
+# gensim's test data), a CJK font for rendering tests (Debian, 1.6 MB), and the peers' own environments
+# (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, each with the CPU torch). With it, the whole test
+# suite runs: `bash scripts/setup_bench.sh && .venv/bin/python -m pytest -q`.
+set -euo pipefail
+exec 1>&2
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# A CJK font for gistify.render (DejaVu has no CJK glyphs). Without it, CJK renders as boxes (reported in
+# Rendering.missing) and the CJK tests skip.
+if ! fc-list 2>/dev/null | grep -qi "wqy"; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null 2>&1; } \
+      || echo "setup: could not install fonts-wqy-microhei (CJK text will render as boxes)"
+  else
+    echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)"
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+.venv/bin/python -m gistify_bench.data fetch
+bash scripts/setup_peers.sh
