@@ -1,4 +1,4 @@
-"""The `gistify` command: compress, render, methods, models.
+"""The `gistify` command: compress, render, methods, models, serve.
 
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
@@ -196,6 +196,12 @@ def cmd_bench(args) -> int:
     return bench_main(args.rest)
 
 
+def cmd_serve(args) -> int:
+    from gistify.serve import main as serve_main
+
+    return serve_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gistify", description="Cut the tokens a language model must read; keep the answers right."
@@ -257,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
     mo.add_argument("--json", action="store_true", help="print the listing as JSON")
     mo.set_defaults(run=cmd_models)
+
+    from gistify.serve.settings import add_arguments as serve_arguments
+
+    se = sub.add_parser("serve", help="an OpenAI-compatible proxy that compresses long contents (extra: serve)")
+    serve_arguments(se)
+    se.set_defaults(run=cmd_serve)
     return p
 
 

@@ -1,0 +1,41 @@
+"""`gistify serve`: an OpenAI-compatible proxy that compresses long message contents before the upstream.
+
+Put it between an application and its model server: it forwards `POST /v1/chat/completions`,
+`POST /v1/completions` and every other `/v1` request, compresses tool results and long contents for the
+last user message's question (`policy`), keeps what it sent deterministic so that the upstream's prompt
+cache keeps hitting, checks each compression with a risk report (`fidelity`) and says what it did in
+headers, in the response body and in `/metrics`. Needs the `serve` extra: `pip install 'gistify[serve]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gistify.serve.settings import Settings, add_arguments
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the proxy until interrupted (the body of `gistify serve`)."""
+    settings = Settings.from_args(args)
+    try:
+        import uvicorn
+
+        from gistify.serve.app import create_app
+    except ImportError as e:
+        raise ValueError(f"gistify serve needs its extra ({e.name} is missing): pip install 'gistify[serve]'") from None
+    import logging
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # uvicorn's access log is off: the app logs one line per request itself, without headers or bodies
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+__all__ = ["Settings", "add_arguments", "main"]
