@@ -339,7 +339,9 @@ def test_break_even_gate_skips_when_compressing_does_not_pay(upstream, scorer):
     # a free upstream that prefills fast, and a slow compressor: compressing would only add latency
     settings = _settings(upstream, price_per_mtok=0.0, latency_price=36.0, compress_ms_per_1k=60_000.0)
     with serving(settings, scorer, tap := Tap()) as url:
-        raw = _client(url).chat.completions.with_raw_response.create(model="smollm2", messages=_tool_chat(), max_tokens=4)
+        raw = _client(url).chat.completions.with_raw_response.create(
+            model="smollm2", messages=_tool_chat(), max_tokens=4
+        )
         tool = next(c for c in raw.parse().model_extra["gistify"]["contents"] if c["at"] == "messages[3]")
         assert tool["action"] == "gate" and tool["gate"]["compress"] is False and tool["gate"]["gain_usd"] < 0
         assert tap.last()["messages"][3]["content"] == DOC
@@ -366,4 +368,3 @@ def test_multimodal_parts_pass_untouched(proxy):
 def test_cli_serve_help():
     out = subprocess.run([sys.executable, "-m", "gistify.cli", "serve", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--upstream" in out.stdout and "--price-per-mtok" in out.stdout
-

@@ -26,6 +26,7 @@ def main(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     # uvicorn's access log is off: the app logs one line per request itself, without headers or bodies
     uvicorn.run(
         create_app(settings),

@@ -182,10 +182,11 @@ class Proxy:
             request = self.client.build_request(method, url, headers=headers, content=content)
             return await self.client.send(request, stream=True)
         except httpx.TimeoutException:
-            raise ProxyError(504, f"the upstream did not answer in time ({url})", "upstream_timeout", "upstream_error")
+            msg = f"the upstream did not answer in time ({url})"
+            raise ProxyError(504, msg, "upstream_timeout", "upstream_error") from None
         except httpx.HTTPError as e:
-            why = type(e).__name__
-            raise ProxyError(502, f"the upstream cannot be reached ({url}: {why})", "upstream_unreachable", "upstream_error")
+            msg = f"the upstream cannot be reached ({url}: {type(e).__name__})"
+            raise ProxyError(502, msg, "upstream_unreachable", "upstream_error") from None
 
     @staticmethod
     def _copy_headers(upstream: httpx.Response) -> dict[str, str]:
@@ -286,7 +287,9 @@ def create_app(settings: Settings, scorer: Any = None, http_client: httpx.AsyncC
             except Exception as e:  # a bug: one line in the log, OpenAI's format to the client
                 log.exception("internal error on %s %s", request.method, request.url.path)
                 proxy.metrics.errors.labels("internal").inc()
-                response = ProxyError(500, f"internal error ({type(e).__name__})", "internal", "server_error").response()
+                response = ProxyError(
+                    500, f"internal error ({type(e).__name__})", "internal", "server_error"
+                ).response()
             proxy.metrics.requests.labels(name, str(response.status_code)).inc()
             report = getattr(request.state, "report", None)
             log.info(

@@ -48,7 +48,7 @@ def _kind(tokens: list[str], i: int) -> str | None:
     if t[0].isupper() and t.isalpha():
         if len(t) >= 2 and t.isupper():
             return "entities"
-        if i > 0 and tokens[i - 1] not in _SENTENCE_END and not tokens[i - 1].startswith(("\"", "'", "(")):
+        if i > 0 and tokens[i - 1] not in _SENTENCE_END and not tokens[i - 1].startswith(('"', "'", "(")):
             return "entities"
     return None
 

@@ -30,7 +30,9 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.tokens_in = Counter("gistify_tokens_in", "Text tokens received in message contents and prompts", registry=r)
+        self.tokens_in = Counter(
+            "gistify_tokens_in", "Text tokens received in message contents and prompts", registry=r
+        )
         self.tokens_out = Counter("gistify_tokens_out", "Text tokens sent upstream in their place", registry=r)
         self.messages = Counter(
             "gistify_messages",
@@ -49,7 +51,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self.cache = Counter("gistify_cache", "Content-hash cache look-ups, by result (hit, miss)", ["result"], registry=r)
+        self.cache = Counter(
+            "gistify_cache", "Content-hash cache look-ups, by result (hit, miss)", ["result"], registry=r
+        )
         self.added_seconds = Histogram(
             "gistify_added_seconds",
             "Seconds the proxy added before forwarding (parsing, counting, compressing)",
@@ -64,7 +68,10 @@ class Metrics:
             "gistify_gate_saved_tokens", "Tokens the gate expected to save, by decision", ["decision"], registry=r
         )
         self.gate_usd = Counter(
-            "gistify_gate_saved_usd", "Upstream dollars the gate expected to save, by decision", ["decision"], registry=r
+            "gistify_gate_saved_usd",
+            "Upstream dollars the gate expected to save, by decision",
+            ["decision"],
+            registry=r,
         )
         self.gate_prefill_seconds = Counter(
             "gistify_gate_prefill_seconds_saved",

@@ -359,7 +359,9 @@ class Report:
 
     @property
     def compressed(self) -> int:
-        return sum(c["action"] in ("compressed", "fallback") and c["tokens_out"] < c["tokens_in"] for c in self.contents)
+        return sum(
+            c["action"] in ("compressed", "fallback") and c["tokens_out"] < c["tokens_in"] for c in self.contents
+        )
 
     @property
     def fallbacks(self) -> int:

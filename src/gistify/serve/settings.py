@@ -120,7 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency-price", type=float, default=d.latency_price, help="$ one hour of added latency is worth to you"
     )
-    g.add_argument("--compress-ms-per-1k", type=float, help="compressor cost per 1k tokens (default: measured at start)")
+    g.add_argument(
+        "--compress-ms-per-1k", type=float, help="compressor cost per 1k tokens (default: measured at start)"
+    )
     g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True, help="apply the gate (default on)")
     p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="compressed messages remembered")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for the upstream's answer")
