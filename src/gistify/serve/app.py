@@ -32,10 +32,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gistify.serve.metrics import Metrics
-from gistify.serve.policy import Compressor, Gate, Report, plan_chat, plan_completion
+from gistify.serve.policy import Compressor, Gate, Outcome, Report, plan_chat, plan_completion
 from gistify.serve.settings import Settings
 
 log = logging.getLogger("gistify.serve")
+PLANNERS = {"chat": plan_chat, "completion": plan_completion}
 
 # request headers worth forwarding besides Authorization; everything else (cookies, hop-by-hop) stays here
 _FORWARD = ("accept", "user-agent", "openai-organization", "openai-project", "openai-beta", "x-request-id")
@@ -92,6 +93,7 @@ class Proxy:
         self.client = http_client
         self._own_client = http_client is None
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="gistify-serve")
+        self.compress_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistify-compress")
         self.compressor: Compressor | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -99,6 +101,10 @@ class Proxy:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        if s.torch_threads:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
         if self.scorer is None:
             import gistify
 
@@ -106,7 +112,7 @@ class Proxy:
         self.compressor = Compressor(s, self.scorer, self.metrics)
         cost = s.compress_ms_per_1k
         if cost is None:
-            cost = await loop.run_in_executor(self.pool, self.compressor.measure, 256)
+            cost = await loop.run_in_executor(self.compress_pool, self.compressor.measure, 256)
             log.info("compressor cost measured: %.0f ms per 1k tokens (%s)", cost, s.method)
         self.compressor.gate = Gate(s.price_per_mtok, s.prefill_tps, s.latency_price, cost, enabled=s.gate)
         for name, value in (
@@ -126,6 +132,7 @@ class Proxy:
         if self._own_client and self.client is not None:
             await self.client.aclose()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.compress_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -164,8 +171,10 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _prepare(self, kind: str, raw: bytes) -> tuple[bytes, Report, bool]:
-        """In a worker thread: parse, check, compress; the bytes to send, the report, and whether to stream."""
+    def _parse(self, kind: str, raw: bytes) -> tuple[dict, dict, Report, dict[str, str | None]]:
+        """In a worker thread: parse, check, and plan with what costs no compression. Returns the body, the
+        planned body and report (final when nothing is left to compress), and the contents still to compress
+        (text -> question)."""
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
@@ -173,7 +182,35 @@ class Proxy:
         except RecursionError:
             raise ProxyError(400, "the request body is JSON nested too deeply to read", "bad_request") from None
         _validate(kind, body)
-        new, report = (plan_chat if kind == "chat" else plan_completion)(body, self.compressor)
+        todo: dict[str, str | None] = {}
+
+        def look(text: str, question: str | None) -> Outcome:
+            out = self.compressor.quick(text)
+            if out is None:
+                todo.setdefault(text, question)
+                return Outcome(text, 0, 0, "pending")
+            return out
+
+        new, report = PLANNERS[kind](body, self.compressor, look)
+        return body, new, report, todo
+
+    async def _prepare(self, kind: str, raw: bytes) -> tuple[bytes, Report, bool]:
+        """The bytes to send upstream, the report, and whether the client asked for a stream.
+
+        Parsing and counting run in the worker threads; compressions run one at a time in their own thread,
+        so that requests with nothing to compress never queue behind them."""
+        loop = asyncio.get_running_loop()
+        body, new, report, todo = await loop.run_in_executor(self.pool, self._parse, kind, raw)
+        if todo:
+            done = {}
+            for text, question in todo.items():
+                done[text] = await loop.run_in_executor(self.compress_pool, self.compressor.content, text, question)
+
+            def resolve(text: str, question: str | None) -> Outcome:
+                return done.get(text) or self.compressor.content(text, question)
+
+            new, report = await loop.run_in_executor(self.pool, PLANNERS[kind], body, self.compressor, resolve)
+        # unchanged: the client's own bytes; changed: one deterministic serialisation
         return (raw if new is body else dumps(new)), report, bool(body.get("stream"))
 
     async def _send(self, method: str, path: str, headers: dict, content: bytes | None) -> httpx.Response:
@@ -198,8 +235,7 @@ class Proxy:
         t0 = time.perf_counter()
         own_key = self._check_key(request)
         raw = await self._read_body(request)
-        loop = asyncio.get_running_loop()
-        content, report, stream = await loop.run_in_executor(self.pool, self._prepare, kind, raw)
+        content, report, stream = await self._prepare(kind, raw)
         self.metrics.added_seconds.observe(time.perf_counter() - t0)
         m = self.metrics
         m.tokens_in.inc(report.tokens_in)

@@ -31,6 +31,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -265,21 +266,34 @@ class Compressor:
             brief["question_lost"] = r["question_lost"]
         return r["meaning_changed"] or r["score"] > self.settings.max_risk, brief
 
-    def content(self, text: str, question: str | None) -> Outcome:
-        """The outcome for one compressible content (rules 2 to 5), from the cache when it was seen before."""
+    def quick(self, text: str) -> Outcome | None:
+        """The outcome when it costs no compression: a short content, or one seen before; else None."""
         n = self.count(text)
         if n <= self.settings.min_tokens:
             return Outcome(text, n, n, "short")
-        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        hit = self.cache.get(key)
+        hit = self.cache.get(self._key(text))
         if hit is None:
-            with self._lock:  # a concurrent request with the same content waits here, then hits the cache
-                hit = self.cache.get(key)
-                if hit is None:
-                    self._count_cache("miss")
-                    out = self._decide(text, n, question)
-                    self.cache.put(key, out)
-                    return out
+            return None
+        self._count_cache("hit")
+        return replace(hit, cached=True, seconds=0.0)
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def content(self, text: str, question: str | None) -> Outcome:
+        """The outcome for one compressible content (rules 2 to 5), from the cache when it was seen before."""
+        quick = self.quick(text)
+        if quick is not None:
+            return quick
+        key = self._key(text)
+        with self._lock:  # a concurrent request with the same content waits here, then hits the cache
+            hit = self.cache.get(key)
+            if hit is None:
+                self._count_cache("miss")
+                out = self._decide(text, self.count(text), question)
+                self.cache.put(key, out)
+                return out
         self._count_cache("hit")
         return replace(hit, cached=True, seconds=0.0)
 
@@ -384,8 +398,16 @@ def _passing(comp: Compressor, text: str, action: str) -> Outcome:
     return Outcome(text, n, n, action)
 
 
-def plan_chat(body: dict, comp: Compressor) -> tuple[dict, Report]:
-    """The chat request to send upstream (the same object when nothing changed) and what was done."""
+Resolve = Callable[[str, "str | None"], Outcome]
+
+
+def plan_chat(body: dict, comp: Compressor, resolve: Resolve | None = None) -> tuple[dict, Report]:
+    """The chat request to send upstream (the same object when nothing changed) and what was done.
+
+    `resolve(text, question)` gives each compressible content's outcome (default: `comp.content`); the app
+    first plans with a resolver that only looks (`Compressor.quick`), to find what needs compressing.
+    """
+    resolve = resolve or comp.content
     report = Report(comp.settings.method)
     messages = body["messages"]
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
@@ -400,7 +422,7 @@ def plan_chat(body: dict, comp: Compressor) -> tuple[dict, Report]:
             new_messages.append(m)
             continue
         if isinstance(content, str):
-            out = comp.content(content, question)
+            out = resolve(content, question)
             report.add(f"messages[{i}]", out)
             if out.text != content:
                 m, changed = {**m, "content": out.text}, True
@@ -408,7 +430,7 @@ def plan_chat(body: dict, comp: Compressor) -> tuple[dict, Report]:
             parts = []
             for k, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                    out = comp.content(part["text"], question)
+                    out = resolve(part["text"], question)
                     report.add(f"messages[{i}].content[{k}]", out)
                     if out.text != part["text"]:
                         part, changed = {**part, "text": out.text}, True
@@ -427,10 +449,11 @@ def split_prompt(prompt: str) -> tuple[str, str, str]:
     return prompt[:cut], "\n\n", prompt[cut + 2 :]
 
 
-def plan_completion(body: dict, comp: Compressor) -> tuple[dict, Report]:
+def plan_completion(body: dict, comp: Compressor, resolve: Resolve | None = None) -> tuple[dict, Report]:
     """The completion request to send upstream and what was done. A text prompt's last paragraph (after the
     last blank line) is its question, kept verbatim; what comes before is compressed as one content. Token-id
     prompts pass unchanged."""
+    resolve = resolve or comp.content
     report = Report(comp.settings.method)
     prompt = body["prompt"]
     prompts = [prompt] if isinstance(prompt, str) else prompt
@@ -442,7 +465,7 @@ def plan_completion(body: dict, comp: Compressor) -> tuple[dict, Report]:
             continue
         context, blank, question = split_prompt(p)
         if context:
-            out = comp.content(context, question)
+            out = resolve(context, question)
             report.add(where, out)
             changed |= out.text != context
             context = out.text

@@ -50,7 +50,8 @@ class Settings:
     cache_entries: int = 4096
     timeout: float = 600.0
     connect_timeout: float = 10.0
-    workers: int = 4  # threads that parse, count and compress off the event loop (one compression at a time)
+    workers: int = 4  # threads that parse and count off the event loop (compressions have their own thread)
+    torch_threads: int | None = 1  # the scorer's intra-op threads; None: torch's default
     log_level: str = "info"
 
     def __post_init__(self):
@@ -124,6 +125,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--compress-ms-per-1k", type=float, help="compressor cost per 1k tokens (default: measured at start)"
     )
     g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True, help="apply the gate (default on)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=d.torch_threads,
+        help="the scorer's threads (default 1: the proxy shares its cores with its event loop, and on a busy "
+        "machine OpenMP's waiting threads made a compression 3x slower with 2 than with 1)",
+    )
     p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="compressed messages remembered")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for the upstream's answer")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
