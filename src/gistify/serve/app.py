@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -95,6 +97,7 @@ class Proxy:
         self.pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="gistify-serve")
         self.compress_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gistify-compress")
         self.compressor: Compressor | None = None
+        self.inflight: dict[bytes, asyncio.Future] = {}  # content hash -> its compression in progress
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -202,9 +205,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         body, new, report, todo = await loop.run_in_executor(self.pool, self._parse, kind, raw)
         if todo:
-            done = {}
-            for text, question in todo.items():
-                done[text] = await loop.run_in_executor(self.compress_pool, self.compressor.content, text, question)
+            done = {text: await self._compress(text, question) for text, question in todo.items()}
 
             def resolve(text: str, question: str | None) -> Outcome:
                 return done.get(text) or self.compressor.content(text, question)
@@ -212,6 +213,19 @@ class Proxy:
             new, report = await loop.run_in_executor(self.pool, PLANNERS[kind], body, self.compressor, resolve)
         # unchanged: the client's own bytes; changed: one deterministic serialisation
         return (raw if new is body else dumps(new)), report, bool(body.get("stream"))
+
+    async def _compress(self, text: str, question: str | None) -> Outcome:
+        """One content's outcome from the compression thread; a request whose content is being compressed
+        for another request right now waits for that result instead of queueing behind other compressions."""
+        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        task = self.inflight.get(key)
+        if task is not None:
+            return replace(await asyncio.shield(task), cached=True, seconds=0.0)
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(loop.run_in_executor(self.compress_pool, self.compressor.content, text, question))
+        self.inflight[key] = task
+        task.add_done_callback(lambda _: self.inflight.pop(key, None))
+        return await asyncio.shield(task)
 
     async def _send(self, method: str, path: str, headers: dict, content: bytes | None) -> httpx.Response:
         url = self.settings.upstream_base + path
