@@ -10,6 +10,7 @@ cores reads about 100 tokens a second, and so does the scorer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -163,7 +164,8 @@ def _tool_chat(doc: str = DOC, question: str = QUESTION) -> list[dict]:
     ]
 
 
-def test_long_tool_result_is_compressed_and_the_answer_survives(proxy):
+def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
+    caplog.set_level(logging.INFO, logger="gistify.serve")
     url, tap = proxy
     raw = _client(url).chat.completions.with_raw_response.create(
         model="smollm2", messages=_tool_chat(), max_tokens=16, temperature=0
@@ -183,6 +185,7 @@ def test_long_tool_result_is_compressed_and_the_answer_survives(proxy):
     # the question, byte for byte
     assert f'"content":{json.dumps(QUESTION)}' in tap.bodies[-1].decode()
     assert tap.headers["authorization"] == "Bearer sk-client"  # forwarded
+    assert "POST /v1/chat/completions 200 tokens" in caplog.text and "sk-client" not in caplog.text  # not logged
 
 
 def test_identical_requests_give_identical_upstream_bytes(proxy, upstream, scorer):

@@ -101,3 +101,30 @@ def test_settings():
         Settings(upstream="localhost:8081")
     with pytest.raises(SystemExit):
         p.parse_args(["--upstream", "http://x", "--keep", "0.5", "--tokens", "3"])
+
+
+def test_compressor_keeps_code_and_json_and_caches(tiny_scorer):
+    from pathlib import Path
+
+    from gistify.serve.policy import Compressor, plan_chat
+
+    prose = (Path(__file__).parent / "data" / "aardwolf.txt").read_text(encoding="utf-8")
+    settings = Settings(upstream="http://127.0.0.1:9", min_tokens=20, keep=0.3, max_risk=1.0, latency_price=0.0)
+    comp = Compressor(settings, tiny_scorer)
+    comp.gate = Gate(settings.price_per_mtok, settings.prefill_tps, settings.latency_price, 1.0)
+    code = "```python\ndef area(r):\n    return 3.14159 * r * r\n```"
+    data = '{"id": 7, "tags": ["a", "b"], "ok": true}'
+    text = f"{prose[:1200]}\n{code}\n{prose[1200:2000]} The record was {data} at the end."
+    out = comp.content(text, "What does the aardwolf eat?")
+    assert out.action == "compressed" and out.tokens_out < out.tokens_in and not out.cached
+    assert code in out.text and data in out.text
+    again = comp.content(text, "A different question, later in the conversation")
+    assert again.cached and again.text == out.text  # the same bytes whatever the later question
+    body = {"model": "m", "messages": [
+        {"role": "tool", "content": '{"rows": [' + ", ".join(str(i) for i in range(200)) + "]}"},
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": text},
+    ]}  # fmt: skip
+    new, report = plan_chat(body, comp)
+    assert new is body  # whole JSON, an assistant turn and the question: nothing to change
+    assert [c["action"] for c in report.contents] == ["structured", "other_role", "question"]

@@ -27,9 +27,12 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    import gistify
+
+    scorer = gistify.Scorer.load(settings.model)  # here, so that a missing model is a one-line error (exit 3)
     # uvicorn's access log is off: the app logs one line per request itself, without headers or bodies
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, scorer=scorer),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
