@@ -174,6 +174,7 @@ def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
     assert "BLUE-HERON-58" in r.choices[0].message.content
     tokens_in, tokens_out = int(raw.headers["x-gistify-tokens-in"]), int(raw.headers["x-gistify-tokens-out"])
     assert tokens_out < 0.75 * tokens_in and raw.headers["x-gistify-method"] == "reinforce"
+    assert float(raw.headers["x-gistify-added-ms"]) > 0
     info = r.model_extra["gistify"]  # next to usage
     assert r.usage.prompt_tokens > 0 and info["compressed"] == 1 and info["tokens_in"] == tokens_in
     tool = next(c for c in info["contents"] if c["at"] == "messages[3]")

@@ -250,7 +250,8 @@ class Proxy:
         own_key = self._check_key(request)
         raw = await self._read_body(request)
         content, report, stream = await self._prepare(kind, raw)
-        self.metrics.added_seconds.observe(time.perf_counter() - t0)
+        added = time.perf_counter() - t0
+        self.metrics.added_seconds.observe(added)
         m = self.metrics
         m.tokens_in.inc(report.tokens_in)
         m.tokens_out.inc(report.tokens_out)
@@ -262,6 +263,7 @@ class Proxy:
             "X-Gistify-Method": report.as_dict()["method"],
             "X-Gistify-Compressed": str(report.compressed),
             "X-Gistify-Fallbacks": str(report.fallbacks),
+            "X-Gistify-Added-Ms": f"{added * 1000:.1f}",  # reading, counting, compressing: before forwarding
         }
         path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
         headers = self._upstream_headers(request, own_key)
