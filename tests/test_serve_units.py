@@ -128,3 +128,15 @@ def test_compressor_keeps_code_and_json_and_caches(tiny_scorer):
     new, report = plan_chat(body, comp)
     assert new is body  # whole JSON, an assistant turn and the question: nothing to change
     assert [c["action"] for c in report.contents] == ["structured", "other_role", "question"]
+
+
+def test_a_failing_compressor_sends_the_content_unchanged(tiny_scorer):
+    from gistify.serve.metrics import Metrics
+    from gistify.serve.policy import Compressor
+
+    settings = Settings(upstream="http://127.0.0.1:9", min_tokens=5, method="no-such-method", gate=False)
+    comp = Compressor(settings, tiny_scorer, Metrics())
+    text = "A content long enough to be compressed, but the method does not exist. " * 3
+    out = comp.content(text, "question?")
+    assert out.action == "failed" and out.text == text
+    assert 'gistify_errors_total{kind="compress_failed"} 1.0' in comp.metrics.render().decode()

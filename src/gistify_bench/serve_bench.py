@@ -33,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -298,7 +299,8 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.serve_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for serve_bench.json, README.md and logs")
+    p.add_argument("--out", type=Path, required=True, help="folder for serve_bench.json and README.md")
+    p.add_argument("--logs", type=Path, help="folder for the upstreams' and proxies' logs (default: a temporary one)")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--llama-requests", type=int, default=50, help="0 skips the llama.cpp part")
@@ -313,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(stub_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return 0
     out = args.out
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="serve_bench-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"logs of the upstreams and proxies in {logs}", file=sys.stderr)
     # the gate weighs dollars only here (a paid upstream, latency not priced) so that long contents compress;
     # the compressor's cost is given, so the start does not time it
     common = ["--method", args.method, "--min-tokens", "128", "--keep", "0.5", "--latency-price", "0",
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     print(f"stub: {args.requests} requests at concurrency {args.concurrency} ...", file=sys.stderr)
     results["parts"]["stub"] = run_part(
-        "stub", stub, url, url + "/health", common, args.requests, 0.1, 4, args.concurrency, 8, out / "logs"
+        "stub", stub, url, url + "/health", common, args.requests, 0.1, 4, args.concurrency, 8, logs
     )
     if args.llama_requests:
         port = _free_port()
@@ -342,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llama.cpp: {args.llama_requests} requests at concurrency {args.llama_concurrency} ...", file=sys.stderr)
         results["parts"]["llama.cpp"] = run_part(
             "llama", llama, url, url + "/health", common, args.llama_requests, 0.5, 2, args.llama_concurrency, 8,
-            out / "logs",
+            logs,
         )  # fmt: skip
     (out / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "README.md").write_text(markdown(results))

@@ -281,6 +281,9 @@ class Proxy:
             )
         try:
             body = await upstream.aread()
+        except httpx.TimeoutException:
+            msg = "the upstream did not finish its answer in time"
+            raise ProxyError(504, msg, "upstream_timeout", "upstream_error") from None
         except httpx.HTTPError as e:
             raise ProxyError(502, f"the upstream broke off its answer ({type(e).__name__})", "upstream_unreachable",
                              "upstream_error") from None  # fmt: skip

@@ -25,8 +25,8 @@ class Metrics:
         )
         self.errors = Counter(
             "gistify_errors",
-            "Requests that failed, by kind (bad_request, too_large, unauthorized, upstream_unreachable, "
-            "upstream_timeout, upstream_error, internal)",
+            "Errors, by kind (bad_request, too_large, unauthorized, upstream_unreachable, upstream_timeout, "
+            "upstream_error, internal; compress_failed: a content sent unchanged because the compressor failed)",
             ["kind"],
             registry=r,
         )
@@ -38,7 +38,8 @@ class Metrics:
             "gistify_messages",
             "Message contents (and prompts) seen, by what was done: compressed, cached (same content seen "
             "before, same result), question (the last user message), short (under --min-tokens), structured "
-            "(whole JSON), gate (break-even said no), fallback (the risk check kept it whole), other_role",
+            "(whole JSON), gate (break-even said no), fallback (the fidelity guard raised the budget or kept "
+            "it whole), failed (the compressor failed: sent unchanged), other_role",
             ["action"],
             registry=r,
         )

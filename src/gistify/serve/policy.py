@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -38,6 +39,7 @@ from typing import Any
 from gistify.serve.fidelity import risk
 from gistify.serve.settings import Settings
 
+log = logging.getLogger("gistify.serve")
 COMPRESSIBLE_ROLES = frozenset({"system", "developer", "user", "tool", "function"})
 _FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$")
 _JSON_ATTEMPTS = 256  # decode attempts per content: bounds the cost on text full of brackets
@@ -103,7 +105,7 @@ class Outcome:
     text: str
     tokens_in: int
     tokens_out: int
-    action: str  # compressed, fallback, short, structured, gate, question, other_role
+    action: str  # compressed, fallback, short, structured, gate, failed, question, other_role
     cached: bool = False
     seconds: float = 0.0
     fallback: str | None = None  # higher_keep or uncompressed
@@ -311,15 +313,21 @@ class Compressor:
             if not decision.compress:
                 return Outcome(text, n, n, "gate", gate=decision)
         t0 = time.perf_counter()
-        result = self._compress(text, question, self._budget(), spans)
-        risky, brief = self._risk(text, result, question)
-        fallback = None
-        if risky:
-            fallback = "higher_keep"
-            result = self._compress(text, question, self._budget(higher=True), spans)
+        try:
+            result = self._compress(text, question, self._budget(), spans)
             risky, brief = self._risk(text, result, question)
+            fallback = None
             if risky:
-                fallback = "uncompressed"
+                fallback = "higher_keep"
+                result = self._compress(text, question, self._budget(higher=True), spans)
+                risky, brief = self._risk(text, result, question)
+                if risky:
+                    fallback = "uncompressed"
+        except Exception as e:  # a content the compressor cannot take goes upstream as it came
+            log.warning("compression failed, content sent unchanged: %s: %s", type(e).__name__, e)
+            if self.metrics is not None:
+                self.metrics.errors.labels("compress_failed").inc()
+            return Outcome(text, n, n, "failed", seconds=time.perf_counter() - t0, gate=decision)
         seconds = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.compress_seconds.observe(seconds)
