@@ -140,3 +140,10 @@ def test_a_failing_compressor_sends_the_content_unchanged(tiny_scorer):
     out = comp.content(text, "question?")
     assert out.action == "failed" and out.text == text
     assert 'gistify_errors_total{kind="compress_failed"} 1.0' in comp.metrics.render().decode()
+
+
+def test_compressor_cost_is_measured(tiny_scorer):
+    from gistify.serve.policy import Compressor
+
+    comp = Compressor(Settings(upstream="http://127.0.0.1:9", method="selfinfo"), tiny_scorer)
+    assert 0 < comp.measure(64) < 60_000

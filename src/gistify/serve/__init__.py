@@ -27,8 +27,11 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    from transformers.utils import logging as hf_logging
+
     import gistify
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in a server's log
     scorer = gistify.Scorer.load(settings.model)  # here, so that a missing model is a one-line error (exit 3)
     # uvicorn's access log is off: the app logs one line per request itself, without headers or bodies
     uvicorn.run(
