@@ -88,14 +88,16 @@ def upstream():
             proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scorer():
     import torch
 
     import gistify
 
-    torch.set_num_threads(1)  # two busy cores: OpenMP's waits make two threads slower than one
-    return gistify.Scorer.load()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two busy cores: OpenMP's waits make two threads slower than one (so does the app)
+    yield gistify.Scorer.load()
+    torch.set_num_threads(threads)  # the other test modules run as they would alone
 
 
 class Tap:
