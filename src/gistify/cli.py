@@ -1,5 +1,5 @@
-"""The `gistify` command: compress, render, methods, models, and the subcommands other packages register in the
-`gistify.commands` entry-point group (the harness registers `gistify bench`; the library never imports it).
+"""The `gistify` command: compress, render, methods, models, serve, and the subcommands other packages register
+in the `gistify.commands` entry-point group (the harness registers `gistify bench`; the library never imports it).
 
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
 COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
-BUILTIN = ("compress", "render", "methods", "models")  # a registered command never shadows these
+BUILTIN = ("compress", "render", "methods", "models", "serve")  # a registered command never shadows these
 
 
 class InputError(ValueError):
@@ -209,6 +209,12 @@ def cmd_registered(args) -> int:
     return command(args.rest)
 
 
+def cmd_serve(args) -> int:
+    from gistify.serve.server import main as serve_main
+
+    return serve_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gistify", description="Cut the tokens a language model must read; keep the answers right."
@@ -274,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
     mo.add_argument("--json", action="store_true", help="print the listing as JSON")
     mo.set_defaults(run=cmd_models)
+
+    from gistify.serve.settings import add_arguments as serve_arguments
+
+    se = sub.add_parser("serve", help="an OpenAI-compatible proxy that compresses long contents (extra: serve)")
+    serve_arguments(se)
+    se.set_defaults(run=cmd_serve)
     return p
 
 

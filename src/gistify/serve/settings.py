@@ -1,0 +1,137 @@
+"""The proxy's settings and the `gistify serve` options that fill them.
+
+Kept apart from the app so that the command line can list the options without importing the web stack
+(argparse and dataclasses only): `gistify --help` stays fast and works without the `serve` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, fields
+
+_SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "20MB", "512k", "1.5 GiB" or a plain number (powers of 1024 either way)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (give bytes, or a number with K, M or G)")
+    unit = (m.group(2) or "b")[0].lower()
+    return int(float(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+
+
+@dataclass
+class Settings:
+    """Everything `gistify serve` can be told; the defaults are the command's."""
+
+    upstream: str = "http://127.0.0.1:8081"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    keep: float | None = None  # with neither keep nor tokens: keep 0.5
+    tokens: int | None = None
+    method: str = "reinforce"
+    min_tokens: int = 256
+    api_key: str | None = None
+    upstream_api_key: str | None = None
+    max_body: int = 20 << 20
+    model: str | None = None  # the scorer: embedded name or path (default: the embedded SmolLM2)
+    protect_numbers: bool = True
+    protect_negations: bool = True
+    protect_identifiers: bool = True
+    max_risk: float = 0.5
+    price_per_mtok: float = 3.0
+    prefill_tps: float = 5000.0
+    latency_price: float = 36.0
+    compress_ms_per_1k: float | None = None  # None: measured at start
+    gate: bool = True
+    cache_entries: int = 4096
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    workers: int = 4  # threads that parse and count off the event loop (compressions have their own thread)
+    torch_threads: int | None = 1  # the scorer's intra-op threads; None: torch's default
+    log_level: str = "info"
+
+    def __post_init__(self):
+        if self.keep is not None and self.tokens is not None:
+            raise ValueError("give either keep or tokens, not both")
+        if self.keep is None and self.tokens is None:
+            self.keep = 0.5
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ValueError(f"tokens must be at least 1, got {self.tokens}")
+        if not re.match(r"^https?://[^/\s]+", self.upstream):
+            raise ValueError(f"upstream must be an http(s) URL such as http://127.0.0.1:8081, got {self.upstream!r}")
+        if self.prefill_tps <= 0:
+            raise ValueError(f"prefill_tps must be positive, got {self.prefill_tps}")
+
+    @property
+    def upstream_base(self) -> str:
+        """The upstream's root: the OpenAI paths (/v1/...) are appended to it, so a trailing /v1 is dropped."""
+        base = self.upstream.rstrip("/")
+        return base[: -len("/v1")] if base.endswith("/v1") else base
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["api_key"] = values.get("api_key") or os.environ.get("GISTIFY_API_KEY") or None
+        values["upstream_api_key"] = values.get("upstream_api_key") or os.environ.get("GISTIFY_UPSTREAM_API_KEY")
+        return cls(**values)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `gistify serve`."""
+    d = Settings
+    p.add_argument("--upstream", required=True, help="the OpenAI-compatible server to forward to (with or without /v1)")
+    p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--keep", type=float, help="fraction of each compressed message's tokens to keep (default 0.5)")
+    b.add_argument("--tokens", type=int, help="tokens to keep of each compressed message")
+    p.add_argument("-m", "--method", default=d.method, help=f"text method (see `gistify methods`; default {d.method})")
+    p.add_argument(
+        "--min-tokens", type=int, default=d.min_tokens, help=f"compress only contents longer (default {d.min_tokens})"
+    )
+    p.add_argument("--api-key", help="require this key from clients (Bearer or X-Gistify-Key); or GISTIFY_API_KEY")
+    p.add_argument(
+        "--upstream-api-key",
+        help="send this key upstream instead of the client's Authorization; or GISTIFY_UPSTREAM_API_KEY",
+    )
+    p.add_argument("--max-body", type=parse_size, default=d.max_body, help="largest request body (default 20MB)")
+    p.add_argument("--model", help="scorer LM: embedded name or local path (default: the embedded SmolLM2)")
+    for what in ("numbers", "negations", "identifiers"):
+        p.add_argument(
+            f"--protect-{what}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"always keep {what} verbatim (default on)",
+        )
+    p.add_argument(
+        "--max-risk",
+        type=float,
+        default=d.max_risk,
+        help=f"fidelity guard: fall back when the share of critical items lost exceeds this (default {d.max_risk})",
+    )
+    g = p.add_argument_group("break-even gate (compress only when the saving pays for the compressor)")
+    g.add_argument("--price-per-mtok", type=float, default=d.price_per_mtok, help="upstream $ per 1M input tokens")
+    g.add_argument("--prefill-tps", type=float, default=d.prefill_tps, help="upstream prefill speed, tokens/s")
+    g.add_argument(
+        "--latency-price", type=float, default=d.latency_price, help="$ one hour of added latency is worth to you"
+    )
+    g.add_argument(
+        "--compress-ms-per-1k", type=float, help="compressor cost per 1k tokens (default: measured at start)"
+    )
+    g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True, help="apply the gate (default on)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=d.torch_threads,
+        help="the scorer's threads (default 1: the proxy shares its cores with its event loop, and on a busy "
+        "machine OpenMP's waiting threads made a compression 3x slower with 2 than with 1)",
+    )
+    p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="compressed messages remembered")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for the upstream's answer")
+    p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
