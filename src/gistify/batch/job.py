@@ -49,7 +49,8 @@ class Summary:
 
     def __str__(self) -> str:
         ratio = f" ({self.tokens_out / self.tokens_in:.2f})" if self.tokens_in else ""
-        who = f"{self.workers} {'actors' if self.engine == 'ray' else 'workers'}"
+        unit = "actor" if self.engine == "ray" else "worker"
+        who = f"{self.workers} {unit}{'s' if self.workers != 1 else ''}"
         lines = [
             f"compress-batch: {self.records} records: {self.compressed} compressed, {self.errors} errors, "
             f"{self.skipped} already done; {self.tokens_in} -> {self.tokens_out} tokens{ratio}; "

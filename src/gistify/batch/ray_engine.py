@@ -16,6 +16,7 @@ used as it is.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -49,6 +50,7 @@ def run(
         import ray
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'gistify[ray]'") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the job prints its own progress and summary
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -62,7 +64,7 @@ def run(
             fn_constructor_kwargs={"settings": settings, "path": os.path.abspath(path)},
             batch_size=batch_size,
             batch_format="numpy",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),  # `concurrency=N`, in Ray >= 2.51's spelling
             num_cpus=max(1, settings.threads),
         )
         for row in ds.iter_rows():
