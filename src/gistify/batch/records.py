@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +254,9 @@ def _read_done(journal: Path, input_keys: set[str]) -> dict[str, dict]:
             row = json.loads(raw.decode("utf-8")) if raw.strip() else None
         except (UnicodeDecodeError, json.JSONDecodeError):
             if not last:
-                raise BatchInputError(f"{journal} holds a line that is not JSON at byte {start}; not a gistify output") from None
+                raise BatchInputError(
+                    f"{journal} holds a line that is not JSON at byte {start}; not a gistify output"
+                ) from None
             break
         if end < 0:  # whole JSON but no newline: the write was cut before it; drop it and redo the record
             break

@@ -87,7 +87,9 @@ def compress_passages(
         spans = [(max(s, o) - o, min(e, o + len(t)) - o) for s, e in r.kept_spans if s < o + len(t) and e > o]
         spans = [(s, e) for s, e in spans if t[s:e].strip()]
         text = _join(t, spans)
-        out.append(Passage(text, _count(t, scorer, tokenizer), _count(text, scorer, tokenizer), spans, budget, r.method))
+        out.append(
+            Passage(text, _count(t, scorer, tokenizer), _count(text, scorer, tokenizer), spans, budget, r.method)
+        )
     return out
 
 
