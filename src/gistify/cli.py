@@ -200,6 +200,9 @@ def cmd_compress_batch(args) -> int:
         )  # fmt: skip
     except BatchInputError as e:
         raise InputError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"gistify: interrupted; {args.output} holds the records finished: rerun to resume", file=sys.stderr)
+        return 130
     print(summary, file=sys.stderr)
     return EXIT_OK
 

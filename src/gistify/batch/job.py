@@ -28,6 +28,7 @@ class Summary:
     tokens_out: int = 0
     seconds: float = 0.0  # wall time of this run, startup (scorer loads, Ray) included
     seconds_to_first: float = 0.0  # until the first line was written: roughly the startup
+    seconds_to_half: float = 0.0  # until half of this run's lines were written
     engine: str = "local"
     workers: int = 1
     error_examples: list[str] = field(default_factory=list)
@@ -43,9 +44,11 @@ class Summary:
 
     @property
     def steady_rate(self) -> float:
-        """Records per second after the first line: the engine's speed once started."""
-        span = self.seconds - self.seconds_to_first
-        return (self.done - 1) / span if self.done > 1 and span > 0 else 0.0
+        """Records per second over the second half of the run: the engine's speed once started (the first
+        line waits for the workers to start and load the scorer)."""
+        half = (self.done + 1) // 2
+        span = self.seconds - self.seconds_to_half
+        return (self.done - half) / span if self.done > 1 and span > 0 else 0.0
 
     def __str__(self) -> str:
         ratio = f" ({self.tokens_out / self.tokens_in:.2f})" if self.tokens_in else ""
@@ -116,6 +119,8 @@ def compress_batch(
                 _count(summary, out.write(line))
                 if summary.done == 1:
                     summary.seconds_to_first = time.perf_counter() - t0
+                if summary.done == (len(todo) + 1) // 2:
+                    summary.seconds_to_half = time.perf_counter() - t0
                 bar.advance()
     finally:
         lines.close()

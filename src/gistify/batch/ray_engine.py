@@ -41,16 +41,18 @@ def run(
     locators: list[tuple[int, int]],
     actors: int = 1,
     address: str | None = None,
-    batch_size: int = 4,
+    batch_size: int = 1,
 ) -> Iterator[str]:
-    """Output lines of the records at `locators`, in their order, from `actors` Ray actors."""
+    """Output lines of the records at `locators`, in their order, from `actors` Ray actors.
+
+    A batch is one record by default: a record costs the scorer a forward pass (tens of milliseconds to
+    seconds), so Ray's per-batch overhead is small beside it, and single records spread best over actors."""
     if not locators:
         return
     try:
         import ray
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'gistify[ray]'") from None
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the job prints its own progress and summary
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
@@ -58,6 +60,7 @@ def run(
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # lines in input order: deterministic output
         ctx.enable_progress_bars = False  # the job draws its own bar
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # and prints its own summary
         ds = ray.data.from_items([{"a": a, "b": b} for a, b in locators])
         ds = ds.map_batches(
             _Actor,

@@ -208,6 +208,8 @@ class Output:
     @classmethod
     def open(cls, path: str | os.PathLike, input_keys: set[str]) -> Output:
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise BatchInputError(f"{path}: not a regular file; give the output file's path")
         journal = path.with_name(path.name + ".part.jsonl") if is_parquet(path) else path
         if is_parquet(path) and path.exists() and not journal.exists():
             _parquet_to_journal(path, journal)  # a finished Parquet output: resume from its rows
