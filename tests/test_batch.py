@@ -188,3 +188,15 @@ def test_ray_engine_gives_the_local_engines_bytes(corpus, reference, local_ray, 
     assert summary.engine == "ray" and summary.done == 8
     assert out.read_bytes() == reference
     assert local_ray.is_initialized()  # the job used the instance it found and left it running
+
+
+def test_cli_job_without_the_scorer(corpus, tmp_path, capsys):
+    """truncate counted in cl100k_base needs no LM: the job loads none, and says what it did at the end."""
+    out = tmp_path / "out.jsonl"
+    args = ["compress-batch", str(corpus), str(out), "--tokens", "30", "-m", "truncate", "--tokenizer", "cl100k_base"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "8 records: 8 compressed, 0 errors, 0 already done" in err and "local engine, 1 worker)" in err
+    rows = lines(out.read_bytes())
+    assert all(r["tokens_out"] <= 30 and r["kept_spans"][0][0] == 0 for r in rows)
+    assert main(args) == 0 and "8 already done" in capsys.readouterr().err

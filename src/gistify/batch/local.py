@@ -19,14 +19,20 @@ from gistify.batch.records import Settings
 from gistify.batch.work import Worker
 
 _WORKER: Worker | None = None  # the pool process's own worker
+_FAILED: Exception | None = None  # why it could not start (a model that does not load), raised on first use
 
 
 def _start(settings: Settings, path: str) -> None:
-    global _WORKER
-    _WORKER = Worker(settings, path)
+    global _WORKER, _FAILED
+    try:
+        _WORKER = Worker(settings, path)
+    except Exception as e:  # raised from _line, so that the job fails with it, not with a broken pool
+        _FAILED = e
 
 
 def _line(locator: tuple[int, int]) -> str:
+    if _FAILED is not None:
+        raise _FAILED
     return _WORKER.line(locator)
 
 

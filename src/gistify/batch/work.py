@@ -24,12 +24,13 @@ class Worker:
         torch.set_num_threads(max(1, settings.threads))
         self.settings = settings
         self.reader = Reader(path)
-        if scorer is None:
+        method = gistify.get_method(settings.method, kind="text", **settings.params)
+        if scorer is None and (settings.tokenizer == "scorer" or getattr(method, "needs_scorer", True)):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
             scorer = gistify.Scorer.load(settings.model)
-        self.scorer = scorer
+        self.scorer = scorer  # None when neither the method nor the token count needs the LM
         self._compress = gistify.compress
 
     def line(self, locator: tuple[int, int]) -> str:
