@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,7 @@ _FAILED: Exception | None = None  # why it could not start (a model that does no
 
 def _start(settings: Settings, path: str) -> None:
     global _WORKER, _FAILED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: one message, no tracebacks
     try:
         _WORKER = Worker(settings, path)
     except Exception as e:  # raised from _line, so that the job fails with it, not with a broken pool
@@ -62,6 +64,9 @@ def run(
                 pending.append(pool.submit(_line, nxt))
             yield line
     finally:
+        if pending:  # interrupted (Ctrl-C, an error): stop the workers now; their records were not written yet
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
         pool.shutdown(wait=not pending, cancel_futures=True)
 
 
