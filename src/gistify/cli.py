@@ -1,5 +1,6 @@
-"""The `gistify` command: compress, render, methods, models, serve, and the subcommands other packages register
-in the `gistify.commands` entry-point group (the harness registers `gistify bench`; the library never imports it).
+"""The `gistify` command: compress, compress-batch, render, methods, models, serve, and the subcommands other
+packages register in the `gistify.commands` entry-point group (the harness registers `gistify bench`; the library
+never imports it).
 
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
@@ -18,7 +19,14 @@ from pathlib import Path
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
 COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
-BUILTIN = ("compress", "render", "methods", "models", "serve")  # a registered command never shadows these
+BUILTIN = (
+    "compress",
+    "compress-batch",
+    "render",
+    "methods",
+    "models",
+    "serve",
+)  # a registered command never shadows these
 
 
 class InputError(ValueError):
@@ -192,6 +200,25 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
+def cmd_compress_batch(args) -> int:
+    """Delegates to gistify.batch (records, resume, engines): this only maps flags and prints the summary."""
+    from gistify.batch import BatchInputError, compress_batch
+
+    try:
+        summary = compress_batch(
+            args.input, args.output, keep=args.keep, tokens=args.tokens, method=args.method, workers=args.workers,
+            engine=args.engine, ray_address=args.ray_address, model=args.model, tokenizer=args.tokenizer,
+            max_chars=args.max_chars, progress=sys.stderr.isatty(), **_parse_sets(args.set),
+        )  # fmt: skip
+    except BatchInputError as e:
+        raise InputError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"gistify: interrupted; {args.output} holds the records finished: rerun to resume", file=sys.stderr)
+        return 130
+    print(summary, file=sys.stderr)
+    return EXIT_OK
+
+
 def registered_commands() -> dict:
     """name -> entry point: the subcommands other packages register in the `gistify.commands` group."""
     return {ep.name: ep for ep in entry_points(group=COMMANDS)}
@@ -247,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
     out.add_argument("--json", action="store_true", help="print the full result as JSON")
     c.set_defaults(run=cmd_compress)
+
+    cb = sub.add_parser(
+        "compress-batch", help="compress every record of a JSONL or Parquet file; resumable (gistify.batch)"
+    )
+    cb.add_argument("input", help="JSONL or .parquet: records with id, text, optional question, keep or tokens")
+    cb.add_argument("output", help="JSONL or .parquet: one line per id; records already in it are skipped")
+    bb = cb.add_mutually_exclusive_group()
+    bb.add_argument("--keep", type=float, help="fraction of tokens to keep (a record's keep or tokens overrides)")
+    bb.add_argument("--tokens", type=int, help="number of tokens to keep per record")
+    cb.add_argument("-m", "--method", default="reinforce", help="text method (see `gistify methods`)")
+    cb.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter")
+    cb.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (default 1)")
+    cb.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes or Ray Data")
+    cb.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray instance for the job)")
+    cb.add_argument("--model", help="scorer LM (default: the embedded SmolLM2)")
+    cb.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer, cl100k_base or o200k_base")
+    cb.add_argument("--max-chars", type=int, default=200_000, help="longer texts are errors (default 200000)")
+    cb.set_defaults(run=cmd_compress_batch)
 
     r = sub.add_parser("render", help="render a text into images (vist's input), with the span each row holds")
     r.add_argument("file", help="a UTF-8 text file, or - for standard input (never modified)")

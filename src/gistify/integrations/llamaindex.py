@@ -1,0 +1,92 @@
+"""A LlamaIndex node postprocessor: compress the retrieved nodes for the query before synthesis.
+
+    from gistify.integrations.llamaindex import GistifyPostprocessor
+
+    engine = index.as_query_engine(node_postprocessors=[GistifyPostprocessor(tokens=300)])
+    # or RetrieverQueryEngine.from_args(retriever, node_postprocessors=[GistifyPostprocessor(keep=0.3)])
+
+The query is the question. By default the budget is for all retrieved nodes together (`joint=False`: each
+its own). Nodes come back as copies, in the retriever's order with their scores, holding the compressed text
+and `metadata["gistify"]` (tokens_in, tokens_out, kept_spans into the original text, budget, method); the
+nodes given are not changed. That key is excluded from what the LLM and the embedder read, or the spans
+would cost the prompt what compression saved. A node the budget took everything from is dropped
+(`keep_empty=True` keeps it, with empty text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import NodeWithScore, QueryBundle
+except ImportError as e:  # pragma: no cover - depends on the extra
+    raise ImportError("gistify.integrations.llamaindex needs LlamaIndex: pip install 'gistify[llamaindex]'") from e
+
+from gistify.integrations.passages import compress_passages
+
+KEY = "gistify"
+
+
+class GistifyPostprocessor(BaseNodePostprocessor):
+    """Compress retrieved nodes for the query under a token budget (`keep` or `tokens`)."""
+
+    keep: float | None = None
+    tokens: int | None = None
+    joint: bool = True
+    method: str = "reinforce"
+    params: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    tokenizer: str = "scorer"
+    keep_empty: bool = False
+    scorer: Any = Field(default=None, exclude=True)
+    _loaded: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        import gistify
+
+        gistify.Budget(keep=self.keep, tokens=self.tokens)  # a bad budget fails here, not at the first query
+        gistify.get_method(self.method, kind="text", **self.params)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GistifyPostprocessor"
+
+    def _scorer(self):
+        if self.scorer is not None:
+            return self.scorer
+        if self._loaded is None:
+            import gistify
+
+            self._loaded = gistify.Scorer.load(self.model)  # once per postprocessor, not per query
+        return self._loaded
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if not nodes:
+            return []
+        passages = compress_passages(
+            [n.node.get_content() for n in nodes],
+            query_bundle.query_str if query_bundle and query_bundle.query_str else None,
+            keep=self.keep,
+            tokens=self.tokens,
+            joint=self.joint,
+            method=self.method,
+            scorer=self._scorer(),
+            tokenizer=self.tokenizer,
+            **self.params,
+        )
+        out = []
+        for n, p in zip(nodes, passages):
+            if not (p.text or self.keep_empty):
+                continue
+            node = n.node.model_copy(deep=True)
+            node.set_content(p.text)
+            node.metadata[KEY] = p.metadata()
+            for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+                if KEY not in excluded:
+                    excluded.append(KEY)
+            out.append(NodeWithScore(node=node, score=n.score))
+        return out
