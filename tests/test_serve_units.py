@@ -8,7 +8,8 @@ import argparse
 import pytest
 
 from gistify.serve.fidelity import risk
-from gistify.serve.policy import Gate, split_prompt, structure_spans
+from gistify.serve.gate import Gate
+from gistify.serve.policy import split_prompt, structure_spans
 from gistify.serve.settings import Settings, add_arguments, parse_size
 
 SOURCE = (

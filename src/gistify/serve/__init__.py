@@ -9,7 +9,8 @@ headers, in the response body and in `/metrics`. Needs the `serve` extra: `pip i
 settings.py  the options (argparse only, so `gistify --help` stays light)
 server.py    `gistify serve`: loads the scorer, then runs the app under uvicorn
 app.py       the ASGI app: forwarding, errors in OpenAI's format, headers, the `gistify` object in bodies
-policy.py    what is compressed, the content-hash cache, the break-even gate, the fidelity fallback
+policy.py    what is compressed, the content-hash cache, the fidelity fallback
+gate.py      the break-even gate: compress only when the tokens saved pay for the compressor's time
 fidelity.py  the risk report: numbers, negations, identifiers and names the output lost
 metrics.py   Prometheus counters and histograms, one registry per app
 upstream.py  llama.cpp's OpenAI-compatible server (the xllamacpp wheel) serving the embedded SmolLM2

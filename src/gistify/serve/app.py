@@ -33,8 +33,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gistify.serve.gate import Gate
 from gistify.serve.metrics import Metrics
-from gistify.serve.policy import Compressor, Gate, Outcome, Report, plan_chat, plan_completion
+from gistify.serve.policy import Compressor, Outcome, Report, plan_chat, plan_completion
 from gistify.serve.settings import Settings
 
 log = logging.getLogger("gistify.serve")
