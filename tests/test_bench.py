@@ -5,10 +5,10 @@ import json
 import pytest
 
 from conftest import prose
-from gistify_bench import report
-from gistify_bench.reader import Reader
-from gistify_bench.runner import run
-from gistify_bench.task import TASKS, Example, Task, found, normalize, register
+from gistify_bench.eval import report
+from gistify_bench.eval.reader import Reader
+from gistify_bench.eval.runner import run
+from gistify_bench.eval.task import TASKS, Example, Task, found, normalize, register
 
 
 class ToyTask(Task):
@@ -137,7 +137,7 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
 
 
 def test_unknown_task_lists_known():
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     with pytest.raises(ValueError, match="needle-single-1k"):
         get_task("nope")
@@ -147,7 +147,7 @@ def test_unknown_task_lists_known():
 @pytest.mark.parametrize("kind", ["single", "multikey", "multivalue"])
 def test_needle_examples_on_real_prose(kind):
     from gistify.models import load
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task(f"needle-{kind}-1k")
     examples = task.examples(2, seed=5)
@@ -168,7 +168,7 @@ def test_needle_examples_on_real_prose(kind):
 def test_cloze_qa_examples_are_checked():
     import re
 
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("qa-1k")
     for ex in task.examples(3, seed=2):
@@ -185,7 +185,7 @@ def test_cloze_qa_examples_are_checked():
 
 @pytest.mark.real
 def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenizer):
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("lm-1k")
     (ex,) = task.examples(1, seed=3)
@@ -198,7 +198,7 @@ def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenize
 
 @pytest.mark.real
 def test_icl_examples_and_scoring():
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("icl-topics")
     (ex,) = task.examples(1, seed=4)
@@ -212,7 +212,7 @@ def test_icl_examples_and_scoring():
 
 
 def test_peak_rss_measure():
-    from gistify_bench.measure import reset_peak_rss, rss_mb
+    from gistify_bench.eval.measure import reset_peak_rss, rss_mb
 
     assert reset_peak_rss()
     before = rss_mb()

@@ -420,7 +420,7 @@ def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_toke
 def test_onnx_flops_count_convolutions_and_matmuls():
     from onnx import TensorProto, helper, numpy_helper
 
-    from gistify_bench.flops import Decoder, onnx_flops
+    from gistify_bench.eval.flops import Decoder, onnx_flops
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     m = numpy_helper.from_array(np.ones((256, 10), np.float32), "m")

@@ -11,7 +11,7 @@ import torch
 
 import gistify
 from conftest import tiny_llama
-from gistify_bench import vqa
+from gistify_bench.vlm import vqa
 from gistify_bench.vlm import efficientnet
 from gistify_bench.vlm.model import GRID, GistVLM, contrastive_loss
 
