@@ -72,7 +72,8 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
         ("truncate", 0.5),
         ("truncate", 0.2),
     ]
-    recs = [json.loads(line) for line in (tmp_path / "toy/tiny/random/keep=0.2/records.jsonl").read_text().splitlines()]
+    path = tmp_path / "text/toy/tiny/random/keep=0.2/records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in recs] == ["0-0", "0-1", "0-2"]
     for r in recs:
         assert abs(r["tokens_out"] - 0.2 * r["tokens_in"]) <= 2 and r["agreement"] in (0.0, 1.0)
@@ -88,7 +89,7 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
     assert calls == []
     monkeypatch.undo()
     # an interrupted cell resumes where it stopped
-    path = tmp_path / "toy/tiny/truncate/keep=0.5/records.jsonl"
+    path = tmp_path / "text/toy/tiny/truncate/keep=0.5/records.jsonl"
     path.write_text(path.read_text().splitlines()[0] + "\n")
     go(["truncate"], [0.5])
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0-0", "0-1", "0-2"]
@@ -96,7 +97,7 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
 
 def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
     run("toy", ["random"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
-    md, png = report.write(tmp_path)
+    md, png = report.write(tmp_path)["text"]
     table = md.read_text()
     assert (
         "### toy (reader tiny, n=2; score = accuracy)" in table
@@ -129,7 +130,7 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
             cell("longllmlingua", 0.33, 0.75, 3.0),
         ]
     }
-    checks = report.goal_check(cells)
+    checks = report.text.goal_check(cells)
     assert "pass: qa-1k (r) keep 0.33: reinforce 0.70 vs llmlingua 0.50" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce 0.70 vs longllmlingua 0.75" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce keeps 87% of the uncompressed score" in checks

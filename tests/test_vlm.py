@@ -11,8 +11,7 @@ import torch
 
 import gistify
 from conftest import tiny_llama
-from gistify_bench.vlm import vqa
-from gistify_bench.vlm import efficientnet
+from gistify_bench.vlm import efficientnet, vqa
 from gistify_bench.vlm.model import GRID, GistVLM, contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest.one_thread
@@ -198,7 +197,7 @@ def test_trained_state_round_trips(vlm, tiny_tokenizer):
 
 
 def test_training_batches_are_deterministic_and_mixed():
-    from gistify_bench.vlm_train import training_examples
+    from gistify_bench.train.vlm import training_examples
 
     a, b = training_examples(7, 8, 0), training_examples(7, 8, 0)
     assert [(e.question, e.answer) for e in a] == [(e.question, e.answer) for e in b]
@@ -221,7 +220,7 @@ def test_shipped_vlm_answers_held_out_questions():
 
 
 def test_quadrant_cells_match_where_composites_paste_their_images():
-    from gistify_bench.vlm_train import quadrant_cells
+    from gistify_bench.vlm.model import quadrant_cells
 
     cells = quadrant_cells().view(GRID, GRID)
     assert cells.flatten().bincount().tolist() == [N // 4] * 4
