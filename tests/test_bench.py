@@ -220,3 +220,110 @@ def test_peak_rss_measure():
     block = bytearray(64 * 1024 * 1024)  # touch 64 MB: the peak must rise by about that much
     block[::4096] = b"x" * len(block[::4096])
     assert rss_mb() - before > 50 and rss_mb("VmRSS") > 0
+
+
+# -- the seams of the harness's layout: dataclass command lines, measurements, every family's report ----------------
+
+
+def test_dataclass_configs_make_the_command_line():
+    from dataclasses import dataclass
+
+    from gistify_bench.options import check, from_args, option, parser_for
+
+    @dataclass
+    class Config:
+        steps: int = option(3, "optimizer steps")
+        lr: float = option(0.1, "learning rate")
+        mode: str = option("a", "which mode", ("a", "b"))
+        flag: bool = option(True, "a switch")
+        out: str | None = option(None, "where results go")
+        seeds: tuple = option((0,), "seeds")
+
+        def __post_init__(self):
+            check(self)
+
+    p = parser_for(Config, "prog")
+    args = ["--steps", "5", "--mode", "b", "--no-flag", "--out", "x", "--seeds", "1", "2"]
+    assert from_args(Config, p.parse_args(args)) == Config(steps=5, mode="b", flag=False, out="x", seeds=(1, 2))
+    assert from_args(Config, p.parse_args([])) == Config()
+    assert "optimizer steps (default 3)" in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mode", "c"])
+    with pytest.raises(ValueError, match="mode must be one of a, b"):
+        Config(mode="c")
+
+
+def test_trainer_configs_validate_and_reproduce_their_command():
+    from gistify_bench.train import controller, oracle, vlm
+    from gistify_bench.train import vist as vist_train
+
+    c = vist_train.parse(["--steps", "7", "--no-pve", "--local", "--copy", "0.5", "--inject", "prefix"])
+    assert (c.steps, c.pve, c.local, c.copy, c.inject) == (7, False, True, 0.5, "prefix") and c.out is None
+    assert c.command().startswith("python -m gistify_bench.train.vist ")
+    assert vist_train.parse(c.command().split()[3:]) == c  # the card's command is the run
+    assert c.pve_config().weight == 0.0 and c.model_config().local_latents
+    with pytest.raises(ValueError, match="steps"):
+        vist_train.VistTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="mask"):
+        vist_train.VistTrainConfig(mask="most")
+    settings = controller.ControllerConfig(ship=True, out="x").settings()
+    assert "out" not in settings and "ship" not in settings and settings["samples"] == 4
+    assert oracle.parse(["--steps", "3", "--no-progress"]).progress is False
+    with pytest.raises(ValueError, match="copy"):
+        oracle.OracleConfig(copy=2.0)
+    with pytest.raises(ValueError, match="batch"):
+        vlm.VLMTrainConfig(batch=0)
+
+
+def test_output_root_is_resolved_and_the_default_is_documented(tmp_path, monkeypatch, capsys):
+    from gistify_bench.options import resolve_out
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_out(None, "vist") == tmp_path / "results" / "vist"
+    assert resolve_out("rel") == tmp_path / "rel" and "output: " in capsys.readouterr().err
+
+
+def test_measurements_write_one_document_under_their_family(tmp_path):
+    from gistify_bench.eval.report import vist as vist_report
+    from gistify_bench.eval.runner import measure, run
+    from gistify_bench.eval.task import Measurement, get_task, register, tasks_of
+
+    class Echo(Measurement):
+        family = "vist"
+        result = "echo"
+
+        def run(self, options):
+            return {"options": options}
+
+    if "echo-test" not in TASKS:
+        register("echo-test", Echo())
+    assert measure("echo-test", tmp_path, {"a": 1}) == {"options": {"a": 1}}
+    assert json.loads((tmp_path / "vist/echo.json").read_text()) == {"options": {"a": 1}}
+    with pytest.raises(ValueError, match="measurement"):
+        run("echo-test", ["random"], [0.5], 1, tmp_path)
+    assert isinstance(get_task("vist-lm"), Measurement) and "echo-test" in tasks_of("vist")
+    assert {"easyvqa", "easyvqa-4", "vision-speed"} <= set(tasks_of("vision"))
+    written = report.write(tmp_path)
+    assert list(written) == ["vist"] and written["vist"][0].read_text().startswith("# vist against text")
+    assert vist_report.report(tmp_path / "vist") == written["vist"][0].read_text()
+
+
+def test_method_lists_come_from_the_registry():
+    import gistify
+    from gistify_bench.eval.cli import methods_for
+
+    assert methods_for("vision", None) == list(gistify.methods("vision"))
+    assert methods_for("text", None) == ["reinforce", "selfinfo", "random", "truncate"]
+    assert methods_for("text", "all") == list(gistify.methods("text"))
+    assert methods_for("text", "reinforce,llmlingua,kvpress-snapkv") == ["reinforce", "llmlingua", "kvpress-snapkv"]
+    with pytest.raises(ValueError, match="unknown vision method"):
+        methods_for("vision", "recover,llmlingua")
+
+
+def test_bench_lists_tasks_by_family(capsys):
+    from gistify_bench.cli import main
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["text", "vision", "vist"]
+    assert "needle-single-1k" in lines[0] and "easyvqa-4" in lines[1] and "vist-cost" in lines[2]

@@ -40,7 +40,7 @@ def methods_for(family: str, spec: str | None) -> list[str]:
     known = list(gistify.methods(family))
     if spec is None:
         return list(TEXT_METHODS) if family == "text" else known
-    names = known if spec == "all" else [m for m in spec.split(",") if m]
+    names = list(known) if spec == "all" else [m for m in spec.split(",") if m]
     if family == "text":
         from gistify_bench.eval.peers import kv_presses, lingua
 
