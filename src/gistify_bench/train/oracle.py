@@ -112,8 +112,8 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
         from gistify_bench.data import wikipedia
 
         corpus = {"train": wikipedia("train"), "eval": wikipedia("eval")}
-    config = VistConfig(dim=config.dim, xattn_every=config.xattn_every)
-    model = VistModel(lm.to(getattr(torch, config.llm_dtype)), tokenizer, config)
+    vist_config = VistConfig(dim=config.dim, xattn_every=config.xattn_every)
+    model = VistModel(lm.to(getattr(torch, config.llm_dtype)), tokenizer, vist_config)
     oracle = OracleMemory(lm.get_input_embeddings(), model.xattn.memory_dim, 2 * config.distant_tokens)
     # the line features are never used here, only the windows' text: the records the vist trainer cached give the lines
     shape = Windowing(config.distant_tokens, config.proximal_tokens)
