@@ -135,7 +135,9 @@ class VQA(CellTask):
         vlm = load_vlm()
         questions = self.examples(n, seed)
         cells = self.cells(list(methods or vision_methods()), list(keeps or KEEPS))
-        encoded = batches(vlm, [q.example for q in questions])
+        # the encoded batches, each with its questions (ids): every cell reuses them
+        encoded = [(questions[j * BATCH : (j + 1) * BATCH], x) for j, (_, x) in
+                   enumerate(batches(vlm, [q.example for q in questions]))]  # fmt: skip
         with torch.no_grad(), progress_bar(len(cells), task_name, show_progress) as advance:
 
             def evaluate(method, keep, todo):
