@@ -1,6 +1,6 @@
 """Train the small VLM (gistify_bench.vlm): one command, with progress and resumption.
 
-    python -m gistify_bench.vlm_train [--steps 600] [--out DIR] [--ship]
+    python -m gistify_bench.train.vlm [--steps 600] [--out DIR] [--ship]
 
 Two stages, both on the "train" split of easy-vqa (gistify_bench.vlm.vqa), the encoder and the LLM frozen:
 1. align: the attention probe and the question head, contrastively: image level (multi-positive InfoNCE: a text

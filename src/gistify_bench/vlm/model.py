@@ -143,7 +143,7 @@ class GistVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> GistVLM:
-        """The shipped VLM (or weights saved by vlm_train at `path`), on the embedded SmolLM2."""
+        """The shipped VLM (or weights saved by gistify_bench.train.vlm at `path`), on the embedded SmolLM2."""
         from safetensors.torch import load_file
 
         from gistify.models import load
