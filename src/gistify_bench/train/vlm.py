@@ -2,7 +2,8 @@
 
     python -m gistify_bench.train.vlm [--steps 600] [--out DIR] [--ship]
 
-Two stages, both on the "train" split of easy-vqa (gistify_bench.vlm.vqa), the encoder and the LLM frozen:
+Settings: VLMTrainConfig. Two stages, both on the "train" split of easy-vqa (gistify_bench.vlm.vqa), the encoder
+and the LLM frozen:
 1. align: the attention probe and the question head, contrastively: image level (multi-positive InfoNCE: a text
    such as "what is the blue shape?" matches every blue image of the batch) and region level (a composite's
    question against its cells, the asked quadrant's cells positive). Minutes: it reads cached encoder features.
