@@ -10,8 +10,8 @@ import json
 import sys
 
 import gistify
-from gistify_bench.task import found
-from gistify_bench.tasks.wiki import ClozeQA
+from gistify_bench.eval.task import found
+from gistify_bench.eval.tasks.wiki import ClozeQA
 
 n, configs = int(sys.argv[1]), json.loads(sys.argv[2])
 examples = ClozeQA(length=1024, split="train").examples(n, seed=0)

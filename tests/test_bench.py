@@ -5,10 +5,10 @@ import json
 import pytest
 
 from conftest import prose
-from gistify_bench import report
-from gistify_bench.reader import Reader
-from gistify_bench.runner import run
-from gistify_bench.task import TASKS, Example, Task, found, normalize, register
+from gistify_bench.eval import report
+from gistify_bench.eval.reader import Reader
+from gistify_bench.eval.runner import run
+from gistify_bench.eval.task import TASKS, Example, Task, found, normalize, register
 
 
 class ToyTask(Task):
@@ -72,7 +72,8 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
         ("truncate", 0.5),
         ("truncate", 0.2),
     ]
-    recs = [json.loads(line) for line in (tmp_path / "toy/tiny/random/keep=0.2/records.jsonl").read_text().splitlines()]
+    path = tmp_path / "text/toy/tiny/random/keep=0.2/records.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in recs] == ["0-0", "0-1", "0-2"]
     for r in recs:
         assert abs(r["tokens_out"] - 0.2 * r["tokens_in"]) <= 2 and r["agreement"] in (0.0, 1.0)
@@ -88,7 +89,7 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
     assert calls == []
     monkeypatch.undo()
     # an interrupted cell resumes where it stopped
-    path = tmp_path / "toy/tiny/truncate/keep=0.5/records.jsonl"
+    path = tmp_path / "text/toy/tiny/truncate/keep=0.5/records.jsonl"
     path.write_text(path.read_text().splitlines()[0] + "\n")
     go(["truncate"], [0.5])
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0-0", "0-1", "0-2"]
@@ -96,7 +97,7 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
 
 def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
     run("toy", ["random"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
-    md, png = report.write(tmp_path)
+    md, png = report.write(tmp_path)["text"]
     table = md.read_text()
     assert (
         "### toy (reader tiny, n=2; score = accuracy)" in table
@@ -129,7 +130,7 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
             cell("longllmlingua", 0.33, 0.75, 3.0),
         ]
     }
-    checks = report.goal_check(cells)
+    checks = report.text.goal_check(cells)
     assert "pass: qa-1k (r) keep 0.33: reinforce 0.70 vs llmlingua 0.50" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce 0.70 vs longllmlingua 0.75" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce keeps 87% of the uncompressed score" in checks
@@ -137,7 +138,7 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
 
 
 def test_unknown_task_lists_known():
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     with pytest.raises(ValueError, match="needle-single-1k"):
         get_task("nope")
@@ -147,7 +148,7 @@ def test_unknown_task_lists_known():
 @pytest.mark.parametrize("kind", ["single", "multikey", "multivalue"])
 def test_needle_examples_on_real_prose(kind):
     from gistify.models import load
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task(f"needle-{kind}-1k")
     examples = task.examples(2, seed=5)
@@ -168,7 +169,7 @@ def test_needle_examples_on_real_prose(kind):
 def test_cloze_qa_examples_are_checked():
     import re
 
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("qa-1k")
     for ex in task.examples(3, seed=2):
@@ -185,7 +186,7 @@ def test_cloze_qa_examples_are_checked():
 
 @pytest.mark.real
 def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenizer):
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("lm-1k")
     (ex,) = task.examples(1, seed=3)
@@ -198,7 +199,7 @@ def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenize
 
 @pytest.mark.real
 def test_icl_examples_and_scoring():
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task("icl-topics")
     (ex,) = task.examples(1, seed=4)
@@ -212,10 +213,117 @@ def test_icl_examples_and_scoring():
 
 
 def test_peak_rss_measure():
-    from gistify_bench.measure import reset_peak_rss, rss_mb
+    from gistify_bench.eval.measure import reset_peak_rss, rss_mb
 
     assert reset_peak_rss()
     before = rss_mb()
     block = bytearray(64 * 1024 * 1024)  # touch 64 MB: the peak must rise by about that much
     block[::4096] = b"x" * len(block[::4096])
     assert rss_mb() - before > 50 and rss_mb("VmRSS") > 0
+
+
+# -- the seams of the harness's layout: dataclass command lines, measurements, every family's report ----------------
+
+
+def test_dataclass_configs_make_the_command_line():
+    from dataclasses import dataclass
+
+    from gistify_bench.options import check, from_args, option, parser_for
+
+    @dataclass
+    class Config:
+        steps: int = option(3, "optimizer steps")
+        lr: float = option(0.1, "learning rate")
+        mode: str = option("a", "which mode", ("a", "b"))
+        flag: bool = option(True, "a switch")
+        out: str | None = option(None, "where results go")
+        seeds: tuple = option((0,), "seeds")
+
+        def __post_init__(self):
+            check(self)
+
+    p = parser_for(Config, "prog")
+    args = ["--steps", "5", "--mode", "b", "--no-flag", "--out", "x", "--seeds", "1", "2"]
+    assert from_args(Config, p.parse_args(args)) == Config(steps=5, mode="b", flag=False, out="x", seeds=(1, 2))
+    assert from_args(Config, p.parse_args([])) == Config()
+    assert "optimizer steps (default 3)" in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--mode", "c"])
+    with pytest.raises(ValueError, match="mode must be one of a, b"):
+        Config(mode="c")
+
+
+def test_trainer_configs_validate_and_reproduce_their_command():
+    from gistify_bench.train import controller, oracle, vlm
+    from gistify_bench.train import vist as vist_train
+
+    c = vist_train.parse(["--steps", "7", "--no-pve", "--local", "--copy", "0.5", "--inject", "prefix"])
+    assert (c.steps, c.pve, c.local, c.copy, c.inject) == (7, False, True, 0.5, "prefix") and c.out is None
+    assert c.command().startswith("python -m gistify_bench.train.vist ")
+    assert vist_train.parse(c.command().split()[3:]) == c  # the card's command is the run
+    assert c.pve_config().weight == 0.0 and c.model_config().local_latents
+    with pytest.raises(ValueError, match="steps"):
+        vist_train.VistTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="mask"):
+        vist_train.VistTrainConfig(mask="most")
+    settings = controller.ControllerConfig(ship=True, out="x").settings()
+    assert "out" not in settings and "ship" not in settings and settings["samples"] == 4
+    assert oracle.parse(["--steps", "3", "--no-progress"]).progress is False
+    with pytest.raises(ValueError, match="copy"):
+        oracle.OracleConfig(copy=2.0)
+    with pytest.raises(ValueError, match="batch"):
+        vlm.VLMTrainConfig(batch=0)
+
+
+def test_output_root_is_resolved_and_the_default_is_documented(tmp_path, monkeypatch, capsys):
+    from gistify_bench.options import resolve_out
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_out(None, "vist") == tmp_path / "results" / "vist"
+    assert resolve_out("rel") == tmp_path / "rel" and "output: " in capsys.readouterr().err
+
+
+def test_measurements_write_one_document_under_their_family(tmp_path):
+    from gistify_bench.eval.report import vist as vist_report
+    from gistify_bench.eval.runner import measure, run
+    from gistify_bench.eval.task import Measurement, get_task, register, tasks_of
+
+    class Echo(Measurement):
+        family = "vist"
+        result = "echo"
+
+        def run(self, options):
+            return {"options": options}
+
+    if "echo-test" not in TASKS:
+        register("echo-test", Echo())
+    assert measure("echo-test", tmp_path, {"a": 1}) == {"options": {"a": 1}}
+    assert json.loads((tmp_path / "vist/echo.json").read_text()) == {"options": {"a": 1}}
+    with pytest.raises(ValueError, match="measurement"):
+        run("echo-test", ["random"], [0.5], 1, tmp_path)
+    assert isinstance(get_task("vist-lm"), Measurement) and "echo-test" in tasks_of("vist")
+    assert {"easyvqa", "easyvqa-4", "vision-speed"} <= set(tasks_of("vision"))
+    written = report.write(tmp_path)
+    assert list(written) == ["vist"] and written["vist"][0].read_text().startswith("# vist against text")
+    assert vist_report.report(tmp_path / "vist") == written["vist"][0].read_text()
+
+
+def test_method_lists_come_from_the_registry():
+    import gistify
+    from gistify_bench.eval.cli import methods_for
+
+    assert methods_for("vision", None) == list(gistify.methods("vision"))
+    assert methods_for("text", None) == ["reinforce", "selfinfo", "random", "truncate"]
+    assert methods_for("text", "all") == list(gistify.methods("text"))
+    assert methods_for("text", "reinforce,llmlingua,kvpress-snapkv") == ["reinforce", "llmlingua", "kvpress-snapkv"]
+    with pytest.raises(ValueError, match="unknown vision method"):
+        methods_for("vision", "recover,llmlingua")
+
+
+def test_bench_lists_tasks_by_family(capsys):
+    from gistify_bench.cli import main
+
+    assert main(["tasks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["text", "vision", "vist"]
+    assert "needle-single-1k" in lines[0] and "easyvqa-4" in lines[1] and "vist-cost" in lines[2]

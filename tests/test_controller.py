@@ -13,7 +13,7 @@ from conftest import prose
 
 
 def test_policy_step_moves_weight_towards_the_rewarded_feature():
-    from gistify_bench.controller import Settings, policy_step
+    from gistify_bench.train.controller import ControllerConfig, policy_step
 
     torch.manual_seed(0)
     features = torch.randn(300, 3)
@@ -24,7 +24,7 @@ def test_policy_step_moves_weight_towards_the_rewarded_feature():
 
     theta = torch.nn.Parameter(torch.tensor([0.0, 0.0, 0.0, 0.0]))
     opt = torch.optim.Adam([theta], lr=0.05)
-    s, state, rng = Settings(samples=4), {"baseline": None}, random.Random(0)
+    s, state, rng = ControllerConfig(samples=4), {"baseline": None}, random.Random(0)
     for _ in range(40):
         policy_step(theta, opt, features, reward_of, s, state, rng)
     b1, b2, b3, _ = theta.detach().tolist()
@@ -33,16 +33,16 @@ def test_policy_step_moves_weight_towards_the_rewarded_feature():
 
 @pytest.fixture()
 def tiny_input(tiny_scorer):
-    from gistify_bench.controller import make_input
+    from gistify_bench.train.controller import make_input
 
     text = prose()[:1500]
     return make_input(tiny_scorer, text, "The aardwolf eats ___ termites a night.", "200,000")
 
 
 def test_reward_of_the_full_context_is_the_uncompressed_read(tiny_scorer, tiny_input):
-    from gistify_bench.controller import Settings, reward
+    from gistify_bench.train.controller import ControllerConfig, reward
 
-    s = Settings()
+    s = ControllerConfig()
     n = len(tiny_input.context_ids)
     assert tiny_input.features.shape == (n, 3) and torch.isfinite(tiny_input.features).all()
     r, parts = reward(tiny_scorer.model, [tiny_scorer.tokenizer.bos_token_id], tiny_input, torch.ones(n, dtype=bool), s)
@@ -55,11 +55,11 @@ def test_reward_of_the_full_context_is_the_uncompressed_read(tiny_scorer, tiny_i
 
 
 def test_training_resumes_and_writes_weights(tiny_scorer, tiny_input, tmp_path):
-    from gistify_bench.controller import Settings, train
+    from gistify_bench.train.controller import ControllerConfig, train
 
     state = tmp_path / "state.pt"
-    one = train(Settings(epochs=1, samples=2), tmp_path / "a.json", state, False, tiny_scorer, [tiny_input])
-    two = train(Settings(epochs=2, samples=2), tmp_path / "b.json", state, False, tiny_scorer, [tiny_input])
+    one = train(ControllerConfig(epochs=1, samples=2), tmp_path / "a.json", state, False, tiny_scorer, [tiny_input])
+    two = train(ControllerConfig(epochs=2, samples=2), tmp_path / "b.json", state, False, tiny_scorer, [tiny_input])
     assert len(one["curve"]) == 1 and len(two["curve"]) == 2 and two["curve"][0] == one["curve"][0]
     written = json.loads((tmp_path / "b.json").read_text())
     assert written["weights"] == two["weights"] and all(math.isfinite(w) for w in written["weights"])

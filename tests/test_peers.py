@@ -5,10 +5,10 @@ import math
 import pytest
 
 from conftest import prose
-from gistify_bench.peers import kv_presses, lingua
-from gistify_bench.reader import Reader
-from gistify_bench.runner import Compression, run_cell
-from gistify_bench.task import Example, Task, get_task
+from gistify_bench.eval.peers import kv_presses, lingua
+from gistify_bench.eval.reader import Reader
+from gistify_bench.eval.runner import Compression, run_cell
+from gistify_bench.eval.task import Example, Task, get_task
 
 pytestmark = pytest.mark.real
 

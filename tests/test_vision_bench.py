@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gistify_bench.flops import VICUNA_7B, Decoder, llava_table
-from gistify_bench.vision_report import accuracy_tables, checks
+from gistify_bench.eval.flops import VICUNA_7B, Decoder, llava_table
+from gistify_bench.eval.report.vision import accuracy_tables, checks
 
 
 def test_flops_counter_matches_a_hand_count():

@@ -1,13 +1,15 @@
-"""vist's training and inference (gistify/vist/pve.py, gistify/vist/model.py, gistify_bench/vist_train.py): PVE
-prefers matching pairs, frequency masking masks frequent tokens, the feature queue, a tiny training run on real
-prose that lowers the loss and resumes exactly, per-line cached features equal what inference computes, the
-inference API and `compress(method="vist")`. Tiny random Llama, tiny resampler; the encoder is a fake that draws
-features from each line's characters, except in one test that reads two short lines with PP-OCRv6."""
+"""vist's training and inference (gistify/vist/pve.py, gistify/vist/model.py, gistify_bench/train/vist/,
+gistify_bench/vist/) and its benchmarks (gistify_bench/eval/tasks/vist_*.py): PVE prefers matching pairs, frequency
+masking masks frequent tokens, the feature queue, a tiny training run on real prose that lowers the loss and
+resumes exactly, per-line cached features equal what inference computes, the inference API and
+`compress(method="vist")`. Tiny random Llama, tiny resampler; the encoder is a fake that draws features from each
+line's characters, except in one test that reads two short lines with PP-OCRv6."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,12 +17,17 @@ import torch
 
 from conftest import prose, tiny_llama
 from gistify.vist.compress import compress
-from gistify.vist.config import VistConfig, VistWeightsError
+from gistify.vist.config import TRAIN_COMMAND, VistConfig, VistWeightsError
 from gistify.vist.encoder import Encoded
 from gistify.vist.memory import group_lines
 from gistify.vist.model import VistModel
 from gistify.vist.pve import FeatureQueue, PVEConfig, importance, mask_positions, pve_loss, token_counts
-from gistify_bench import vist_train
+from gistify_bench.eval.report.vist import report
+from gistify_bench.eval.runner import write_json
+from gistify_bench.eval.tasks import vist_cost, vist_icl, vist_lm, vist_runs
+from gistify_bench.train import vist as vist_train
+from gistify_bench.train.vist import loop
+from gistify_bench.vist import corpus as vist_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,7 +65,7 @@ TINY = dict(lines_per_image=4, latents=4, dim=32, depth=1, heads=2, head_dim=8, 
 
 
 def tiny_args(out, *extra):
-    return vist_train.parser().parse_args(
+    return vist_train.parse(
         [
             *("--out", str(out), "--distant-tokens", "96", "--proximal-tokens", "24", "--batch", "4"),
             *("--lines-per-image", "4", "--latents", "4", "--dim", "32", "--depth", "1", "--heads", "2"),
@@ -165,15 +172,15 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
     def losses(state=None):
         """LM and PVE (in-batch negatives) losses of one fixed batch of training windows."""
         torch.manual_seed(args.seed)
-        model = VistModel(lm, tiny_tokenizer, vist_train.config_from(args), enc)
-        data = vist_train.Corpus(corpus()["train"], model, enc, tmp_path / "a" / "features", args, "train")
+        model = VistModel(lm, tiny_tokenizer, args.model_config(), enc)
+        data = vist_corpus.Corpus(corpus()["train"], model, enc, tmp_path / "a" / "features", args.windowing, "train")
         model.set_token_counts(token_counts(data.texts, tiny_tokenizer, len(tiny_tokenizer)), len(data.windows))
         if state is not None:
             model.load_trained(state)
-        batch = data.batch(vist_train.windows_for(data, 10_000, 0, 8, 0))
+        batch = data.batch(vist_corpus.windows_for(data, 10_000, 0, 8, 0))
         scores = model.importance()
         with torch.no_grad():
-            _, info = vist_train.step_loss(model, batch, PVEConfig(queue=0), None, torch.Generator(), scores)
+            _, info = loop.step_loss(model, batch, PVEConfig(queue=0), None, torch.Generator(), scores)
         return info
 
     before, after = losses(), losses(torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["trained"])
@@ -205,8 +212,8 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
 
 def test_training_standardises_features_with_the_corpus_statistics(trained, lm, tiny_tokenizer, tmp_path):
     model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
-    data = vist_train.Corpus(
-        corpus()["train"], model, model.encoder, tmp_path / "features", tiny_args(tmp_path), "train"
+    data = vist_corpus.Corpus(
+        corpus()["train"], model, model.encoder, tmp_path / "features", tiny_args(tmp_path).windowing, "train"
     )
     data.ensure(None, log=lambda _: None)
     mean, std = data.feature_stats()
@@ -229,9 +236,9 @@ def test_training_standardises_features_with_the_corpus_statistics(trained, lm, 
 def test_copy_windows_repeat_a_passage_of_their_distant_part(lm, tiny_tokenizer, tmp_path):
     model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
     args = tiny_args(tmp_path)
-    data = vist_train.Corpus(corpus()["train"], model, model.encoder, tmp_path / "features", args, "train")
-    windows = vist_train.windows_for(data, 3, 0, 8, 0, copy=0.5)
-    assert windows == vist_train.windows_for(data, 3, 0, 8, 0, copy=0.5)  # a function of (seed, step, micro)
+    data = vist_corpus.Corpus(corpus()["train"], model, model.encoder, tmp_path / "features", args.windowing, "train")
+    windows = vist_corpus.windows_for(data, 3, 0, 8, 0, copy=0.5)
+    assert windows == vist_corpus.windows_for(data, 3, 0, 8, 0, copy=0.5)  # a function of (seed, step, micro)
     copies = [w for w in windows if w.start is not None]
     assert len(copies) == 4 and all(w.first <= w.start < w.split for w in copies)
     batch = data.batch(windows)
@@ -251,14 +258,14 @@ def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_p
     text = "The aardwolf is a small insectivorous mammal.\nIt eats termites at night, by the thousand."
     encoder = TextImageEncoder()
     model = VistModel(lm, tiny_tokenizer, VistConfig(**TINY, font_size=24), encoder)
-    lf = vist_train.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")
+    lf = vist_corpus.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")
     lf.ensure(range(len(lf)))
     assert len(lf) >= 2 and lf.have.all()
     pages = model.read([text[int(lf.spans[1, 0]) :]])[0]  # from the second line on, rendered alone
     cached = lf.pages(1, len(lf))
     assert torch.allclose(pages.features.float(), cached.features, rtol=2e-3, atol=2e-3)  # both float16-rounded
     assert torch.equal(pages.mask, cached.mask) and pages.mask.any()
-    again = vist_train.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")  # read back from disk
+    again = vist_corpus.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")  # read back from disk
     assert again.have.all() and np.array_equal(again.spans, lf.spans)
 
 
@@ -333,60 +340,57 @@ def test_compress_with_vist(trained, lm, tiny_tokenizer):
 def test_missing_weights_say_how_to_make_them(tmp_path):
     import gistify
 
-    with pytest.raises(VistWeightsError, match="gistify_bench.vist_train"):
+    with pytest.raises(VistWeightsError, match=re.escape(TRAIN_COMMAND)):
         VistModel.from_pretrained(tmp_path / "vist.safetensors")
-    with pytest.raises(VistWeightsError, match="gistify_bench.vist_train"):
+    with pytest.raises(VistWeightsError, match=re.escape(TRAIN_COMMAND)):
         gistify.compress("Some context to read.", method="vist", weights=tmp_path / "none.safetensors")
 
 
-# -- gistify_bench.vist_bench -------------------------------------------------------------------------------------
+# -- gistify_bench.eval.tasks.vist_* ------------------------------------------------------------------------------
 
 
 def test_the_lm_task_scores_every_way_on_the_same_tokens(trained, lm, tiny_tokenizer, tmp_path):
-    from gistify_bench import vist_bench
 
     m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
     articles = {"astronaut": prose("astronaut.txt")[:5000], "abacus": prose("abacus.txt")[:5000]}
-    r = vist_bench.lm_task(m, articles, distant=96, n=3, cache=tmp_path)
+    r = vist_lm.lm_task(m, articles, distant=96, n=3, cache=tmp_path)
     ways = r["ways"]
     assert set(ways) == {"none", "vist", "shuffled", "truncate", "reinforce", "full"}
     assert set(r["scored_tokens"].values()) == {128 * r["windows"]} and r["windows"] == 3  # as each way counted
     assert all(math.isfinite(w["nll"]) and w["ppl"] > 1 for w in ways.values())
     # truncation reads as many LLM-side tokens as vist; reinforce at most as many; none the fewest, full the most
     assert ways["truncate"]["llm_tokens"] == ways["vist"]["llm_tokens"] >= ways["reinforce"]["llm_tokens"]
-    assert ways["none"]["llm_tokens"] == vist_bench.PROXIMAL < ways["vist"]["llm_tokens"] < ways["full"]["llm_tokens"]
+    assert ways["none"]["llm_tokens"] == vist_lm.PROXIMAL < ways["vist"]["llm_tokens"] < ways["full"]["llm_tokens"]
     assert 0.5 * 96 <= r["distant_tokens"] <= 96
 
 
 def test_icl_data_is_balanced_and_never_names_the_label():
-    from gistify_bench import vist_bench
 
     articles = {n.capitalize(): prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere", "astronaut")}
-    d = vist_bench.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)
+    d = vist_icl.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)
     assert len(d["labels"]) == 3 and len(d["tests"]) == 12
     counts = [sum(y == label for _, y in d["demos"]) for label in d["labels"]]
     assert max(counts) - min(counts) <= 1 and sum(counts) == 8
     assert not {x for x, _ in d["demos"]} & {x for x, _ in d["tests"]}
     for x, y in d["demos"] + d["tests"]:
         assert y.lower() not in x.lower()
-    assert d == vist_bench.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)  # a function of the seed
+    assert d == vist_icl.icl_data(articles, classes=3, demos=8, per_class=4, seed=1)  # a function of the seed
     with pytest.raises(ValueError, match="enough sentences"):
-        vist_bench.icl_data(articles, classes=5, demos=8, per_class=4, seed=1)
+        vist_icl.icl_data(articles, classes=5, demos=8, per_class=4, seed=1)
     # a title names its sentences in any inflection; a short title (no word over 3 letters) is matched whole
     amps = "Amperes measure the current that flows in a wire today."
     dna = "The DNA of a cell is very long and folded up tightly."
     ants = "Ants are not named here at all, not even once, really."
     text = " ".join([amps, dna, ants])
-    assert vist_bench.sentences(text, "Ampere") == [dna, ants]
-    assert vist_bench.sentences(text, "DNA") == [amps, ants]
+    assert vist_icl.sentences(text, "Ampere") == [dna, ants]
+    assert vist_icl.sentences(text, "DNA") == [amps, ants]
 
 
 def test_the_icl_task_scores_labels_each_way(trained, lm, tiny_tokenizer):
-    from gistify_bench import vist_bench
 
     m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
     articles = {n.capitalize(): prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere")}
-    r = vist_bench.icl_task(m, articles, classes=2, per_class=2, seed=0, distant_demos=4)
+    r = vist_icl.icl_task(m, articles, classes=2, per_class=2, seed=0, distant_demos=4)
     assert r["tests"] == 4 and r["visual_tokens"] > 0
     ways = r["ways"]
     assert all(0 <= w["accuracy"] <= 1 and 0 <= w["accuracy_calibrated"] <= 1 for w in ways.values())
@@ -396,17 +400,16 @@ def test_the_icl_task_scores_labels_each_way(trained, lm, tiny_tokenizer):
 
 
 def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_tokenizer):
-    from gistify_bench import vist_bench
 
     m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
     context = tiny_tokenizer("Sentence: The aardwolf eats termites.\nTopic: Aardwolf\n\n")["input_ids"]
     memory = m.memory(m.read(["The abacus is a counting frame.\nThe ampere is a unit of current."]))
     prompt, labels = "Sentence: It counts beads.\nTopic:", ["Abacus", "Aardwolf", "Ampere unit of current"]
     for ctx, mem in ((context, None), ([], memory), (context, memory)):
-        got = vist_bench.label_scores(m, vist_bench.context_cache(m, ctx, mem), mem, prompt, labels)
+        got = vist_icl.label_scores(m, vist_icl.context_cache(m, ctx, mem), mem, prompt, labels)
         head = ctx + tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
         rows = [head + tiny_tokenizer(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
-        ids, mask = vist_train._pad(rows)
+        ids, mask = vist_corpus.pad(rows)
         scored = torch.arange(ids.shape[1])[None, :] >= len(head)
         from gistify.vist.memory import Memory
 
@@ -420,7 +423,7 @@ def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_toke
 def test_onnx_flops_count_convolutions_and_matmuls():
     from onnx import TensorProto, helper, numpy_helper
 
-    from gistify_bench.flops import Decoder, onnx_flops
+    from gistify_bench.eval.flops import Decoder, onnx_flops
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     m = numpy_helper.from_array(np.ones((256, 10), np.float32), "m")
@@ -448,17 +451,16 @@ def test_onnx_flops_count_convolutions_and_matmuls():
 
 
 def test_the_cost_task_and_the_report(trained, lm, tiny_tokenizer, tmp_path):
-    from gistify_bench import vist_bench
 
     m = VistModel.from_pretrained(trained, lm, tiny_tokenizer, FakeEncoder())
-    r = vist_bench.cost_task(m, {"astronaut": prose("astronaut.txt")[:4000]}, [200], new_tokens=2)
+    r = vist_cost.cost_task(m, {"astronaut": prose("astronaut.txt")[:4000]}, [200], new_tokens=2)
     row = r["rows"][0]
-    assert row["plain"]["llm_tokens"] == 200 + vist_bench.PROXIMAL
-    assert row["vist"]["llm_tokens"] == row["vist"]["visual_tokens"] + vist_bench.PROXIMAL
+    assert row["plain"]["llm_tokens"] == 200 + vist_lm.PROXIMAL
+    assert row["vist"]["llm_tokens"] == row["vist"]["visual_tokens"] + vist_lm.PROXIMAL
     assert row["vist"]["lines"] > 0 and all(v > 0 for v in row["vist"]["flops_parts"].values())
     assert row["plain"]["seconds"] > 0 and row["vist"]["seconds"] >= row["vist"]["read_seconds"] > 0
-    vist_bench._write("cost", r, tmp_path)
-    assert "| 200 | 329 /" in vist_bench.report(tmp_path) and (tmp_path / "report.md").is_file()
+    write_json(tmp_path / "cost.json", r)
+    assert "| 200 | 329 /" in report(tmp_path) and (tmp_path / "report.md").is_file()
 
 
 def test_vist_is_listed_and_compress_takes_its_dataclass(trained, lm, tiny_tokenizer):
@@ -502,25 +504,24 @@ def test_resampling_images_in_chunks_gives_the_same_memory(lm, tiny_tokenizer):
 
 
 def test_diversity_tells_a_collapsed_memory(lm, tiny_tokenizer, tmp_path):
-    from gistify_bench import vist_bench
 
     m = VistModel(lm, tiny_tokenizer, VistConfig(**TINY), FakeEncoder())
     articles = {n: prose(f"{n}.txt") for n in ("aardwolf", "abacus", "ampere")}
-    live = vist_bench.diversity(m, articles, texts=3, chars=600)
+    live = vist_runs.diversity(m, articles, texts=3, chars=600)
     assert -1 <= live["across_slots"] < 0.99 and live["across_texts"] < 1.0
     with torch.no_grad():  # a resampler whose latents never take in what they attend to: the same memory always
         for attention, _ in m.resampler.layers:
             attention.to_out.weight.zero_()
-    dead = vist_bench.diversity(m, articles, texts=3, chars=600)
+    dead = vist_runs.diversity(m, articles, texts=3, chars=600)
     assert dead["across_texts"] == pytest.approx(1.0, abs=1e-4)
-    vist_bench._write("diversity", {"runs": {"live": live, "dead": dead}}, tmp_path)
-    assert f"| dead | {dead['across_texts']:.4f} |" in vist_bench.report(tmp_path)
+    write_json(tmp_path / "diversity.json", {"runs": {"live": live, "dead": dead}})
+    assert f"| dead | {dead['across_texts']:.4f} |" in report(tmp_path)
 
 
 def test_the_oracle_probe_trains_the_cross_attention_on_a_perfect_memory(lm, tiny_tokenizer, tmp_path):
-    from gistify_bench import vist_oracle
+    from gistify_bench.train import oracle as vist_oracle
 
-    args = vist_oracle.parser().parse_args(
+    args = vist_oracle.parse(
         [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--dim", "16", "--xattn-every", "2"),
          *("--distant-tokens", "96", "--proximal-tokens", "24", "--llm-dtype", "float32", "--eval-n", "4"),
          *("--eval-every", "10", "--cache", str(tmp_path), "--no-progress")]
@@ -530,10 +531,9 @@ def test_the_oracle_probe_trains_the_cross_attention_on_a_perfect_memory(lm, tin
     assert [c["step"] for c in curve] == [0, 10, 20] and result["held_out_copy_windows"] == 4
     assert curve[-1]["own"] < curve[0]["own"] - 0.03, curve  # the blocks and the map learn
     assert "--copy 1.0" in result["command"]
-    from gistify_bench import vist_bench
 
-    vist_bench._write("oracle", result, tmp_path)
-    assert f"| 20 | {curve[-1]['own']:.4f} |" in vist_bench.report(tmp_path)
+    write_json(tmp_path / "oracle.json", result)
+    assert f"| 20 | {curve[-1]['own']:.4f} |" in report(tmp_path)
     oracle = vist_oracle.OracleMemory(lm.get_input_embeddings(), 16, 8)
     ids = torch.tensor([[5, 6, 7], [7, 6, 5]])
     memory = oracle(ids)

@@ -11,8 +11,7 @@ import torch
 
 import gistify
 from conftest import tiny_llama
-from gistify_bench import vqa
-from gistify_bench.vlm import efficientnet
+from gistify_bench.vlm import efficientnet, vqa
 from gistify_bench.vlm.model import GRID, GistVLM, contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: see conftest.one_thread
@@ -198,7 +197,7 @@ def test_trained_state_round_trips(vlm, tiny_tokenizer):
 
 
 def test_training_batches_are_deterministic_and_mixed():
-    from gistify_bench.vlm_train import training_examples
+    from gistify_bench.train.vlm import training_examples
 
     a, b = training_examples(7, 8, 0), training_examples(7, 8, 0)
     assert [(e.question, e.answer) for e in a] == [(e.question, e.answer) for e in b]
@@ -221,10 +220,44 @@ def test_shipped_vlm_answers_held_out_questions():
 
 
 def test_quadrant_cells_match_where_composites_paste_their_images():
-    from gistify_bench.vlm_train import quadrant_cells
+    from gistify_bench.vlm.model import quadrant_cells
 
     cells = quadrant_cells().view(GRID, GRID)
     assert cells.flatten().bincount().tolist() == [N // 4] * 4
     # composite quadrant q is pasted at (64 * (q % 2), 64 * (q // 2)) of the 128-px canvas
     for q, (row, col) in enumerate([(0, 0), (0, GRID - 1), (GRID - 1, 0), (GRID - 1, GRID - 1)]):
         assert cells[row, col] == q
+
+
+def test_vqa_cells_run_through_the_runner_resume_and_feed_the_report(vlm, tmp_path, monkeypatch):
+    """The vision accuracy task on the tiny VLM: per-question records in the text tasks' cell layout, resumable, and
+    accuracy.json (what the vision report reads) gathered from the cells."""
+    import json
+
+    from gistify_bench.eval import report
+    from gistify_bench.eval.runner import run
+    from gistify_bench.eval.tasks import vqa as vqa_task
+
+    monkeypatch.setattr(vqa_task, "load_vlm", lambda: vlm)
+    cells = run("easyvqa-4", ["random", "recover"], [0.5], 3, tmp_path, seed=1, show_progress=False)
+    assert [(c["method"], c["keep"]) for c in cells] == [("none", 1.0), ("random", 0.5), ("recover", 0.5),
+                                                         ("recover", None)]  # fmt: skip
+    d = tmp_path / "vision/easyvqa-4/gistvlm"
+    recs = [json.loads(line) for line in (d / "random/keep=0.5/records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["1-0", "1-1", "1-2"] and all(r["tokens"] == N // 2 for r in recs)
+    assert all(0 <= r["on_target"] <= 1 for r in recs) and (d / "recover/keep=own/metrics.json").is_file()
+    none = json.loads((d / "none/keep=1/metrics.json").read_text())
+    assert (
+        none["tokens"] == N
+        and none["on_target"] == 0.25
+        and none["accuracy"]
+        == sum(r["correct"] for r in map(json.loads, (d / "none/keep=1/records.jsonl").read_text().splitlines())) / 3
+    )
+    acc = json.loads((tmp_path / "vision/accuracy.json").read_text())
+    assert acc["n"] == 3 and [(r["method"], r["keep"]) for r in acc["records"]][0] == ("none", 1.0)
+    assert {(r["method"], r["keep"]) for r in acc["records"]} == {(c["method"], c["keep"]) for c in cells}
+    # a second run computes nothing: every record is there
+    monkeypatch.setattr(vqa_task.VQA, "evaluate", lambda *a: pytest.fail("recomputed a recorded cell"))
+    run("easyvqa-4", ["random", "recover"], [0.5], 3, tmp_path, seed=1, show_progress=False)
+    written = report.write(tmp_path)
+    assert "vision" in written and "### easyvqa-4 (n = 3" in written["vision"][0].read_text()

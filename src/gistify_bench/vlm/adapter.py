@@ -4,7 +4,7 @@ GistVLM has one seam for reducers, `token_reducer`: set for the block, it receiv
 batch (B, N = 196, 155) and returns each image's tokens before the projector, as recover's reference reduces
 CLIP's features before LLaVA's projector. The context each method asks for:
 - cls_attention / keys: the trained attention probe's weights and keys (the analogue of CLIP's [CLS] attention
-  that research/methods.md §2.5 gives for towers without [CLS], like SigLIP's MAP-head probe);
+  that docs/methods.md §2.5 gives for towers without [CLS], like SigLIP's MAP-head probe);
 - patch_text / text: the probe's text-aligned patch values and the question head's embedding of the prompt,
   trained contrastively together (the analogue of CLIP's visual_projection and text tower);
 - visual_states / question_states: the projected tokens and the prompt's LLM input embeddings (reinforce);
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from gistify.vision.session import Session
 
 PROBE_NOTE = (
-    "cls_attention and keys are the analogue of research/methods.md §2.5 (EfficientNet has no [CLS]): the "
+    "cls_attention and keys are the analogue of docs/methods.md §2.5 (EfficientNet has no [CLS]): the "
     "weights and keys of GistVLM's trained attention-pooling probe"
 )
 TEXT_NOTE = (

@@ -1,13 +1,13 @@
 """A small LLaVA-style VLM built from real parts, for measuring visual-token reducers on a model that works.
 
-No pretrained VLM can be had offline (research/feasibility.md §5), so gistify trains one (`python -m
-gistify_bench.vlm_train`): a frozen pretrained vision encoder (EfficientNet-Lite0, ImageNet), a trained
+No pretrained VLM could be had offline (no model download; only small wheels), so gistify trains one (`python -m
+gistify_bench.train.vlm`): a frozen pretrained vision encoder (EfficientNet-Lite0, ImageNet), a trained
 two-layer MLP projector (LLaVA-1.5's design), and the frozen SmolLM2-135M-Instruct reading
 
     [K visual tokens] "\\nQuestion: {question}\\nAnswer:"  ->  " {answer}\\n"
 
 Because EfficientNet has no [CLS] token and no paired text tower, the model also carries the analogue of
-both that research/methods.md §2.5 describes for SigLIP-style towers, trained contrastively (not part of the
+both that docs/methods.md §2.5 describes for SigLIP-style towers, trained contrastively (not part of the
 answer path): an attention-pooling probe (a learned query over the patches, like SigLIP's MAP head) whose
 attention stands in for CLIP's [CLS] attention and whose value projection maps patches into a text-aligned
 space, and a question head mapping the question's mean LLM input embedding into that space. `recover` reads
@@ -143,14 +143,14 @@ class GistVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> GistVLM:
-        """The shipped VLM (or weights saved by vlm_train at `path`), on the embedded SmolLM2."""
+        """The shipped VLM (or weights saved by gistify_bench.train.vlm at `path`), on the embedded SmolLM2."""
         from safetensors.torch import load_file
 
         from gistify.models import load
 
         path = Path(path) if path else WEIGHTS
         if not path.exists():
-            raise FileNotFoundError(f"no VLM weights at {path}: train them with python -m gistify_bench.vlm_train")
+            raise FileNotFoundError(f"no VLM weights at {path}: train them with python -m gistify_bench.train.vlm")
         lm, tok = load()
         model = cls(lm.to(dtype), tok)
         model.load_trained(load_file(path))
@@ -264,3 +264,9 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, match: torch.Tenso
 
 
 __all__ = ["GRID", "GistVLM", "VLMInputs", "contrastive_loss"]
+
+
+def quadrant_cells(grid: int = GRID) -> torch.Tensor:
+    """(grid * grid,) the quadrant (0 top left .. 3 bottom right) of each cell of the row-major token grid."""
+    r = torch.arange(grid)
+    return ((r[:, None] * 2 // grid) * 2 + (r[None, :] * 2 // grid)).flatten()

@@ -1,6 +1,7 @@
 """Compression speed and memory of every text method on the embedded scorer.
 
-    python -m gistify_bench.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,llmlingua,longllmlingua]
+    python -m gistify_bench.eval.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,llmlingua]
+                                       [--out ROOT]
 
 Each method runs in a fresh process: the scorer is loaded and one warm-up run is made (not timed), the
 peak-RSS mark is reset, then `repeats` timed runs compress the same real document (the first `--tokens`
@@ -8,7 +9,8 @@ scorer tokens of examples/albedo.txt, or --file) at keep 0.2. Reported per metho
 1k input tokens, and peak RSS (whole process, and above the RSS after loading). The peers LLMLingua and
 LongLLMLingua are timed the same way around their worker process (same SmolLM2 scorer, inter-process
 transfer included; its cost is a JSON line), and their memory is the worker's. Results go to
-results/speed/<model>.json and a Markdown table on stdout. Times are for this machine only.
+ROOT/text/speed/<model>.json (ROOT: --out, default ./results) and a Markdown table on stdout. Times are for
+this machine only.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from gistify_bench import measure
-from gistify_bench.measure import reset_peak_rss, rss_mb
+from gistify_bench.eval import measure
+from gistify_bench.eval.measure import reset_peak_rss, rss_mb
+from gistify_bench.options import resolve_out
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "albedo.txt"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "albedo.txt"
 QUESTION = "What is the albedo of fresh snow?"
 
 
@@ -34,9 +37,9 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
     import torch
 
     from gistify.text.pipeline import _shared_scorer
-    from gistify_bench.peers import lingua
-    from gistify_bench.reader import Reader
-    from gistify_bench.runner import gistify_compressor
+    from gistify_bench.eval.peers import lingua
+    from gistify_bench.eval.reader import Reader
+    from gistify_bench.eval.runner import gistify_compressor
 
     scorer = _shared_scorer(model)
     ids = scorer.tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids[:tokens]
@@ -71,13 +74,13 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
     p.add_argument("--tokens", type=int, default=2000, help="input length in scorer tokens")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--file", type=Path, default=EXAMPLE)
     p.add_argument("--model", default=None, help="scorer (default: the embedded SmolLM2)")
-    p.add_argument("--out", type=Path, default=Path("results/speed"))
+    p.add_argument("--out", help="results root (default ./results); writes ROOT/text/speed/")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "gistify_bench.speed",
+            "gistify_bench.eval.speed",
             "--child",
             method,
             "--tokens",
@@ -112,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         "keep": 0.2,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
+    out = resolve_out(args.out) / "text" / "speed"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
     print(f"machine: {machine}; load average {record['load_avg'][0]:.2f}; scorer {record['model']}; keep 0.2\n")
     print("| method | tokens in | median s / 1k tokens | peak RSS MB | peak above loaded MB |")
     print("|---|---|---|---|---|")

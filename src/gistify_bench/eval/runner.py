@@ -1,9 +1,14 @@
-"""Run methods over budgets on one task's examples, resumably, and write one record per example.
+"""Run every family's tasks, resumably, under one output root.
 
-Layout: <out>/<task>/<reader>/<method>/keep=<k>/records.jsonl (one JSON object per example, appended as
-each finishes, so an interrupted run resumes where it stopped) and metrics.json (the cell's summary).
-The uncompressed baseline is method "none" at keep=1; every other record says whether its answer agrees
-with the baseline's.
+Cell tasks (text, vision): methods over budgets on one task's examples, one record per example. Layout:
+<out>/<family>/<task>/<model>/<method>/keep=<k>/records.jsonl (one JSON object per example, appended as each
+finishes, so an interrupted run resumes where it stopped) and metrics.json (the cell's summary; keep=own for a
+method's own budget). The uncompressed baseline is method "none" at keep=1; in text tasks every other record says
+whether its answer agrees with the baseline's. Text cells run through `run_cell` (a reader answers from each
+compressed context); other families' cells through `run_grid`, which asks the task for the records of the
+examples not yet recorded.
+
+Measurements (gistify_bench.eval.task.Measurement) write one JSON document: <out>/<family>/<result>.json (`measure`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistify_bench.measure import machine, reset_peak_rss, rss_mb
-from gistify_bench.reader import Reader
-from gistify_bench.task import Example, Task, normalize
+from gistify_bench.eval.measure import machine, reset_peak_rss, rss_mb
+from gistify_bench.eval.reader import Reader
+from gistify_bench.eval.task import CellTask, Example, Measurement, Task, normalize
 
 NONE = "none"
 
@@ -55,11 +60,13 @@ def _uncompressed(reader: Reader) -> Compressor:
     return run
 
 
-def cell_dir(out: Path, task: str, reader: str, method: str, keep: float) -> Path:
-    return out / task / reader.replace("/", "_") / method / f"keep={keep:g}"
+def cell_dir(out: Path, task: str, reader: str, method: str, keep: float | None) -> Path:
+    """A cell's folder under a family's folder `out`; keep None is the method's own budget ("keep=own")."""
+    return out / task / reader.replace("/", "_") / method / ("keep=own" if keep is None else f"keep={keep:g}")
 
 
-def _read_records(path: Path) -> dict[str, dict]:
+def read_records(path: Path) -> dict[str, dict]:
+    """{id: record} of a records.jsonl (empty if there is none yet)."""
     if not path.is_file():
         return {}
     records = {}
@@ -86,7 +93,7 @@ def run_cell(
     d = cell_dir(out, task_name, reader.name, method, keep)
     d.mkdir(parents=True, exist_ok=True)
     path = d / "records.jsonl"
-    done = _read_records(path)
+    done = read_records(path)
     measured_memory = reset_peak_rss()
     worker = getattr(compressor, "worker_pid", lambda: None)  # a peer's process, whose memory is its own
     if worker() is not None:
@@ -155,14 +162,21 @@ def run(
     show_progress: bool = True,
     scorer=None,
 ) -> list[dict]:
-    """Every (method, keep) on the same `n` examples of `task_name`; the uncompressed baseline first.
+    """Every (method, keep) on the same `n` examples of the text task `task_name`, written under
+    <out>/text/; the uncompressed baseline first.
 
     gistify methods score with `scorer` (default: the embedded SmolLM2); `compressors` adds peers by name.
+    A task of another family runs through its own `run` (e.g. gistify_bench.eval.tasks.vqa), on `run_grid`.
     """
     from gistify.progress import progress_bar
-    from gistify_bench.task import get_task
+    from gistify_bench.eval.task import get_task
 
     task = get_task(task_name)
+    if isinstance(task, Measurement):
+        raise ValueError(f"{task_name} is a measurement, not a grid of cells: use runner.measure")
+    if not isinstance(task, Task):
+        return task.run(task_name, methods, keeps, n, out, seed, show_progress=show_progress)
+    out = Path(out) / task.family
     reader = reader or Reader.load()
     examples = task.examples(n, seed)
     compressors = dict(compressors or {})
@@ -176,5 +190,59 @@ def run(
                 comp = compressors.get(method) or gistify_compressor(method, reader, scorer)
             results.append(run_cell(task, task_name, examples, method, keep, comp, reader, out, baseline, advance))
             if method == NONE:
-                baseline = _read_records(cell_dir(out, task_name, reader.name, NONE, 1.0) / "records.jsonl")
+                baseline = read_records(cell_dir(out, task_name, reader.name, NONE, 1.0) / "records.jsonl")
     return results
+
+
+def run_grid(
+    task: CellTask,
+    task_name: str,
+    cells: list[tuple[str, float | None]],
+    examples: list,
+    model: str,
+    out: Path,
+    evaluate: Callable[[str, float | None, list], list[dict]],
+    progress: Callable | None = None,
+) -> list[dict]:
+    """The cells of a non-text task, in the same layout as the text cells: for each (method, keep), the examples
+    not yet recorded go to `evaluate(method, keep, examples)` (one record per example, in order, each with the
+    example's "id"), their records are appended, and `task.summarize(records)` is the cell's metrics."""
+    results = []
+    for method, keep in cells:
+        d = cell_dir(Path(out) / task.family, task_name, model, method, keep)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "records.jsonl"
+        done = read_records(path)
+        todo = [ex for ex in examples if ex.id not in done]
+        if todo:
+            with path.open("a") as f:
+                for rec in evaluate(method, keep, todo):
+                    f.write(json.dumps(rec) + "\n")
+                    done[rec["id"]] = rec
+        if progress:
+            progress()
+        records = [done[ex.id] for ex in examples]
+        metrics = task.summarize(records)
+        metrics.update(task=task_name, model=model, method=method, keep=keep, n=len(records), metric=task.metric)
+        metrics["machine"] = machine()
+        (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        results.append(metrics)
+    return results
+
+
+def measure(task_name: str, out: Path, options: dict[str, Any] | None = None) -> dict:
+    """Run the measurement `task_name` and write its result to <out>/<family>/<result>.json."""
+    from gistify_bench.eval.task import get_task
+
+    task = get_task(task_name)
+    if not isinstance(task, Measurement):
+        raise ValueError(f"{task_name} is a task of cells: use runner.run")
+    result = task.run(dict(options or {}))
+    write_json(Path(out) / task.family / f"{task.result}.json", result)
+    return result
+
+
+def write_json(path: Path, data: Any, indent: int = 2) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent) + "\n")
+    return path

@@ -1,12 +1,12 @@
-"""The visual-token report: docs/results/vision/report.md and accuracy.png from accuracy.json and speed.json
-(written by `python -m gistify_bench.vision accuracy|speed`), with the issue's checks computed from them."""
+"""The visual-token report: <out>/vision/report.md and accuracy.png from accuracy.json and speed.json
+(written by `gistify bench vision accuracy|speed`), with the issue's checks computed from them."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from gistify_bench.flops import llava_table
+from gistify_bench.eval.flops import llava_table
 
 BASELINES = ("random", "pool", "fastv")  # the ones the issue names; recover must beat each at keep 0.1
 
@@ -153,14 +153,15 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def write_report(out: Path) -> str:
+    """<out>/report.md and accuracy.png (`out`: the vision family's folder); the report's text."""
     acc = json.loads((out / "accuracy.json").read_text())
     speed = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else None
     records = acc["records"]
     lines = [
         "# Visual-token reduction: results",
         "",
-        f"Machine: {acc['machine']}. Regenerate: `python -m gistify_bench.vision accuracy --n {acc['n']}`, "
-        "`python -m gistify_bench.vision speed`, `python -m gistify_bench.vision report`.",
+        f"Machine: {acc['machine']}. Regenerate: `gistify bench vision accuracy --n {acc['n']}`, "
+        "`gistify bench vision speed`, `gistify bench vision report` (each with --out ROOT).",
         "",
         "## Checks (issue 4)",
         "",
@@ -183,7 +184,7 @@ def write_report(out: Path) -> str:
         lines += ["## Prefill time, tokens and memory", "", f"Machine: {speed['machine']}; medians of "
                   f"{speed['repeats']} repeats.", "", *speed_tables(speed), ""]  # fmt: skip
     lines += [
-        "## FLOPs of LLaVA-1.5-7B's prefill (gistify_bench.flops)",
+        "## FLOPs of LLaVA-1.5-7B's prefill (gistify_bench.eval.flops)",
         "",
         "The paper reports 8.5 -> 1.5 TFLOPs (A100, FP16, about 10% of the visual tokens; prompt length unstated).",
         "",

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from gistify_bench.peers.lingua import PeerError, WorkerProcess, env_dir
-from gistify_bench.runner import Compression, Compressor
+from gistify_bench.eval.peers.lingua import PeerError, WorkerProcess, env_dir
+from gistify_bench.eval.runner import Compression, Compressor
 
 PRESSES = {
     "kvpress-expected": "ExpectedAttentionPress",

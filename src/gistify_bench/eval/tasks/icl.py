@@ -1,4 +1,4 @@
-"""In-context classification with many demonstrations (Vist's ICL protocol, methods.md §3.7, at small scale).
+"""In-context classification with many demonstrations (Vist's ICL protocol, docs/methods.md §3.7, at small scale).
 
 Labelled data available offline: sentences of Wikipedia articles ("eval" split), labelled with their
 article's title. Each example draws `classes` articles; the context holds `per_class` labelled
@@ -12,12 +12,12 @@ import random
 import re
 from dataclasses import dataclass
 
-from gistify_bench.task import Example, Task, normalize, register
+from gistify_bench.eval.task import Example, Task, normalize, register
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]")
 
 
-def _sentences(text: str) -> list[str]:
+def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.findall(text) if 8 <= len(s.split()) <= 30]
 
 
@@ -33,7 +33,7 @@ class TopicICL(Task):
         from gistify_bench.data import wikipedia
 
         articles = wikipedia("eval")
-        pools = {t: _sentences(text) for t, text in articles.items() if "(" not in t}
+        pools = {t: sentences(text) for t, text in articles.items() if "(" not in t}
         pools = {t: s for t, s in pools.items() if len(s) > self.per_class + 1}
         titles = sorted(pools)
         out = []

@@ -1,7 +1,7 @@
-"""Train the reinforcement controller of Contextual Reinforcement (research/methods.md §1.2.1).
+"""Train the reinforcement controller of Contextual Reinforcement (docs/methods.md §1.2.1).
 
-    python -m gistify_bench.controller                 # train, resume if interrupted, write the weights
-    python -m gistify_bench.controller --inputs 8 --epochs 1 --out /tmp/rl.json   # a smoke run
+    python -m gistify_bench.train.controller [--out DIR] [--ship]   # train, resume if interrupted, write the weights
+    python -m gistify_bench.train.controller --inputs 8 --epochs 1 --out /tmp/rl   # a smoke run
 
 The policy is step 5 of `reinforce` itself: every scorer token is kept with probability
 w_i = sigmoid(β·[ŝ_i, r̂_i, û_i] + b), θ = (β, b). One episode samples a keep-mask m ~ Bernoulli(w) over the
@@ -14,13 +14,13 @@ moving-average baseline, ∇θ J = E[(R - b̄) Σ_i ∇θ log π_θ(m_i)], plus 
 
 Training inputs are cloze questions (the `qa` task's construction) over the "train" articles of
 gistify_bench.data, which no evaluation task reads. The reader and the scorer are the embedded SmolLM2 (the
-same weights; only θ is trained). The result, `src/gistify/text/reinforce_rl.json`, is what the method
-`reinforce-rl` loads; it records the training settings and the reward curve.
+same weights; only θ is trained). The result, DIR/reinforce_rl.json (--out DIR, default ./results/train/controller,
+with the checkpoint DIR/state-<settings>.pt), records the training settings and the reward curve; --ship copies it
+to `src/gistify/text/reinforce_rl.json` (gistify.text.reinforce.LEARNED), which the method `reinforce-rl` loads.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -31,19 +31,42 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gistify_bench.options import check, option
+
+PROG = "gistify_bench.train.controller"
+OUTPUT = ("out", "ship")  # where results go: not training settings (neither recorded nor compared on resuming)
+
 
 @dataclass
-class Settings:
-    inputs: int = 48  # training questions
-    length: int = 512  # context tokens per question
-    epochs: int = 3
-    samples: int = 4  # masks sampled per input (methods.md: 1-4)
-    lr: float = 1e-2  # Adam, for β and b (methods.md)
-    lambda_sem: float = 1.0
-    lambda_len: float = 0.5
-    entropy: float = 1e-3
-    momentum: float = 0.9  # of the reward baseline
-    seed: int = 0
+class ControllerConfig:
+    """The controller's training settings (recorded in the result as "settings"), and where the result goes."""
+
+    inputs: int = option(48, "training questions")
+    length: int = option(512, "context tokens per question")
+    epochs: int = option(3, "passes over the inputs")
+    samples: int = option(4, "masks sampled per input (docs/methods.md §1.2.1: 1-4)")
+    lr: float = option(1e-2, "Adam's learning rate, for β and b (docs/methods.md §1.2.1)")
+    lambda_sem: float = option(1.0, "weight of the semantic-similarity reward")
+    lambda_len: float = option(0.5, "weight of the length penalty")
+    entropy: float = option(1e-3, "entropy bonus")
+    momentum: float = option(0.9, "of the moving-average reward baseline")
+    seed: int = option(0, "inputs, masks and order")
+    out: str | None = option(
+        None, "folder of reinforce_rl.json and the checkpoint (default ./results/train/controller)"
+    )
+    ship: bool = option(False, "copy reinforce_rl.json into the package (gistify.text.reinforce.LEARNED)")
+
+    def __post_init__(self):
+        check(self)
+        for name in ("inputs", "length", "epochs", "samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1:
+            raise ValueError("lr must be positive and momentum in [0, 1)")
+
+    def settings(self) -> dict:
+        """The training settings (all fields but where the result goes)."""
+        return {k: v for k, v in asdict(self).items() if k not in OUTPUT}
 
 
 @dataclass
@@ -77,7 +100,7 @@ def make_input(scorer, context: str, question: str, answer: str) -> Input:
     """The θ-independent parts of one cloze question: features, token ids, the uncompressed read."""
     from gistify.text.reinforce import ContextualReinforcement
     from gistify.text.words import Document, segment
-    from gistify_bench.tasks.wiki import BLANK
+    from gistify_bench.eval.tasks.wiki import BLANK
 
     tok = scorer.tokenizer
     features = ContextualReinforcement().features(Document(context, segment(context), question, scorer))
@@ -89,10 +112,10 @@ def make_input(scorer, context: str, question: str, answer: str) -> Input:
     return Input(context_ids, features.clone(), question_ids, answer_ids, pool, ce)
 
 
-def make_inputs(settings: Settings, scorer, show_progress: bool = True) -> list[Input]:
+def make_inputs(settings: ControllerConfig, scorer, show_progress: bool = True) -> list[Input]:
     """Cloze questions (the `qa` task's construction) over the "train" articles."""
     from gistify.progress import track
-    from gistify_bench.tasks.wiki import ClozeQA
+    from gistify_bench.eval.tasks.wiki import ClozeQA
 
     examples = ClozeQA(length=settings.length, split="train").examples(settings.inputs, settings.seed)
     return [
@@ -101,15 +124,17 @@ def make_inputs(settings: Settings, scorer, show_progress: bool = True) -> list[
     ]
 
 
-def reward(reader, bos, x: Input, mask: torch.Tensor, s: Settings) -> tuple[float, dict]:
-    """R of one sampled keep-mask (methods.md §1.2.1), and its parts."""
+def reward(reader, bos, x: Input, mask: torch.Tensor, s: ControllerConfig) -> tuple[float, dict]:
+    """R of one sampled keep-mask (docs/methods.md §1.2.1), and its parts."""
     ce, pool = _read(reader, bos, x.context_ids[mask], x.question_ids, x.answer_ids)
     sem = float(F.cosine_similarity(pool, x.full_pool, dim=0))
     kept = float(mask.float().mean())
     return -ce + s.lambda_sem * sem - s.lambda_len * kept, {"ce": ce, "sem": sem, "kept": kept}
 
 
-def policy_step(theta, opt, features: torch.Tensor, reward_of, s: Settings, state: dict, rng: random.Random) -> dict:
+def policy_step(
+    theta, opt, features: torch.Tensor, reward_of, s: ControllerConfig, state: dict, rng: random.Random
+) -> dict:
     """One REINFORCE update of θ = (β1, β2, β3, b) on one input with `s.samples` sampled keep-masks.
 
     features: (n, 3); reward_of(mask) -> (R, parts). `state["baseline"]` is the moving-average baseline b̄.
@@ -136,13 +161,13 @@ def policy_step(theta, opt, features: torch.Tensor, reward_of, s: Settings, stat
     return totals
 
 
-def _resumable(settings: Settings) -> dict:
+def _resumable(settings: ControllerConfig) -> dict:
     """The settings a checkpoint must share to be resumed: all but the number of epochs (train longer)."""
-    return {k: v for k, v in asdict(settings).items() if k != "epochs"}
+    return {k: v for k, v in settings.settings().items() if k != "epochs"}
 
 
 def train(
-    settings: Settings,
+    settings: ControllerConfig,
     out: Path,
     state_path: Path,
     show_progress: bool = True,
@@ -162,7 +187,7 @@ def train(
     state = {"epoch": 0, "baseline": None, "curve": []}
     if state_path.is_file():
         saved = torch.load(state_path, weights_only=False)
-        if _resumable(Settings(**saved["settings"])) == _resumable(settings):
+        if _resumable(ControllerConfig(**saved["settings"])) == _resumable(settings):
             theta.data.copy_(saved["theta"])
             opt.load_state_dict(saved["opt"])
             state = saved["state"]
@@ -190,13 +215,14 @@ def train(
             state["epoch"] = epoch + 1
             state_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
-                {"settings": asdict(settings), "theta": theta.data, "opt": opt.state_dict(), "state": state}, state_path
+                {"settings": settings.settings(), "theta": theta.data, "opt": opt.state_dict(), "state": state},
+                state_path,
             )
     result = {
         "weights": [round(float(v), 4) for v in theta.data[:3]],
         "bias": round(float(theta.data[3]), 4),
         "start": {"weights": list(start.weights), "bias": start.bias},
-        "settings": asdict(settings),
+        "settings": settings.settings(),
         "data": f"cloze questions over the 'train' articles of gistify_bench.data ({len(inputs)} inputs)",
         "reader": scorer.name,
         "uncompressed_ce": sum(x.full_ce for x in inputs) / len(inputs),
@@ -208,25 +234,26 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shutil
     import sys
 
-    from gistify.models import cache_dir
     from gistify.text.reinforce import LEARNED
+    from gistify_bench.options import from_args, parser_for, resolve_out
 
-    defaults = Settings()
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.controller", description=__doc__.split("\n\n")[0])
-    for name, value in asdict(defaults).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--out", type=Path, default=LEARNED, help=f"where the weights go (default: {LEARNED})")
-    p.add_argument("--state", type=Path, help="checkpoint to resume from (default: under $GISTIFY_HOME)")
-    args = vars(p.parse_args(argv))
-    out, state = args.pop("out"), args.pop("state")
-    settings = Settings(**args)
-    key = hashlib.sha1(json.dumps(_resumable(settings), sort_keys=True).encode()).hexdigest()[:12]
-    state = state or cache_dir().parent / "controller" / f"state-{key}.pt"
-    result = train(settings, out, state, show_progress=sys.stderr.isatty())
+    p = parser_for(ControllerConfig, f"python -m {PROG}", __doc__.split("\n\n")[0])
+    p.add_argument("--state", type=Path, help="checkpoint to resume from (default: DIR/state-<settings>.pt)")
+    args = p.parse_args(argv)
+    config = from_args(ControllerConfig, args)
+    folder = resolve_out(config.out, "train", "controller")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(json.dumps(_resumable(config), sort_keys=True).encode()).hexdigest()[:12]
+    out = folder / LEARNED.name
+    result = train(config, out, args.state or folder / f"state-{key}.pt", show_progress=sys.stderr.isatty())
     print(json.dumps({k: result[k] for k in ("weights", "bias", "uncompressed_ce", "curve")}, indent=2))
     print(f"written: {out}")
+    if config.ship:
+        shutil.copy(out, LEARNED)
+        print(f"shipped: {LEARNED}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Reports from a results directory: a Markdown table and PNG plots of accuracy against tokens kept.
+"""The text tasks' report: a Markdown table and PNG plots of accuracy against tokens kept, in <out>/text/.
 
 Reads only the metrics.json files that the runner wrote, so a report can be remade at any time.
 """
@@ -22,7 +22,8 @@ COLUMNS = [
 
 
 def collect(out: Path) -> dict[tuple[str, str], list[dict]]:
-    """{(task, reader): [metrics of each cell]} from <out>/<task>/<reader>/<method>/keep=<k>/metrics.json."""
+    """{(task, reader): [metrics of each cell]} from <out>/<task>/<reader>/<method>/keep=<k>/metrics.json (`out`: the
+    text family's folder)."""
     cells = defaultdict(list)
     for p in sorted(out.glob("*/*/*/keep=*/metrics.json")):
         m = json.loads(p.read_text())

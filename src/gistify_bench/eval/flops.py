@@ -4,7 +4,7 @@ Counted per layer for a prompt of L tokens (a multiply-add = 2 FLOPs): the q/k/v
 (2 L d (d + 2 d_kv + d)), the attention scores and their weighted sum over all L x L pairs (4 L^2 d, as LLM-Viewer
 counts them, without the causal half), the gated MLP (6 L d d_ff), and once the LM head over every prompt token
 (2 L d V). Norms, RoPE and softmax are left out (under 1%). The vision tower and projector are the same for every
-method and are not counted, as in Recoverable Compression's table (methods.md §2.3).
+method and are not counted, as in Recoverable Compression's table (docs/methods.md §2.3).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Decoder:
         return self.layers * (projections + attention + mlp) + 2 * head * d * self.vocab
 
     def cross_attention_flops(self, tokens: int, memory: int, memory_dim: int) -> float:
-        """One CEPE block (research/methods.md §3.4): q and o over the `tokens` text positions, k and v over the
+        """One CEPE block (docs/methods.md §3.4): q and o over the `tokens` text positions, k and v over the
         `memory` tokens (width memory_dim), scores and weighted sum over tokens x memory pairs."""
         d, d_kv = self.width, self.width * self.kv_heads // self.heads
         return 2 * tokens * d * 2 * d + 2 * memory * memory_dim * 2 * d_kv + 4 * tokens * memory * d

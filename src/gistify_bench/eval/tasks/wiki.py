@@ -6,7 +6,7 @@
   model is asked a cloze: after the (compressed) context it reads the sentence up to the blank and must
   continue with the number. (Asked in words, "fill in the blank", SmolLM2-135M and Gemma 3 270M both
   got 0/8 on seed 0 with the full context; completing the sentence, SmolLM2 got 7/8.)
-- `lm-<len>`: long-context language modelling (Vist's protocol, methods.md §3.7, at small scale): the
+- `lm-<len>`: long-context language modelling (Vist's protocol, docs/methods.md §3.7, at small scale): the
   perplexity of the 128 tokens that follow a context of about <len> tokens, the context compressed
   with no question (the continuation is never shown to the compressor).
 """
@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from gistify_bench.task import Example, Task, register
+from gistify_bench.eval.task import Example, Task, register
 
 BLANK = "___"
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from gistify_bench.task import Example, Task, register
+from gistify_bench.eval.task import Example, Task, register
 
 ADJECTIVES = [
     "amber",

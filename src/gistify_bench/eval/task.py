@@ -1,7 +1,17 @@
-"""A benchmark task: examples (context, question, answers), the reader's prompt, and the scores.
+"""Benchmark tasks of every family (text, vision, vist), in one registry.
 
-One file per task family in `tasks/`; each registers named variants in TASKS. A task's examples are
-deterministic in (n, seed), so every method and budget sees the same examples in one run.
+Two kinds, both run by gistify_bench.eval.runner and written under one output root (<out>/<family>/...):
+- `Task` (and `CellTask`, its base): examples -> each (method, budget) cell -> one record per example -> the
+  cell's metrics, resumable (runner.run). Text tasks (a context, a question, answers; a reader answers from the
+  compressed context) are `Task`s; the visual-question tasks (gistify_bench.eval.tasks.vqa) are `CellTask`s whose
+  cells are visual-token reducers at a keep fraction inside the small VLM.
+- `Measurement`: a task whose result is one JSON document rather than a grid of cells: vist's comparisons of
+  ways of giving the LLM a distant text (language modelling, in-context learning, cost, diversity, ablations)
+  and the visual-token prefill timings. Each says in its docstring why it does not fit the cell grid
+  (runner.measure writes <out>/<family>/<result>.json).
+
+One file per task in `tasks/`; each registers its named variants in TASKS. A task's examples are deterministic in
+(n, seed), so every method and budget sees the same examples in one run.
 """
 
 from __future__ import annotations
@@ -11,7 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-TASKS: dict[str, Task] = {}
+TASKS: dict[str, CellTask | Measurement] = {}
+FAMILIES = ("text", "vision", "vist")
 
 
 @dataclass
@@ -37,7 +48,33 @@ def found(answers: list[str], text: str, all_answers: bool) -> float:
     return sum(hits) / len(hits) if all_answers else float(any(hits))
 
 
-class Task(ABC):
+class CellTask(ABC):
+    """A task of (method, budget) cells over the same examples, each cell one records.jsonl + metrics.json."""
+
+    family: ClassVar[str]
+    name: ClassVar[str]
+    metric: ClassVar[str] = "accuracy"
+
+    @abstractmethod
+    def examples(self, n: int, seed: int = 0) -> list:
+        """`n` examples (each with an `id`), the same for the same (n, seed)."""
+
+
+class Measurement(ABC):
+    """A task whose result is one JSON document (<out>/<family>/<result>.json), not cells of records."""
+
+    family: ClassVar[str]
+    result: ClassVar[str]  # the JSON file's stem
+
+    @abstractmethod
+    def run(self, options: dict[str, Any]) -> dict:
+        """Measure, with the command line's `options`; the result to write."""
+
+
+class Task(CellTask):
+    """A text task: examples (context, question, answers), the reader's prompt, and the scores."""
+
+    family = "text"
     name: ClassVar[str]
     max_new_tokens: ClassVar[int] = 32
     metric: ClassVar[str] = "accuracy"  # what `score` measures; "perplexity" is lower-is-better
@@ -70,15 +107,25 @@ class Task(ABC):
         return found(example.answers, compressed, example.all_answers) if example.answers else None
 
 
-def register(name: str, task: Task) -> None:
+def register(name: str, task: CellTask | Measurement) -> None:
     if name in TASKS:
         raise ValueError(f"two tasks are named {name!r}")
     TASKS[name] = task
 
 
-def get_task(name: str) -> Task:
-    from gistify_bench import tasks  # noqa: F401  (registers the built-in tasks)
-
+def get_task(name: str) -> CellTask | Measurement:
+    load_tasks()
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]
+
+
+def load_tasks() -> dict[str, CellTask | Measurement]:
+    """Every registered task (importing the built-in ones registers them)."""
+    from gistify_bench.eval import tasks  # noqa: F401
+
+    return TASKS
+
+
+def tasks_of(family: str) -> list[str]:
+    return sorted(name for name, task in load_tasks().items() if task.family == family)

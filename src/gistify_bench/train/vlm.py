@@ -1,8 +1,9 @@
 """Train the small VLM (gistify_bench.vlm): one command, with progress and resumption.
 
-    python -m gistify_bench.vlm_train [--steps 600] [--out DIR] [--ship]
+    python -m gistify_bench.train.vlm [--steps 600] [--out DIR] [--ship]
 
-Two stages, both on the "train" split of easy-vqa (gistify_bench.vqa), the encoder and the LLM frozen:
+Settings: VLMTrainConfig. Two stages, both on the "train" split of easy-vqa (gistify_bench.vlm.vqa), the encoder
+and the LLM frozen:
 1. align: the attention probe and the question head, contrastively: image level (multi-positive InfoNCE: a text
    such as "what is the blue shape?" matches every blue image of the batch) and region level (a composite's
    question against its cells, the asked quadrant's cells positive). Minutes: it reads cached encoder features.
@@ -10,27 +11,57 @@ Two stages, both on the "train" split of easy-vqa (gistify_bench.vqa), the encod
 2. answer: the projector and a rank-8 LoRA on SmolLM2's q/v projections (cross-entropy of the answer tokens),
    on easy-vqa questions and four-object composites half and half, with SmolLM2 run in bfloat16 (the CPU's
    bf16 units halve the time); SmolLM2's own weights stay frozen.
-Checkpoints go to DIR every --save-every steps; rerunning the command resumes from the last one. At the end the
-held-out accuracy on the "test" split (single images and composites) is measured and written with the weights;
-`--ship` copies both into the package (src/gistify/vlm/gistvlm.{safetensors,json}).
+Checkpoints go to DIR (--out, default ./results/train/vlm) every --save-every steps; rerunning the command resumes
+from the last one. At the end the held-out accuracy on the "test" split (single images and composites) is measured
+and written with the weights to DIR; only `--ship` copies both into the package
+(src/gistify_bench/vlm/gistvlm.{safetensors,json}, which GistVLM.from_pretrained loads).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gistify.progress import track
-from gistify_bench import vqa
-from gistify_bench.vlm.model import CARD, GRID, WEIGHTS, GistVLM, contrastive_loss
+from gistify_bench.options import check, default_out, option
+from gistify_bench.vlm import vqa
+from gistify_bench.vlm.model import CARD, WEIGHTS, GistVLM, contrastive_loss, quadrant_cells
+
+PROG = "gistify_bench.train.vlm"
+
+
+@dataclass
+class VLMTrainConfig:
+    """The small VLM's training settings and where its results go."""
+
+    steps: int = option(600, "projector steps (batches)")
+    batch: int = option(8, "questions per batch")
+    lr: float = option(1e-3, "projector learning rate")
+    lora_lr: float = option(5e-4, "learning rate of the LLM's LoRA")
+    align_steps: int = option(600, "stage 1 (probe and question head) steps")
+    eval_n: int = option(300, "held-out questions per task")
+    save_every: int = option(25, "steps between checkpoints")
+    realign: bool = option(False, "redo stage 1 even when resuming after it")
+    seed: int = option(0, "batches are a function of (seed, step)")
+    out: str | None = option(None, "checkpoints, log and the trained weights (default ./results/train/vlm)")
+    ship: bool = option(False, "copy the weights and card into the package (gistify_bench/vlm/)")
+
+    def __post_init__(self):
+        check(self)
+        for name in ("steps", "batch", "eval_n", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.align_steps < 0 or self.lr <= 0 or self.lora_lr <= 0:
+            raise ValueError("align_steps must be >= 0 and the learning rates positive")
+
 
 TEMPLATES = {  # text -> which attributes it names (colour, shape); every text names at least one
     "what is the {c} shape?": (True, False),
@@ -39,18 +70,6 @@ TEMPLATES = {  # text -> which attributes it names (colour, shape); every text n
     "does the image contain a {s}?": (False, True),
     "a {c} {s}": (True, True),
 }
-
-
-def default_dir() -> Path:
-    from gistify.models import cache_dir
-
-    return cache_dir().parent / "vlm_train"
-
-
-def quadrant_cells(grid: int = GRID) -> torch.Tensor:
-    """(grid * grid,) the quadrant (0 top left .. 3 bottom right) of each cell of the row-major token grid."""
-    r = torch.arange(grid)
-    return ((r[:, None] * 2 // grid) * 2 + (r[None, :] * 2 // grid)).flatten()
 
 
 def align(model: GistVLM, steps: int, batch: int, seed: int, log, n_composites: int = 1000) -> float:
@@ -140,13 +159,13 @@ def accuracy(model: GistVLM, examples: list, batch: int = 16) -> float:
     return right / len(examples)
 
 
-def train(args) -> dict:
+def train(config: VLMTrainConfig) -> dict:
     from safetensors.torch import save_file
 
     from gistify.models import load
 
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
+    torch.manual_seed(config.seed)
+    out = Path(config.out or default_out("train", "vlm"))
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     log_path = out / "train.log"
@@ -159,25 +178,25 @@ def train(args) -> dict:
     lm, tok = load()
     model = GistVLM(lm.to(torch.bfloat16), tok)
     lora = list(model.lora_parameters().values())
-    groups = [{"params": model.projector.parameters()}, {"params": lora, "lr": args.lora_lr}]
-    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
+    groups = [{"params": model.projector.parameters()}, {"params": lora, "lr": config.lora_lr}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
     start, history, align_loss = 0, [], None
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         model.load_trained(ck["trained"])
         opt.load_state_dict(ck["optimizer"])
         start, history, align_loss = ck["step"], ck["history"], ck["align_loss"]
-        log(f"resumed at step {start} of {args.steps}")
-    if align_loss is None or args.realign:
-        align_loss = align(model, args.align_steps, 128, args.seed, log)
+        log(f"resumed at step {start} of {config.steps}")
+    if align_loss is None or config.realign:
+        align_loss = align(model, config.align_steps, 128, config.seed, log)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
     )
     for _ in range(start):
         sched.step()
     t0 = time.perf_counter()
-    for step in track(range(start, args.steps), args.steps - start, "answer", enabled=True):
-        loss = answer_batch(model, training_examples(step, args.batch, args.seed))
+    for step in track(range(start, config.steps), config.steps - start, "answer", enabled=True):
+        loss = answer_batch(model, training_examples(step, config.batch, config.seed))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -186,7 +205,7 @@ def train(args) -> dict:
         if (step + 1) % 10 == 0:
             recent = sum(history[-10:]) / 10
             log(f"step {step + 1}: loss {recent:.3f} ({(time.perf_counter() - t0) / (step + 1 - start):.2f} s/step)")
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
             state = {
                 "trained": model.trained_state(),
                 "optimizer": opt.state_dict(),
@@ -198,31 +217,31 @@ def train(args) -> dict:
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
     model.eval()
     held_out = {
-        task: accuracy(model, vqa.examples(task, "test", args.eval_n, seed=1)) for task in ("easyvqa", "easyvqa-4")
+        task: accuracy(model, vqa.examples(task, "test", config.eval_n, seed=1)) for task in ("easyvqa", "easyvqa-4")
     }
-    log(f"held-out accuracy (test split, n={args.eval_n} each): {held_out}")
+    log(f"held-out accuracy (test split, n={config.eval_n} each): {held_out}")
     card = {
         "model": "GistVLM: EfficientNet-Lite0 (frozen, ImageNet) -> MLP projector -> SmolLM2-135M-Instruct "
         "(frozen; LoRA rank 8 on q_proj, v_proj)",
         "visual_tokens": 196,
         "data": "easy-vqa 1.0 train images 0-3599: its questions and four-object composites, half and half",
-        "align": {"steps": args.align_steps, "batch": 128, "final_loss": round(align_loss, 4)},
+        "align": {"steps": config.align_steps, "batch": 128, "final_loss": round(align_loss, 4)},
         "answer": {
-            "steps": args.steps,
-            "batch": args.batch,
-            "lr": args.lr,
-            "lora_lr": args.lora_lr,
+            "steps": config.steps,
+            "batch": config.batch,
+            "lr": config.lr,
+            "lora_lr": config.lora_lr,
             "llm_dtype": "bfloat16",
             "loss_first10": round(sum(history[:10]) / 10, 4),
             "loss_last10": round(sum(history[-10:]) / 10, 4),
         },
-        "held_out_accuracy": {"split": "test", "n": args.eval_n, **held_out},
-        "command": f"python -m gistify_bench.vlm_train --steps {args.steps} --batch {args.batch} --seed {args.seed} "
-        f"--lr {args.lr} --lora-lr {args.lora_lr}",
+        "held_out_accuracy": {"split": "test", "n": config.eval_n, **held_out},
+        "command": f"python -m {PROG} --steps {config.steps} --batch {config.batch} --seed {config.seed} "
+        f"--lr {config.lr} --lora-lr {config.lora_lr}",
     }
     save_file({k: v.contiguous() for k, v in model.trained_state().items()}, out / "gistvlm.safetensors")
     (out / "gistvlm.json").write_text(json.dumps(card, indent=2) + "\n")
-    if args.ship:
+    if config.ship:
         shutil.copy(out / "gistvlm.safetensors", WEIGHTS)
         shutil.copy(out / "gistvlm.json", CARD)
         log(f"shipped to {WEIGHTS.parent}")
@@ -230,19 +249,12 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.vlm_train", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=600, help="projector steps (batches)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
-    p.add_argument("--lora-lr", type=float, default=5e-4, help="learning rate of the LLM's LoRA")
-    p.add_argument("--align-steps", type=int, default=600)
-    p.add_argument("--eval-n", type=int, default=300, help="held-out questions per task")
-    p.add_argument("--save-every", type=int, default=25)
-    p.add_argument("--realign", action="store_true", help="redo stage 1 even when resuming after it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(default_dir()), help="checkpoints, log and the trained weights")
-    p.add_argument("--ship", action="store_true", help="copy the weights and card into the package")
-    card = train(p.parse_args(argv))
+    from gistify_bench.options import from_args, parser_for, resolve_out
+
+    p = parser_for(VLMTrainConfig, f"python -m {PROG}", __doc__.split("\n")[0])
+    config = from_args(VLMTrainConfig, p.parse_args(argv))
+    config.out = str(resolve_out(config.out, "train", "vlm"))
+    card = train(config)
     print(json.dumps(card["held_out_accuracy"]))
     return 0
 

@@ -29,7 +29,7 @@ class Reader:
     def encode(self, message: str, chat: bool = True) -> list[int]:
         """Token ids of one user message, through the chat template where the model has one (and `chat`),
         else as plain text after BOS. A base model asked a question (chat without a template) reads it as
-        "message\nAnswer:", the completion format such models follow (research/feasibility.md §1)."""
+        "message\nAnswer:", the completion format base models follow (as in the GPT-3 paper, arXiv 2005.14165)."""
         if chat and not self.has_chat_template:
             message += "\nAnswer:"
         if chat and self.has_chat_template:
@@ -69,7 +69,7 @@ class Reader:
     @torch.inference_mode()
     def continuation_nll(self, context: str, continuation: str) -> dict[str, Any]:
         """Mean negative log-likelihood (nats/token) of `continuation` after `context`, read as plain text
-        (no chat template: the language-modelling protocol of methods.md §3.7)."""
+        (no chat template: the language-modelling protocol of docs/methods.md §3.7)."""
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         ctx = bos + self.tokenizer(context, add_special_tokens=False).input_ids
         cont = self.tokenizer(continuation, add_special_tokens=False).input_ids

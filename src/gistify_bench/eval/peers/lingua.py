@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from gistify_bench.runner import Compression, Compressor
+from gistify_bench.eval.runner import Compression, Compressor
 
 MODES = ("llmlingua", "longllmlingua")
 CL100K_CACHE_NAME = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"  # sha1 of tiktoken's cl100k_base URL

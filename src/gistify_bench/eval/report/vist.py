@@ -1,0 +1,84 @@
+"""The vist report: <out>/vist/report.md from the JSON files there (the vist tasks' results and the oracle probe's
+oracle.json, written by gistify_bench.train.oracle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def report(folder: Path) -> str:
+    """<folder>/report.md from the JSON files there; its text."""
+
+    def read(name):
+        path = folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    lines = ["# vist against text: measured", ""]
+    lm = read("lm")
+    if lm:
+        lines += [f"## Long-context LM: perplexity of the last 128 tokens ({lm['windows']} held-out windows, "
+                  f"{lm['articles']} articles, ~{lm['distant_tokens']:.0f} distant tokens)", "",
+                  "| way | LLM-side tokens | NLL/token | perplexity |", "|---|---|---|---|"]  # fmt: skip
+        for way, r in lm["ways"].items():
+            lines.append(f"| {way} | {r['llm_tokens']:.0f} | {r['nll']:.4f} | {r['ppl']:.2f} |")
+        lines.append("")
+    icl = read("icl")
+    if icl:
+        runs = icl["runs"]
+        lines += [f"## ICL: topic classification, {len(runs[0]['labels'])} labels, {runs[0]['distant_demos']} "
+                  f"distant + {runs[0]['decoder_demos']} decoder demos, {runs[0]['tests']} tests x {len(runs)} seeds",
+                  "", "| way | LLM-side context tokens | accuracy | calibrated |", "|---|---|---|---|"]  # fmt: skip
+        for way in runs[0]["ways"]:
+            acc = sum(r["ways"][way]["accuracy"] for r in runs) / len(runs)
+            cal = sum(r["ways"][way]["accuracy_calibrated"] for r in runs) / len(runs)
+            ctx = sum(r["ways"][way]["llm_tokens_context"] for r in runs) / len(runs)
+            lines.append(f"| {way} | {ctx:.0f} | {acc:.3f} | {cal:.3f} |")
+        lines.append("")
+    cost = read("cost")
+    if cost:
+        lines += [f"## Cost as the distant part grows ({cost['machine']}; {cost['new_tokens']} tokens generated)",
+                  "", "| distant tokens | LLM tokens plain / vist | TFLOPs plain / vist (saved) | peak MB plain / vist "
+                  "| s plain / vist (speed-up) |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in cost["rows"]:
+            p, v = r["plain"], r["vist"]
+            cells = [f"{r['distant_tokens']}", f"{p['llm_tokens']} / {v['llm_tokens']}",
+                     f"{p['flops'] / 1e12:.3f} / {v['flops'] / 1e12:.3f} ({r['flops_saved']:.0%})",
+                     f"{mb(p['peak_mb'])} / {mb(v['peak_mb'])}",
+                     f"{p['seconds']:.1f} / {v['seconds']:.1f} ({r['speedup']:.2f}x)"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    ab = read("ablation")
+    if ab:
+        lines += ["## Ablations (the trainer's held-out numbers: NLL per token on eval articles)", "",
+                  "| run | none | vist | shuffled memory | content gain | copy windows: vist / shuffled | PVE acc |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in ab["runs"].items():
+            h, acc = r["held_out"], "-" if r["pve_acc"] is None else f"{r['pve_acc']:.2f}"
+            if "shuffled" not in h:
+                continue  # a run evaluated on one window has no shuffled control
+            lines.append(f"| {name} | {h['base']:.4f} | {h['vist']:.4f} | {h['shuffled']:.4f} | "
+                         f"{h['shuffled'] - h['vist']:+.4f} | {h.get('copy_vist', float('nan')):.4f} / "
+                         f"{h.get('copy_shuffled', float('nan')):.4f} | {acc} |")  # fmt: skip
+        lines.append("")
+    div = read("diversity")
+    if div:
+        lines += ["## Does the memory depend on the text? (mean cosine: same slot of two texts, neighbouring slots)",
+                  "", "| run | across texts | across slots |", "|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {r['across_texts']:.4f} | {r['across_slots']:.4f} |" for name, r in div["runs"].items()]
+        lines.append("")
+    oracle = read("oracle")
+    if oracle:
+        lines += [f"## Oracle probe: the cross-attention reading a perfect memory ({oracle['held_out_copy_windows']} "
+                  "held-out copy windows, NLL per token)", "", f"`{oracle['command']}`", "",
+                  "| step | own memory | another window's | gap |", "|---|---|---|---|"]  # fmt: skip
+        for c in oracle["curve"]:
+            lines.append(f"| {c['step']} | {c['own']:.4f} | {c['shuffled']:.4f} | {c['shuffled'] - c['own']:+.4f} |")
+        lines.append("")
+    text = "\n".join(lines)
+    (folder / "report.md").write_text(text)
+    return text
+
+
+def mb(value) -> str:
+    return "n/a" if value is None else f"{value:.0f}"

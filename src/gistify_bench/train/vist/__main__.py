@@ -1,0 +1,3 @@
+from gistify_bench.train.vist.loop import main
+
+raise SystemExit(main())
