@@ -149,9 +149,9 @@ LEARNED = Path(__file__).with_name("reinforce_rl.json")
 
 
 def learned_weights(path: Path = LEARNED) -> dict:
-    """The controller's shipped parameters and how they were trained (gistify_bench.controller writes them)."""
+    """The controller's shipped parameters and how they were trained (gistify_bench.train.controller writes them)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no learned weights at {path}; train them: python -m gistify_bench.controller")
+        raise FileNotFoundError(f"no learned weights at {path}; train them: python -m gistify_bench.train.controller")
     return json.loads(path.read_text())
 
 
@@ -159,7 +159,7 @@ def learned_weights(path: Path = LEARNED) -> dict:
 class LearnedReinforcement(ContextualReinforcement):
     """`reinforce` with the step-5 weights β and bias b learned by the reinforcement controller
     (docs/methods.md §1.2.1: REINFORCE against a frozen reader's loss on sampled compressions; trained by
-    `python -m gistify_bench.controller` on the "train" articles, shipped in reinforce_rl.json). At
+    `python -m gistify_bench.train.controller` on the "train" articles, shipped in reinforce_rl.json). At
     inference the selection is deterministic (step 6). In budget mode only the direction of β matters:
     the bias and the scale shift every token alike. Pass `weights=` / `bias=` to override.
     """

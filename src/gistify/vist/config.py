@@ -12,7 +12,7 @@ from gistify.vist.inject import OUT_INITS
 
 WEIGHTS = Path(__file__).with_name("vist.safetensors")
 INJECTS = ("xattn", "prefix")
-TRAIN_COMMAND = "python -m gistify_bench.vist_train --ship"
+TRAIN_COMMAND = "python -m gistify_bench.train.vist --ship"
 
 
 class VistWeightsError(FileNotFoundError):

@@ -19,7 +19,7 @@ class Vist(Method):
 
     Args:
         proximal_tokens: the last tokens kept as text when no budget is given (None: the trained window).
-        weights: a vist.safetensors written by gistify_bench.vist_train (None: the shipped weights).
+        weights: a vist.safetensors written by gistify_bench.train.vist (None: the shipped weights).
     """
 
     name: ClassVar[str] = "vist"

@@ -9,12 +9,12 @@ like the paper's folded 224 x 224 image of 16 rows (§3.2): with 16 lines, one i
 of prose, the paper's 146. The resampler gives `latents` tokens per image (the paper's 64) plus a CLS for PVE, so
 the LLM reads about 150 / 64 = 2.3x fewer tokens than the text has, the paper's ratio. Greedy wrapping makes the
 lines of a text that starts at a line start the same whether it is rendered alone or inside a longer text, so
-features cached per article line (gistify_bench.vist_train) are exactly what inference computes.
+features cached per article line (gistify_bench.train.vist) are exactly what inference computes.
 
 Trained: the resampler, the cross-attention blocks (or the prefix projector) and PVE's visual head; frozen: the
 encoder and the whole LLM. The token counts of the training corpus (for PVE's frequency masking) are saved with
 the weights. Weights: `vist.safetensors` + `vist.json` (the card: configuration, how they were trained, what
-they score held out) next to this file, written by `python -m gistify_bench.vist_train --ship`.
+they score held out) next to this file, written by `python -m gistify_bench.train.vist --ship`.
 
 `gistify.compress(context, method="vist")` (vist/compress.py) splits a context into a distant part, read through
 vist, and a proximal part kept as text. The configuration is in config.py, what the LLM reads in memory.py.
