@@ -14,6 +14,8 @@ from gistify.text.fidelity import items, risk, summary
 from gistify.text.pipeline import ProtectedOverflow
 from gistify.text.protect import protected_ranges
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CL100K = dict(tokenizer="cl100k_base")  # no scorer needed for random and truncate
 SOURCE = (
     "The Eiffel Tower in Paris is 330 m tall. However, it was not built by Gustave Eiffel alone. "

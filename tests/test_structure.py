@@ -19,6 +19,8 @@ import gistify
 from conftest import prose
 from gistify.text.structure import analyse, minify_json
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is ~5x faster on a busy machine
+
 CORPUS = Path(__file__).parent / "data" / "structure"
 DOCS = sorted(p.name for p in CORPUS.iterdir() if p.suffix in (".md", ".json"))
 METHODS = [("random", {"seed": 0}), ("truncate", {"side": "middle"}), ("selfinfo", {}), ("reinforce", {})]
@@ -116,6 +118,13 @@ def _subsequence(xs, ys) -> bool:
     return all(x in it for x in xs)
 
 
+@pytest.fixture()
+def scorer(tiny_model, tiny_tokenizer):
+    from gistify import Scorer
+
+    return Scorer(tiny_model, tiny_tokenizer)  # one window per document: the corpus is long in tiny-BPE tokens
+
+
 @pytest.fixture(scope="module")
 def corpus():
     return {name: (CORPUS / name).read_text(encoding="utf-8") for name in DOCS}
@@ -131,14 +140,14 @@ def test_corpus_is_structured(corpus):
 
 
 @pytest.mark.parametrize("method,params", METHODS)
-def test_every_output_parses(corpus, tiny_scorer, method, params):
+def test_every_output_parses(corpus, scorer, method, params):
     """100% of outputs parse where the input parsed: all documents, all budgets, with and without minifying."""
     failures, runs = [], 0
     for name, text in corpus.items():
         for keep in KEEPS:
             for minify in (False, True) if name.endswith(".json") else (False,):
                 r = gistify.compress(
-                    text, "How is it configured?", keep=keep, method=method, scorer=tiny_scorer, json_minify=minify,
+                    text, "How is it configured?", keep=keep, method=method, scorer=scorer, json_minify=minify,
                     **params,
                 )  # fmt: skip
                 runs += 1
@@ -150,12 +159,12 @@ def test_every_output_parses(corpus, tiny_scorer, method, params):
     assert not failures, "\n".join(failures)
 
 
-def test_fenced_code_is_kept_whole_or_dropped_whole(corpus, tiny_scorer):
+def test_fenced_code_is_kept_whole_or_dropped_whole(corpus, scorer):
     text = corpus["markdown_it_py_readme.md"]
     blocks = re.findall(r"^```.*?^```$", text, flags=re.M | re.S)
     assert len(blocks) >= 3
     for keep in KEEPS:
-        out = gistify.compress(text, keep=keep, method="random", scorer=tiny_scorer).text
+        out = gistify.compress(text, keep=keep, method="random", scorer=scorer).text
         for block in blocks:
             inner = [line for line in block.split("\n")[1:-1] if len(line.strip()) > 12]
             if any(line in out for line in inner):
@@ -271,3 +280,17 @@ def test_layout_units_partition_the_words(corpus):
         units = layout.unit[layout.unit >= 0]
         assert set(units) == set(range(layout.n_units)), name
         assert np.all(layout.parent < np.arange(layout.n_units)), name  # parents come first
+
+
+@pytest.mark.real
+def test_albedo_reinforce_is_byte_identical_to_the_word_pipeline():
+    """examples/albedo.txt at keep 0.2 with reinforce: structure="auto" gives exactly structure="off", and the
+    bytes the word pipeline gave before structure existed (main at a3ce7e3, on this machine's torch)."""
+    import hashlib
+
+    text = (Path(__file__).parents[1] / "examples" / "albedo.txt").read_text(encoding="utf-8")
+    auto = gistify.compress(text, "What is albedo?", keep=0.2, method="reinforce")
+    off = gistify.compress(text, "What is albedo?", keep=0.2, method="reinforce", structure="off")
+    assert auto.text == off.text and auto.kept_spans == off.kept_spans
+    expected = "82b43680d122cb8cce5f86dfaedab880f7d7a5eda15debb45d8248231a626396"  # sha256, 2,603 characters
+    assert hashlib.sha256(auto.text.encode()).hexdigest() == expected
