@@ -52,7 +52,7 @@ def test_protect_patterns():
         return [text[s:e] for s, e in protected_ranges(text, **kw)]
 
     assert found(numbers=True) == ["2.5", "25", "10:30", "3rd"]
-    assert found(negations=True) == ["not", "isn't"]
+    assert found(negations=True) == ["not 25", "isn't x2"]  # with what they negate, up to the punctuation
     assert set(found(identifiers=True)) == {"max_retries", "getValue()", "x2"}
     assert found(protect=[" mg, "]) == ["mg,"]  # trimmed of whitespace
     assert protected_ranges(text, protect=["   "]) == []

@@ -171,11 +171,17 @@ def test_bad_input_errors(tiny_scorer):
         gistify.compress("some text", keep=0.5, method="random", scorer=tiny_scorer, tokenizer="p50k")
 
 
-def test_protected_over_budget_is_kept_and_noted(tiny_scorer):
+def test_protected_over_budget_is_refused_kept_or_trimmed(tiny_scorer):
     text = "1 2 3 4 5 6 7 8 9 10 11 12 and some words here"
-    r = gistify.compress(text, tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
+    kw = dict(tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
+    with pytest.raises(ValueError, match="over the budget of 3.*on_protected_overflow='keep'.*'trim'"):
+        gistify.compress(text, **kw)  # the default: say so before compressing, let the user choose
+    r = gistify.compress(text, on_protected_overflow="keep", **kw)
     assert all(str(i) in r.text.split() for i in range(1, 13))
     assert "over the budget" in r.notes[0]
+    r = gistify.compress(text, on_protected_overflow="trim", **kw)
+    assert r.tokens_out <= 3 and r.text.split() and all(w.isdigit() for w in r.text.split())
+    assert "over the budget" in r.notes[0] and len(r.protected) == len(r.text.split())
 
 
 @pytest.mark.parametrize("method,params", CASES)

@@ -94,10 +94,25 @@ def _show(result) -> None:
 
 
 def _summary(r) -> str:
-    return (
+    line = (
         f"{r.method}: {r.tokens_in} -> {r.tokens_out} tokens ({r.tokenizer}), kept {r.keep_ratio:.2f} "
         f"for {r.budget}, {r.seconds:.2f} s"
     )
+    if r.risk:
+        from gistify.text.fidelity import summary
+
+        line += f"; {summary(r.risk)}"
+    return line
+
+
+def _fallback(value: str):
+    """--fallback: "unchanged" or a keep fraction."""
+    if value == "unchanged":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes 'unchanged' or a keep fraction in (0, 1], got {value!r}") from None
 
 
 def cmd_compress(args) -> int:
@@ -119,13 +134,29 @@ def cmd_compress(args) -> int:
         protect_numbers=args.protect_numbers,
         protect_negations=args.protect_negations,
         protect_identifiers=args.protect_identifiers,
+        structure=args.structure,
+        json_minify=args.json_minify,
+        on_protected_overflow=args.on_protected_overflow,
+        fallback=args.fallback,
+        max_risk=args.max_risk,
     )
     options = {k: v for k, v in options.items() if v}  # only what was asked for: each family takes its own options
+    if args.max_risk == 0:
+        options["max_risk"] = 0.0
     if sys.stderr.isatty() and "progress" in method_class(args.method).options:
         options["progress"] = True
-    result = gistify.compress(
-        text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, **options, **params
-    )
+    from gistify.text.pipeline import ProtectedOverflow
+
+    try:
+        result = gistify.compress(
+            text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, **options, **params
+        )
+    except ProtectedOverflow as e:
+        raise InputError(
+            f"the protected content alone takes {e.taken} tokens, over the budget of {e.target}: raise --tokens or "
+            "--keep, protect less, or add --on-protected-overflow keep (keep it all, over the budget) or "
+            "--on-protected-overflow trim (protect only what fits)"
+        ) from None
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif args.show:
@@ -269,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--protect-negations", action="store_true", help="always keep negations (not, never, n't, ...)")
     c.add_argument(
         "--protect-identifiers", action="store_true", help="always keep identifiers (snake_case, dotted.names, ...)"
+    )
+    c.add_argument(
+        "--on-protected-overflow",
+        choices=["error", "keep", "trim"],
+        help="when protected content alone is over the budget: error (default), keep it all, or trim it to fit",
+    )
+    c.add_argument(
+        "--structure",
+        choices=["auto", "off", "markdown", "json"],
+        help="keep Markdown, JSON and chat transcripts well-formed (auto, the default) or cut word by word (off)",
+    )
+    c.add_argument("--json-minify", action="store_true", help="remove the whitespace of JSON input first (lossless)")
+    c.add_argument(
+        "--fallback",
+        type=_fallback,
+        metavar="unchanged|KEEP",
+        help="when the risk report's score is over --max-risk: return the text unchanged, or compress at KEEP",
+    )
+    c.add_argument(
+        "--max-risk", type=float, help="the risk score (0-1: share of numbers, negations, names lost) for --fallback"
     )
     out = c.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")

@@ -27,6 +27,10 @@ class Compressed:
     seconds: float  # compression time, excluding the one-time model load
     protected: list[tuple[int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What the output lost of the source's numbers, negations, named entities and identifiers (text methods:
+    # gistify.text.fidelity.risk); empty where a method does not report it.
+    risk: dict[str, Any] = field(default_factory=dict)
+    fell_back: bool = False  # the text family's `fallback` replaced a result whose risk was over `max_risk`
 
     @property
     def keep_ratio(self) -> float:
@@ -60,6 +64,8 @@ class Compressed:
             "seconds": self.seconds,
             "protected": [list(s) for s in self.protected],
             "notes": self.notes,
+            "risk": self.risk,
+            "fell_back": self.fell_back,
         }
         if include_source:
             d["source"] = self.source

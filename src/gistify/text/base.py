@@ -27,7 +27,7 @@ class TextMethod(Method):
     kind: ClassVar[str] = "text"
     options: ClassVar[tuple[str, ...]] = (
         "scorer", "model", "tokenizer", "protect", "protect_numbers", "protect_negations", "protect_identifiers",
-        "progress",
+        "progress", "structure", "json_minify", "on_protected_overflow", "fallback", "max_risk",
     )  # fmt: skip
     needs_scorer: ClassVar[bool] = False  # whether `score` reads the scorer LM (Document.stats)
     fill_gaps: ClassVar[bool] = True  # see words.select

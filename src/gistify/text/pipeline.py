@@ -1,7 +1,9 @@
 """The text family's compress pipeline: shrink a text for a question under a token budget, with any text method.
 
-segment into words -> count target-tokenizer tokens (each word's cost) -> protected spans -> the method's score
-per word -> select the best words within the budget -> reassemble in order -> fit to the real token count.
+structure (units: words, or Markdown / JSON / chat elements kept whole) -> count target-tokenizer tokens
+(each unit's cost) -> protected spans, checked against the budget before any scoring -> the method's score per
+word, per unit -> select the best units within the budget -> reassemble in order -> fit to the real token count
+-> never empty (cut inside the best unit) -> risk report, and the fallback if asked.
 `TextMethod.compress` runs it; `gistify.compress` reaches it through the method object.
 """
 
@@ -15,16 +17,32 @@ import numpy as np
 
 from gistify.budget import Budget
 from gistify.method import check_text
+from gistify.progress import progress_bar
 from gistify.result import Compressed
 from gistify.text import tokens as tok
+from gistify.text.fidelity import risk, summary
 from gistify.text.protect import Protect, missing, protected_ranges, protected_words
 from gistify.text.scorer import Scorer
-from gistify.text.words import Document, assemble, segment, select, word_costs
+from gistify.text.structure import Layout, analyse
+from gistify.text.words import Document, assemble, word_costs
 
 if TYPE_CHECKING:
     from gistify.text.base import TextMethod
 
 _MAX_RECOUNTS = 64
+OVERFLOW = ("error", "keep", "trim")
+
+
+class ProtectedOverflow(ValueError):
+    """The protected content alone takes more tokens than the budget (`on_protected_overflow="error"`)."""
+
+    def __init__(self, taken: int, target: int):
+        self.taken, self.target = taken, target
+        super().__init__(
+            f"the protected content alone takes {taken} tokens, over the budget of {target}: raise the budget "
+            f"(tokens={taken} or more), protect less, or pass on_protected_overflow='keep' (keep all of it, over "
+            "the budget) or 'trim' (protect only what fits: your own patterns and spans first, then the best-scored)"
+        )
 
 
 @lru_cache(maxsize=4)
@@ -60,6 +78,11 @@ def compress_text(
     protect_negations: bool = False,
     protect_identifiers: bool = False,
     progress: bool = False,
+    structure: str = "auto",
+    json_minify: bool = False,
+    on_protected_overflow: str = "error",
+    fallback: str | float | None = None,
+    max_risk: float = 0.2,
 ) -> Compressed:
     """Compress `text` for `question` with the text method `m` to `keep` (fraction of tokens) or `tokens` (count).
 
@@ -68,24 +91,95 @@ def compress_text(
         tokenizer: how tokens are counted for the budget and the result: "scorer", "cl100k_base",
             "o200k_base", or a Hugging Face tokenizer.
         protect: regular expressions or (start, end) spans that are always kept verbatim;
-            `protect_numbers`, `protect_negations`, `protect_identifiers` add common ones.
-        progress: draw a progress bar on stderr for long inputs.
+            `protect_numbers`, `protect_negations` (the negation with the phrase it governs),
+            `protect_identifiers` add common ones.
+        progress: draw a progress bar on stderr for every stage of a long input.
+        structure: "auto" (default): JSON (the whole text parses), chat transcripts and Markdown (fenced code,
+            tables, headings, lists) come out well-formed, plain prose as word by word; "off": word by word
+            always; "json" or "markdown": that structure only (see gistify.text.structure).
+        json_minify: with JSON input, remove the whitespace between its tokens first (lossless); the result's
+            `source` and `kept_spans` are then the minified text's.
+        on_protected_overflow: when the protected content alone is over the budget: "error" (default) raises
+            ProtectedOverflow (a ValueError) before any scoring; "keep" keeps all of it, over the budget, with a
+            note; "trim" protects only what fits (`protect` spans and patterns first, then the options'
+            matches, each group best-scored first, a match whole or not at all).
+        fallback: when the risk report's score is over `max_risk`: None (default) returns the result as it
+            is; "unchanged" returns the text unchanged; a number in (0, 1] compresses again at that keep. The
+            result's `fell_back` and notes say so.
+        max_risk: the risk score (0-1, gistify.text.fidelity) over which `fallback` applies.
     """
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
     if scorer is not None and model is not None:
         raise ValueError("give either `scorer` or `model`, not both")
+    if on_protected_overflow not in OVERFLOW:
+        raise ValueError(f"on_protected_overflow must be one of {', '.join(map(repr, OVERFLOW))}, got "
+                         f"{on_protected_overflow!r}")  # fmt: skip
+    if fallback is not None and fallback != "unchanged":
+        if isinstance(fallback, bool) or not isinstance(fallback, (int, float)) or not 0 < fallback <= 1:
+            raise ValueError(f"fallback must be None, 'unchanged' or a keep fraction in (0, 1], got {fallback!r}")
+    if isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1:
+        raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
         scorer = _shared_scorer(model)
     counter = _counter(tokenizer, scorer)
-
+    run = dict(
+        question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,
+        protect_negations=protect_negations, protect_identifiers=protect_identifiers, progress=progress,
+        structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    words = segment(text)
+    result = _compress(m, text, budget, **run)
+    result.risk = risk(text, result.text)
+    if fallback is None or result.risk["score"] <= max_risk:
+        result.seconds = time.perf_counter() - t0
+        return result
+    why = f"the risk {result.risk['score']:.2f} was over max_risk {max_risk:g} ({summary(result.risk)})"
+    if fallback == "unchanged" or fallback >= 1:
+        back = _unchanged(m, text, budget, counter, result.tokens_in, result.target_tokens)
+        back.notes = [*result.notes, f"fell back: {why}; returned the text unchanged"]
+    else:
+        back = _compress(m, text, Budget(keep=float(fallback)), **run)
+        back.notes = [*back.notes, f"fell back: {why}; compressed again at keep={fallback:g}"]
+    back.risk = risk(text, back.text)
+    if back.risk["score"] > max_risk:
+        back.notes.append(f"the fallback's risk is still {back.risk['score']:.2f}")
+    back.fell_back = True
+    back.seconds = time.perf_counter() - t0
+    return back
+
+
+def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compressed:
+    return Compressed(
+        text=text, source=text, kept_spans=[(0, len(text))], tokens_in=tokens_in, tokens_out=tokens_in,
+        target_tokens=target, budget=str(budget), method=m.name, params=m.params(), tokenizer=counter.name,
+        seconds=0.0, notes=list(notes),
+    )  # fmt: skip
+
+
+def _compress(
+    m, text, budget, *, question, scorer, counter, protect, protect_numbers, protect_negations,
+    protect_identifiers, progress, structure, json_minify, overflow,
+) -> Compressed:  # fmt: skip
+    t0 = time.perf_counter()
     tokens_in = counter.count(text)
     target = budget.target(tokens_in)
-    ranges = protected_ranges(text, protect, protect_numbers, protect_negations, protect_identifiers)
+    if target >= tokens_in:
+        notes = (
+            []
+            if budget.keep == 1
+            else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+        )
+        return _unchanged(m, text, budget, counter, tokens_in, target, notes)
+    layout, notes = analyse(text, structure, json_minify)
+    src = layout.text
+    if layout.minified and any(not isinstance(p, str) for p in protect):
+        raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
+    own = protected_ranges(src, protect)
+    ranges = sorted(set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations,
+                                                    protect_identifiers)))  # fmt: skip
     result = dict(
-        source=text,
+        source=src,
         tokens_in=tokens_in,
         target_tokens=target,
         budget=str(budget),
@@ -94,75 +188,234 @@ def compress_text(
         tokenizer=counter.name,
         protected=ranges,
     )
-    if target >= tokens_in:
-        notes = (
-            []
-            if budget.keep == 1
-            else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
-        )
-        return Compressed(
-            text=text,
-            kept_spans=[(0, len(text))],
-            tokens_out=tokens_in,
-            seconds=time.perf_counter() - t0,
-            notes=notes,
-            **result,
-        )
+    if layout.minified and counter.count(src) <= target:
+        notes.append("the minified JSON fits the budget: nothing else was dropped")
+        return Compressed(text=src, kept_spans=[(0, len(src))], tokens_out=counter.count(src),
+                          seconds=time.perf_counter() - t0, notes=notes, **result)  # fmt: skip
 
-    scores = np.asarray(m.score(Document(text, words, question, scorer, progress)), dtype=np.float64)
+    words = layout.words
+    starts = counter.starts(src)
+    costs = word_costs(starts, words)
+    ucost = costs if layout.plain else np.bincount(layout.charge, weights=costs, minlength=layout.n_units)
+    ucost = ucost.astype(np.int64)
+    uprot = _units_of(layout, ranges)
+    taken = int(ucost[uprot].sum())
+    if taken > target:  # before any scoring: the user decides
+        if overflow == "error":
+            raise ProtectedOverflow(taken, target)
+        if overflow == "keep":
+            notes.append(
+                f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept"
+            )
+
+    scores = np.asarray(m.score(Document(src, words, question, scorer, progress)), dtype=np.float64)
     if scores.shape != (len(words),) or np.isnan(scores).any():
         raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
-    costs = word_costs(counter.starts(text), words)
-    protected = protected_words(ranges, words)
-    notes = []
-    if costs[protected].sum() > target:
-        taken = int(costs[protected].sum())
-        notes.append(f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept")
-    keep_mask = select(scores, costs, target, protected, m.fill_gaps)
-    out, spans, n_out = _fit(text, words, keep_mask, scores, costs, protected, target, counter, m.fill_gaps)
+    uscore = scores if layout.plain else _unit_scores(layout, scores)
+    with progress_bar(3, "selecting", progress) as advance:
+        if taken > target and overflow == "trim":
+            ranges = _trim(layout, own, ranges, uscore, ucost, target)
+            uprot = _units_of(layout, ranges)
+            notes.append(
+                f"protected content takes {taken} tokens, over the budget of {target}: only {len(ranges)} "
+                f"protected spans were kept ({int(ucost[uprot].sum())} tokens)"
+            )
+            result["protected"] = ranges
+        ukeep = select_units(layout, uscore, ucost, target, uprot, m.fill_gaps)
+        advance()
+        out, spans, n_out = _fit(layout, ukeep, uscore, ucost, uprot, target, counter, m.fill_gaps)
+        advance()
+        if not spans:
+            out, spans, n_out, note = _cut(layout, uscore, costs, starts, target, counter)
+            notes.append(note)
+        elif (why := layout.check(out)) is not None:  # cannot happen by construction: fail loudly
+            raise RuntimeError(f"{m.name} broke the {layout.kind} structure: {why}")
+        advance()
 
     lost = missing(ranges, spans)
     if lost:  # cannot happen by construction; a loud failure beats a silently changed meaning
-        raise RuntimeError(f"protected text was not kept verbatim: {[text[s:e] for s, e in lost]}")
+        raise RuntimeError(f"protected text was not kept verbatim: {[src[s:e] for s, e in lost]}")
     return Compressed(
         text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes, **result
     )
 
 
-def _fit(text, words, keep, scores, costs, protected, target, counter, fill_gaps):
-    """Adjust a selection to the real token count of the reassembled text.
+def _units_of(layout: Layout, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """(n_units,) bool: the units that hold a protected word, with their ancestors."""
+    pw = protected_words(ranges, layout.words)
+    if layout.plain:
+        return pw
+    uprot = np.zeros(layout.n_units, dtype=bool)
+    u = layout.unit[pw]
+    uprot[u[u >= 0]] = True
+    return layout.close(uprot)
 
-    Word costs come from tokenizing the whole text; joined differently, the words can tokenize a little
-    differently. Drop the lowest-scoring kept words while over the budget, then (for gap-filling methods)
-    add the best words that still fit while more than one token under it.
+
+def _unit_scores(layout: Layout, scores: np.ndarray) -> np.ndarray:
+    """(n_units,) the mean of the finite scores of a unit's words (-inf when none is finite)."""
+    ok = (layout.unit >= 0) & np.isfinite(scores)
+    n = np.bincount(layout.unit[ok], minlength=layout.n_units)
+    total = np.bincount(layout.unit[ok], weights=scores[ok], minlength=layout.n_units)
+    return np.where(n > 0, total / np.maximum(n, 1), -np.inf)
+
+
+def _trim(layout, own, ranges, uscore, ucost, target) -> list[tuple[int, int]]:
+    """The protected ranges that fit the budget: the user's own first, then the options' matches, each group
+    best-scored first (a range's score: the mean of its units'), a range whole or not at all."""
+    own = set(own)
+    kept, keep, used = [], np.zeros(layout.n_units, dtype=bool), 0
+
+    def rank(r):
+        u = np.flatnonzero(_units_of(layout, [r]))
+        return (r not in own, -float(np.mean(uscore[u])) if len(u) else 0.0, r)
+
+    for r in sorted(ranges, key=rank):
+        u = _units_of(layout, [r]) & ~keep
+        extra = int(ucost[u].sum())
+        if used + extra <= target:
+            keep |= u
+            used += extra
+            kept.append(r)
+    return sorted(kept)
+
+
+def select_units(
+    layout: Layout, scores: np.ndarray, costs: np.ndarray, target: int, protected: np.ndarray, fill_gaps: bool = True
+) -> np.ndarray:
+    """(n_units,) bool: protected units, then the best-scoring units while their cost (with the cost of the
+    parents they bring) fits `target`.
+
+    With `fill_gaps`, a unit that does not fit is skipped and smaller ones after it are still tried (a
+    greedy knapsack, so the budget is met closely); without it, selection stops at the first unit that does
+    not fit (truncation must stay contiguous). Units scored -inf are never chosen; skeletons only as parents.
+    In plain prose (units are words) this is words.select.
     """
+    keep = protected.copy()
+    used = int(costs[keep].sum())
+    plain = layout.plain
+    for i in np.argsort(-scores, kind="stable"):
+        if keep[i]:
+            continue
+        if not plain and not layout.selectable[i]:
+            continue
+        if not np.isfinite(scores[i]) and scores[i] < 0:
+            break
+        up = [] if plain else [a for a in layout.ancestors(int(i)) if not keep[a]]
+        need = int(costs[i]) + (int(costs[up].sum()) if up else 0)
+        if used + need <= target:
+            keep[i] = True
+            keep[up] = True
+            used += need
+        elif not fill_gaps:
+            break
+    return keep
+
+
+def _fit(layout, keep, scores, costs, protected, target, counter, fill_gaps):
+    """Adjust a selection of units to the real token count of the reassembled text.
+
+    Unit costs come from tokenizing the whole text; joined differently, the words can tokenize a little
+    differently. Drop the lowest-scoring kept units that nothing kept depends on while over the budget, then
+    (for gap-filling methods) add the best units that still fit while more than one token under it.
+    """
+    text, words = layout.text, layout.words
     keep = keep.copy()
-    out, spans = assemble(text, words, keep)
+    out, spans = assemble(text, words, layout.word_mask(keep))
     n = counter.count(out)
     for _ in range(_MAX_RECOUNTS):
         if n <= target:
             break
-        droppable = np.flatnonzero(keep & ~protected)
+        droppable = np.flatnonzero(layout.leaves(keep) & ~protected)
         if len(droppable) == 0:
             break
         order = droppable[np.argsort(scores[droppable], kind="stable")]
         cut = np.searchsorted(np.cumsum(costs[order]), n - target) + 1  # enough estimated cost to go under
         keep[order[:cut]] = False
-        out, spans = assemble(text, words, keep)
+        keep = layout.prune(keep, protected)
+        out, spans = assemble(text, words, layout.word_mask(keep))
         n = counter.count(out)
     if fill_gaps:
         tries = 0
+        plain = layout.plain
         for i in np.argsort(-scores, kind="stable"):
             if n >= target - 1 or tries >= _MAX_RECOUNTS:
                 break
-            if keep[i] or costs[i] > target - n or not np.isfinite(scores[i]):
+            if keep[i] or not np.isfinite(scores[i]) or not plain and not layout.selectable[i]:
+                continue
+            up = [] if plain else [a for a in layout.ancestors(int(i)) if not keep[a]]
+            if costs[i] + (costs[up].sum() if up else 0) > target - n:
                 continue
             keep[i] = True
+            keep[up] = True
             tries += 1
-            cand, cand_spans = assemble(text, words, keep)
+            cand, cand_spans = assemble(text, words, layout.word_mask(keep))
             c = counter.count(cand)
             if c <= target:
                 out, spans, n = cand, cand_spans, c
             else:
                 keep[i] = False
+                keep[up] = False
     return out, spans, n
+
+
+def _cut(layout, scores, costs, starts, target, counter):
+    """No whole unit fits: keep the head of the best-scoring unit, cut inside it to the budget (inside a
+    word if need be), with the parents it needs and, for a fenced code block, both fence lines when they fit.
+    Never empty for a budget of one token or more. Returns (text, spans, tokens, note)."""
+    text, words = layout.text, layout.words
+    pick = np.flatnonzero(layout.selectable)
+    pick = pick[np.argsort(-scores[pick], kind="stable")] if len(pick) else np.zeros(1, dtype=np.int64)
+    best, frame = int(pick[0]), np.zeros(len(words), dtype=bool)
+    if not layout.plain:  # the best unit whose parents leave room for a token of it
+        for u in pick[: 4 * _MAX_RECOUNTS]:
+            up = np.zeros(layout.n_units, dtype=bool)
+            up[layout.ancestors(int(u))] = True
+            if costs[layout.word_mask(up)].sum() < target:
+                best, frame = int(u), layout.word_mask(up)
+                break
+    whole = np.flatnonzero(layout.unit == best)
+    own = whole
+    if not layout.plain:
+        opening, closing = layout.fences.get(best, (whole[:0], whole[:0]))
+        if len(closing):  # keep both fence lines, cut the code between them
+            frame[opening] = frame[closing] = True
+            own = np.setdiff1d(whole, np.concatenate([opening, closing]))
+    if costs[frame].sum() >= target:  # the frame alone does not fit: the unit's head alone
+        own, frame = whole, np.zeros(len(words), dtype=bool)
+    room = target - int(costs[frame].sum())
+    k = int(np.searchsorted(np.cumsum(costs[own]), room, side="right"))  # whole words that fit
+    head, nxt = list(own[:k]), (int(own[k]) if k < len(own) else None)
+    ends = []  # where the next word may end: the starts of its inner tokens, r tokens kept for ends[r - 1]
+    if nxt is not None:
+        inner = starts[(starts > words[nxt, 0]) & (starts < words[nxt, 1])]
+        ends = [int(x) for x in inner[: max(1, room - int(costs[head].sum()))]]
+    cut = words.copy()
+    out, spans, n = "", [], 0
+    for _ in range(2 * _MAX_RECOUNTS):
+        mask = frame.copy()
+        mask[head] = True
+        if ends:
+            mask[nxt], cut[nxt, 1] = True, ends[-1]
+        out, spans = assemble(text, cut, mask)
+        n = counter.count(out)
+        if spans and n <= target and layout.check(out) is None:
+            break
+        if ends:
+            ends.pop()
+        elif head:
+            head.pop()
+        elif frame.any():
+            frame[:] = False
+        else:
+            break
+    if not spans or n > target:  # the first token of the unit's first word, whatever it costs
+        w = int(whole[0]) if len(whole) else 0
+        inner = starts[(starts > words[w, 0]) & (starts < words[w, 1])]
+        s, e = int(words[w, 0]), int(inner[0]) if len(inner) else int(words[w, 1])
+        out, spans = text[s:e], [(s, e)]
+        n = counter.count(out)
+    what = "a word" if layout.plain else f"a {layout.kind} unit"
+    note = f"no whole unit fits the budget of {target} tokens: kept the first {n} tokens of {what}, cut inside it"
+    if (why := layout.check(out)) is not None:
+        note += f"; {why}"
+    return out, spans, n, note

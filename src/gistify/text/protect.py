@@ -1,8 +1,9 @@
 """Protected content: character ranges that compression must keep verbatim.
 
-The user gives spans (start, end) or regular expressions; options add numbers, negations and
-identifiers, whose loss silently changes meaning ("not", "3.5 mg", `max_retries`). Every word that overlaps
-a protected range is kept, and the result checks that each range survived inside one kept span.
+The user gives spans (start, end) or regular expressions; options add numbers, negations (with the phrase
+they negate) and identifiers, whose loss silently changes meaning ("do not delete", "3.5 mg", `max_retries`).
+Every word that overlaps a protected range is kept, and the result checks that each range survived inside one
+kept span.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import numpy as np
 
 NUMBER = r"[-+−]?(?<![\w.])\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th)?(?!\w)"
 NEGATION = r"(?i)\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|without|cannot|\w+n['’]t)\b"
+# What `protect_negations` keeps: the negation with what it governs, so "do NOT delete the files" cannot come
+# out as "NOT" or "do delete": an auxiliary just before it (do, is, can, should, ...), the negation, and up to
+# NEGATED_WORDS words after it on the same line, stopping at punctuation ("isn't working", "never at night").
+NEGATED_WORDS = 3
+_AUXILIARY = (
+    r"do|does|did|is|are|was|were|am|be|been|being|can|could|should|would|will|shall|must|may|might|have|has|had"
+    r"|need|ought|to"
+)
+NEGATION_PHRASE = rf"(?i)(?:\b(?:{_AUXILIARY})[ \t]+)?{NEGATION[4:]}(?:[ \t]+[\w'’-]*\w){{0,{NEGATED_WORDS}}}"
 # snake_case, dotted.names, camelCase / PascalCase with an inner capital, words mixing letters and digits,
 # and calls such as f(x): the spellings that a model cannot rebuild from context.
 IDENTIFIER = (
@@ -33,7 +43,7 @@ def protected_ranges(
     ValueError for a span outside the text or a pattern that does not compile.
     """
     ranges: list[tuple[int, int]] = []
-    patterns = [p for p, on in ((NUMBER, numbers), (NEGATION, negations), (IDENTIFIER, identifiers)) if on]
+    patterns = [p for p, on in ((NUMBER, numbers), (NEGATION_PHRASE, negations), (IDENTIFIER, identifiers)) if on]
     for item in protect:
         if isinstance(item, str):
             patterns.append(item)

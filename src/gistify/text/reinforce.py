@@ -112,8 +112,8 @@ class ContextualReinforcement(TextMethod):
         else:  # no question, no query: a uniform prior makes step 4 plain PageRank centrality
             qz = qu = None
         prior = self._prior(z, qz, qu) if qz is not None else torch.full((len(z),), 1.0 / len(z))  # (n,)
-        graph = affinity_graph(z, self.k, self.sigma)
-        s = personalized_pagerank(graph, prior, self.alpha, self.iterations)
+        graph = affinity_graph(z, self.k, self.sigma, progress=doc.progress)
+        s = personalized_pagerank(graph, prior, self.alpha, self.iterations, progress=doc.progress)
         u = torch.from_numpy(stats.self_info).float()
         return torch.stack([zscore(s), zscore(prior), zscore(u)], dim=1)
 
