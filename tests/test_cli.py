@@ -145,9 +145,9 @@ def test_model_that_does_not_load_exits_3(doc, tmp_path, capsys):
 def test_uncached_embedded_model_says_which_command_to_run(doc, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GISTIFY_HOME", str(tmp_path / "empty-home"))
     models.load.cache_clear()
-    from gistify.text.pipeline import _shared_scorer
+    from gistify.text.pipeline import shared_scorer
 
-    _shared_scorer.cache_clear()
+    shared_scorer.cache_clear()
     try:
         assert main(["compress", str(doc), "--keep", "0.5"]) == 3
         assert "run: gistify models fetch smollm2-135m-instruct" in capsys.readouterr().err
@@ -156,7 +156,7 @@ def test_uncached_embedded_model_says_which_command_to_run(doc, tmp_path, monkey
         assert "smollm2-135m-instruct" in out and "not cached" in out and "Apache-2.0" in out
     finally:
         models.load.cache_clear()
-        _shared_scorer.cache_clear()
+        shared_scorer.cache_clear()
 
 
 def test_methods_listing(capsys):

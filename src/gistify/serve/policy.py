@@ -201,6 +201,9 @@ class Compressor:
                 protect_numbers=s.protect_numbers,
                 protect_negations=s.protect_negations,
                 protect_identifiers=s.protect_identifiers,
+                # code and JSON spans are protected: when they alone are over the budget, keep them all (the
+                # message is then over budget, never changed in meaning) rather than fail the compression
+                on_protected_overflow="keep",
                 **budget,
             )
         finally:

@@ -5,6 +5,9 @@ structure (units: words, or Markdown / JSON / chat elements kept whole) -> count
 word, per unit -> select the best units within the budget -> reassemble in order -> fit to the real token count
 -> never empty (cut inside the best unit) -> risk report, and the fallback if asked.
 `TextMethod.compress` runs it; `gistify.compress` reaches it through the method object.
+
+A little over 400 lines: the stages above share one selection state (units, costs, protection, the kept mask)
+and are easier to follow in order in one file than split across modules that pass it around.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class ProtectedOverflow(ValueError):
 
 
 @lru_cache(maxsize=4)
-def _shared_scorer(model: str | None) -> Scorer:
+def shared_scorer(model: str | None) -> Scorer:
+    """The scorer `compress` loads when none is given: one per model name, kept for the process."""
     return Scorer.load(model)
 
 
@@ -121,7 +125,7 @@ def compress_text(
     if isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1:
         raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
-        scorer = _shared_scorer(model)
+        scorer = shared_scorer(model)
     counter = _counter(tokenizer, scorer)
     run = dict(
         question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,

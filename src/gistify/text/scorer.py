@@ -49,7 +49,8 @@ class Scorer:
     def name(self) -> str:
         return self.label or getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__
 
-    def _encode(self, text: str) -> tuple[list[int], np.ndarray]:
+    def encode(self, text: str) -> tuple[list[int], np.ndarray]:
+        """The scorer's token ids of `text` (no special tokens) and each token's first character offset."""
         backend = self.tokenizer.backend_tokenizer
         enc = backend.encode(text, add_special_tokens=False)
         return enc.ids, np.array([a for a, _ in enc.offsets], dtype=np.int64)
@@ -74,7 +75,7 @@ class Scorer:
         key = (text, layer)
         if key in self._cache:
             return self._cache[key]
-        ids, starts = self._encode(text)
+        ids, starts = self.encode(text)
         n = len(ids)
         bos = self.tokenizer.bos_token_id
         self_info = np.zeros(n, dtype=np.float32)
@@ -104,7 +105,7 @@ class Scorer:
         """Hidden states (m, d) at `layer` and self-information (m,) of a short text (a question), read on
         its own after BOS (truncated to one window)."""
         self._check_layer(layer)
-        ids, _ = self._encode(text)
+        ids, _ = self.encode(text)
         ids = ids[: self.window]
         bos = self.tokenizer.bos_token_id
         lead = [bos] if bos is not None else []

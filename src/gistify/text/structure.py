@@ -20,6 +20,9 @@ the selection is exactly the word-level one.
   is one): each message's members other than `content` belong to the message's skeleton, so a kept message
   always has its role; the words of `content` are compressed; a message whose words are all dropped goes
   whole.
+
+A little over 400 lines: the three structures share the unit model above and its assembly (commas, parents),
+which is why they live together.
 """
 
 from __future__ import annotations

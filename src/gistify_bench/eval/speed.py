@@ -36,12 +36,12 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
 
-    from gistify.text.pipeline import _shared_scorer
+    from gistify.text.pipeline import shared_scorer
     from gistify_bench.eval.peers import lingua
     from gistify_bench.eval.reader import Reader
     from gistify_bench.eval.runner import gistify_compressor
 
-    scorer = _shared_scorer(model)
+    scorer = shared_scorer(model)
     ids = scorer.tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids[:tokens]
     text = scorer.tokenizer.decode(ids)
     if method in lingua.MODES:  # a peer: time its worker process, and read that process's memory

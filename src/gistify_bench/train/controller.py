@@ -104,7 +104,7 @@ def make_input(scorer, context: str, question: str, answer: str) -> Input:
 
     tok = scorer.tokenizer
     features = ContextualReinforcement().features(Document(context, segment(context), question, scorer))
-    context_ids = torch.tensor(scorer._encode(context)[0])
+    context_ids = torch.tensor(scorer.encode(context)[0])
     question_ids = torch.tensor(tok("\n\n" + question.split(BLANK)[0].rstrip(), add_special_tokens=False).input_ids)
     answer_ids = torch.tensor(tok(" " + answer, add_special_tokens=False).input_ids)
     ce, pool = _read(scorer.model, _bos(tok), context_ids, question_ids, answer_ids)
