@@ -29,8 +29,8 @@ def compress(
         method: a method name (see `gistify.methods("text")`; "vist" reads the distant part as images) or a
             method instance.
         kwargs: the method's hyperparameters (e.g. `side="tail"` for truncate), and the options its family
-            takes: for text methods `scorer`, `model`, `tokenizer`, `protect`, `protect_numbers`,
-            `protect_negations`, `protect_identifiers`, `progress` (see `gistify.text.pipeline.compress_text`).
+            declares in `options`: for text methods `scorer`, `model`, `tokenizer`, `protect`, `protect_*`,
+            `structure`, `fallback`, ... (`TextMethod.options`; see `gistify.text.pipeline.compress_text`).
     """
     if isinstance(method, Method):
         cls = type(method)
