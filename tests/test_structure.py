@@ -294,3 +294,11 @@ def test_albedo_reinforce_is_byte_identical_to_the_word_pipeline():
     assert auto.text == off.text and auto.kept_spans == off.kept_spans
     expected = "82b43680d122cb8cce5f86dfaedab880f7d7a5eda15debb45d8248231a626396"  # sha256, 2,603 characters
     assert hashlib.sha256(auto.text.encode()).hexdigest() == expected
+
+
+def test_nested_list_markers_on_one_line():
+    """ "+ +" opens an item inside an item on the same line (found in a Wikipedia article at 100k tokens)."""
+    text = "Consider the following reactions:\n\n+ +\n+ +\n\nBoth theories easily describe the first reaction here.\n"
+    layout, _ = analyse(text)
+    assert layout.kind == "markdown" and np.all(layout.parent < np.arange(layout.n_units))
+    assert gistify.compress(text, keep=0.5, method="random", tokenizer="cl100k_base").text

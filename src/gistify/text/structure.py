@@ -387,7 +387,7 @@ def _markdown_layout(text: str) -> Layout:
     fences = {}
 
     def item_unit(i: int) -> int:
-        return unit_of[("item", i)] if i >= 0 else -1
+        return unit_of.get(("item", i), -1) if i >= 0 else -1  # -1: its marker became part of another element
 
     for w in range(n):
         k = key[w]
