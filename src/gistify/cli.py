@@ -5,6 +5,9 @@ never imports it).
 Exit codes, for scripts: 0 success; 1 internal error (a bug: please report it); 2 bad input or usage;
 3 a model is not available or does not load. Errors are one line on stderr; set GISTIFY_DEBUG=1 for the
 traceback.
+
+A little over 400 lines, most of them flags: one small function per subcommand that maps its flags and hands
+over to its family (text pipeline, batch, serve, rendering, models), and one parser that lists them all.
 """
 
 from __future__ import annotations
