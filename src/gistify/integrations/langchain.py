@@ -29,10 +29,10 @@ except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError("gistify.integrations.langchain needs LangChain: pip install 'gistify[langchain]'") from e
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from gistify.integrations.passages import compress_passages
+from gistify.integrations.passages import PassageCompression
 
 
-class GistifyCompressor(BaseDocumentCompressor):
+class GistifyCompressor(PassageCompression, BaseDocumentCompressor):
     """Compress retrieved documents for the query under a token budget (`keep` or `tokens`)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -49,35 +49,16 @@ class GistifyCompressor(BaseDocumentCompressor):
     _loaded: Any = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
-        import gistify
-
-        gistify.Budget(keep=self.keep, tokens=self.tokens)  # a bad budget fails here, not at the first query
-        gistify.get_method(self.method, kind="text", **self.params)
-
-    def _scorer(self):
-        if self.scorer is not None:
-            return self.scorer
-        if self._loaded is None:
-            import gistify
-
-            self._loaded = gistify.Scorer.load(self.model)  # once per compressor, not per query
-        return self._loaded
+        self._validate()
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Any = None
     ) -> Sequence[Document]:
         if not documents:
             return []
-        passages = compress_passages(
+        passages = self._compress(
             [d.page_content for d in documents],
             query or None,
-            keep=self.keep,
-            tokens=self.tokens,
-            joint=self.joint,
-            method=self.method,
-            scorer=self._scorer(),
-            tokenizer=self.tokenizer,
-            **self.params,
         )
         out = []
         for doc, p in zip(documents, passages):

@@ -24,12 +24,12 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError("gistify.integrations.llamaindex needs LlamaIndex: pip install 'gistify[llamaindex]'") from e
 
-from gistify.integrations.passages import compress_passages
+from gistify.integrations.passages import PassageCompression
 
 KEY = "gistify"
 
 
-class GistifyPostprocessor(BaseNodePostprocessor):
+class GistifyPostprocessor(PassageCompression, BaseNodePostprocessor):
     """Compress retrieved nodes for the query under a token budget (`keep` or `tokens`)."""
 
     keep: float | None = None
@@ -44,39 +44,20 @@ class GistifyPostprocessor(BaseNodePostprocessor):
     _loaded: Any = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
-        import gistify
-
-        gistify.Budget(keep=self.keep, tokens=self.tokens)  # a bad budget fails here, not at the first query
-        gistify.get_method(self.method, kind="text", **self.params)
+        self._validate()
 
     @classmethod
     def class_name(cls) -> str:
         return "GistifyPostprocessor"
-
-    def _scorer(self):
-        if self.scorer is not None:
-            return self.scorer
-        if self._loaded is None:
-            import gistify
-
-            self._loaded = gistify.Scorer.load(self.model)  # once per postprocessor, not per query
-        return self._loaded
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         if not nodes:
             return []
-        passages = compress_passages(
+        passages = self._compress(
             [n.node.get_content() for n in nodes],
             query_bundle.query_str if query_bundle and query_bundle.query_str else None,
-            keep=self.keep,
-            tokens=self.tokens,
-            joint=self.joint,
-            method=self.method,
-            scorer=self._scorer(),
-            tokenizer=self.tokenizer,
-            **self.params,
         )
         out = []
         for n, p in zip(nodes, passages):

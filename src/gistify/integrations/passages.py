@@ -113,3 +113,29 @@ def _count(text: str, scorer: Any, tokenizer: str) -> int:
     if not text.strip():
         return 0
     return gistify.compress(text, keep=1.0, method="truncate", scorer=scorer, tokenizer=tokenizer).tokens_in
+
+
+class PassageCompression:
+    """What both framework wrappers share, as a mixin of their pydantic models (which declare the fields `keep`,
+    `tokens`, `joint`, `method`, `params`, `model`, `tokenizer`, `scorer` and the private `_loaded`)."""
+
+    def _validate(self) -> None:
+        import gistify
+
+        gistify.Budget(keep=self.keep, tokens=self.tokens)  # a bad budget fails here, not at the first query
+        gistify.get_method(self.method, kind="text", **self.params)
+
+    def _scorer(self):
+        if self.scorer is not None:
+            return self.scorer
+        if self._loaded is None:
+            import gistify
+
+            self._loaded = gistify.Scorer.load(self.model)  # once per wrapper, not per query
+        return self._loaded
+
+    def _compress(self, texts: list[str], query: str | None) -> list:
+        return compress_passages(
+            texts, query, keep=self.keep, tokens=self.tokens, joint=self.joint, method=self.method,
+            scorer=self._scorer(), tokenizer=self.tokenizer, **self.params,
+        )  # fmt: skip
