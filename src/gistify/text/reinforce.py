@@ -66,6 +66,8 @@ class ContextualReinforcement(TextMethod):
         tail_tokens: with no question, the query is the text's last `tail_tokens` tokens (the spec's choice,
             for text that a model will continue); 0 (default, ours) uses no query: a uniform prior, so the
             propagation is plain PageRank centrality (TextRank), better for a document read as a whole.
+        fast: the scorer's fast path (docs/methods.md §1.2.2): only the first `layer` layers run, in int8, and
+            a small trained head predicts the self-information u (gistify.text.fast).
     """
 
     name = "reinforce"
@@ -82,6 +84,7 @@ class ContextualReinforcement(TextMethod):
     query: str = "vote"
     aggregate: str = "max"
     tail_tokens: int = 0
+    fast: bool = False
 
     def __post_init__(self):
         for f, lo in (("layer", 0), ("k", 1), ("iterations", 1), ("tail_tokens", 0)):
@@ -100,12 +103,12 @@ class ContextualReinforcement(TextMethod):
     def features(self, doc: Document) -> torch.Tensor:
         """(n_tokens, 3) z-scored propagated relevance ŝ, prior relevance r̂ and self-information û of the
         scorer's tokens: what step 5 weighs (and what the RL controller's policy reads, §1.2.1)."""
-        stats = doc.stats(self.layer)
+        stats = doc.stats(self.layer, self.fast)
         h = stats.hidden  # (n, d)
         mean = h.mean(0)
         z = F.normalize(h - mean, dim=-1)  # centring removes the direction all states share
         if doc.question and doc.question.strip():
-            qh, qu = doc.scorer.embed(doc.question, self.layer)
+            qh, qu = doc.scorer.embed(doc.question, self.layer, self.fast)
             qz = F.normalize(qh - mean, dim=-1)  # (m, d)
         elif self.tail_tokens:
             qz, qu = z[-self.tail_tokens :], torch.from_numpy(stats.self_info[-self.tail_tokens :]).float()
@@ -139,7 +142,7 @@ class ContextualReinforcement(TextMethod):
 
     def score(self, doc: Document) -> np.ndarray:
         w = self.token_weights(doc).numpy()
-        scores = doc.per_word(w, self.aggregate, self.layer)
+        scores = doc.per_word(w, self.aggregate)
         if self.threshold is not None:
             scores = np.where(scores >= self.threshold, scores, -np.inf)
         return scores

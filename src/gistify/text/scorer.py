@@ -37,6 +37,7 @@ class Scorer:
     context: int = 128
     label: str | None = None  # how results name it; default: the model's name or path
     _cache: dict = field(default_factory=dict, repr=False)
+    _fast: dict = field(default_factory=dict, repr=False)  # layer -> gistify.text.fast.FastPath, built once
 
     @classmethod
     def load(cls, name_or_path: str | None = None) -> Scorer:
@@ -68,11 +69,28 @@ class Scorer:
         """Drop the cached statistics (benchmarks time the forward pass every run)."""
         self._cache.clear()
 
+    def _fast_path(self, layer: int):
+        from gistify.text.fast import FastPath
+
+        if layer not in self._fast:
+            self._fast[layer] = FastPath(self.model, layer)
+        return self._fast[layer]
+
+    def _window(self, x: torch.Tensor, layer: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """States (T, d) at `layer` of the ids x (1, T), and the self-information (T-1,) of tokens 1..T-1:
+        from the full model, or from the fast path (its first `layer` layers and a surprisal head)."""
+        if fast:
+            return self._fast_path(layer).window(x)
+        out = self.model(input_ids=x, output_hidden_states=True)
+        rows = torch.arange(x.shape[1] - 1)  # logits at position p predict token p+1
+        return out.hidden_states[layer][0].float(), _surprisal(out.logits[0], rows, x[0, 1:])
+
     @torch.inference_mode()
-    def stats(self, text: str, layer: int = 2, progress: bool = False) -> TokenStats:
-        """Self-information and layer-`layer` hidden states of every token of `text` (cached per text)."""
+    def stats(self, text: str, layer: int = 2, progress: bool = False, fast: bool = False) -> TokenStats:
+        """Self-information and layer-`layer` hidden states of every token of `text` (cached per text).
+        `fast`: the first `layer` layers in int8 and a trained surprisal head (gistify.text.fast)."""
         self._check_layer(layer)
-        key = (text, layer)
+        key = (text, layer, fast)
         if key in self._cache:
             return self._cache[key]
         ids, starts = self.encode(text)
@@ -84,24 +102,21 @@ class Scorer:
         for s in track(windows, len(windows), "scoring", progress):
             e = min(n, s + self.window)
             lead = ids[max(0, s - self.context) : s] if s else ([bos] if bos is not None else [])
-            x = torch.tensor([lead + ids[s:e]])
-            out = self.model(input_ids=x, output_hidden_states=True)
+            h, u = self._window(torch.tensor([lead + ids[s:e]]), layer, fast)
             k = len(lead)
-            # logits at position p predict token p+1; window token j sits at position k + j.
-            targets = torch.tensor(ids[s:e])
+            # window token j sits at position k + j; u[i] is the self-information of position i + 1.
             first = 0 if k else 1  # with no lead (no BOS), the very first token has no prediction
-            pos = torch.arange(first, e - s)
-            self_info[s + first : e] = _surprisal(out.logits[0], k + pos - 1, targets[pos]).numpy()
+            self_info[s + first : e] = u[k + first - 1 :].numpy()
             if not k and n > 1:
                 self_info[0] = float(self_info[1:e].mean())  # neutral: neither kept nor dropped for it
-            hidden[s:e] = out.hidden_states[layer][0, k:]
+            hidden[s:e] = h[k:]
         result = TokenStats(starts=starts, self_info=self_info, hidden=hidden)
         self._cache.clear()  # keep one text: methods on the same text share one forward pass
         self._cache[key] = result
         return result
 
     @torch.inference_mode()
-    def embed(self, text: str, layer: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, text: str, layer: int = 2, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (m, d) at `layer` and self-information (m,) of a short text (a question), read on
         its own after BOS (truncated to one window)."""
         self._check_layer(layer)
@@ -109,15 +124,13 @@ class Scorer:
         ids = ids[: self.window]
         bos = self.tokenizer.bos_token_id
         lead = [bos] if bos is not None else []
-        out = self.model(input_ids=torch.tensor([lead + ids]), output_hidden_states=True)
+        h, info = self._window(torch.tensor([lead + ids]), layer, fast)
         k = len(lead)
         u = torch.zeros(len(ids))
-        if len(ids) > 1 - k:
-            pos = torch.arange(1 - k, len(ids))
-            u[1 - k :] = _surprisal(out.logits[0], k + pos - 1, torch.tensor(ids)[pos])
+        u[1 - k :] = info  # token j sits at position k + j; info[i] is position i + 1's
         if not k and len(ids) > 1:
             u[0] = u[1:].mean()
-        return out.hidden_states[layer][0, k:].float(), u
+        return h[k:], u
 
 
 def _surprisal(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -129,12 +129,15 @@ class Document:
     progress: bool = False
     _stats: dict = field(default_factory=dict, repr=False)
 
-    def stats(self, layer: int = 2):
+    def stats(self, layer: int = 2, fast: bool = False):
+        """The scorer's TokenStats of the text (`fast`: from the scorer's fast path, gistify.text.fast)."""
         if self.scorer is None:
             raise ValueError("this method needs a scorer model")
-        if layer not in self._stats:
-            self._stats[layer] = self.scorer.stats(self.text, layer=layer, progress=self.progress)
-        return self._stats[layer]
+        if (layer, fast) not in self._stats:
+            self._stats[layer, fast] = self.scorer.stats(self.text, layer=layer, progress=self.progress, fast=fast)
+        return self._stats[layer, fast]
 
-    def per_word(self, token_values: np.ndarray, how: str, layer: int = 2) -> np.ndarray:
-        return per_word(np.asarray(token_values), self.stats(layer).starts, self.words, how)
+    def per_word(self, token_values: np.ndarray, how: str) -> np.ndarray:
+        """Token values combined per word ("max", "mean" or "sum"); the tokens are those of any stats read."""
+        starts = next(iter(self._stats.values())).starts if self._stats else self.stats().starts
+        return per_word(np.asarray(token_values), starts, self.words, how)
