@@ -56,12 +56,24 @@ def tiny_model(tiny_tokenizer):
     return tiny_llama(tiny_tokenizer)
 
 
+@pytest.fixture(scope="session")
+def tiny_head(tiny_model, tmp_path_factory):
+    """A seeded random surprisal head for the tiny Llama's layer 4, so that `reinforce-fast` runs on it."""
+    from gistify.text.fast import SurprisalHead, fingerprint, save_head
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-head") / "head.safetensors"
+    meta = {"model": "tiny", "fingerprint": fingerprint(tiny_model), "layer": 4, "hidden": 32, "width": 16}
+    save_head(SurprisalHead(32, 16), path, meta)
+    return path
+
+
 @pytest.fixture()
-def tiny_scorer(tiny_model, tiny_tokenizer):
+def tiny_scorer(tiny_model, tiny_tokenizer, tiny_head):
     from gistify import Scorer
 
     # A small window so that tests cross window boundaries.
-    return Scorer(tiny_model, tiny_tokenizer, window=96, context=16)
+    return Scorer(tiny_model, tiny_tokenizer, window=96, context=16, head=tiny_head)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Behaviour on the real embedded SmolLM2-135M (fetched by scripts/setup.sh): a planted fact survives.
 
 A fact is planted in real Wikipedia prose at a seeded paragraph; its question does not contain the answer.
-At keep=0.2 `reinforce` must keep the answer in at least 90% of 20 placements, where `random` keeps it in
-roughly 20% (issue 2).
+At keep=0.2 `reinforce` and its fast path `reinforce-fast` must keep the answer in at least 90% of 20
+placements, where `random` keeps it in roughly 20% (issue 2).
 """
 
 import random
@@ -65,7 +65,7 @@ def placements(n=20, chars=4000):
 
 @pytest.fixture(scope="module")
 def survival():
-    counts = {"reinforce": 0, "random": 0}
+    counts = {"reinforce": 0, "reinforce-fast": 0, "random": 0}
     for seed, (doc, question, answer) in enumerate(placements()):
         assert answer not in question and doc.count(answer) == 1
         for method in counts:
@@ -79,6 +79,10 @@ def survival():
 
 def test_reinforce_keeps_the_planted_fact(survival):
     assert survival["reinforce"] >= 18
+
+
+def test_the_fast_path_keeps_it_as_well(survival):
+    assert survival["reinforce-fast"] >= 18
 
 
 def test_random_keeps_it_about_a_fifth_of_the_time(survival):

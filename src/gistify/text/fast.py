@@ -49,9 +49,9 @@ def fingerprint(model) -> str:
 
 
 def build_trunk(model, layers: int) -> nn.Module:
-    """The base model of `model` cut after `layers` decoder layers, with no final norm: its
-    `last_hidden_state` is `hidden_states[layers]` of the full model. Every module is shared with `model`
-    (no weights copied)."""
+    """The base model of `model` cut after `layers` decoder layers: its `last_hidden_state` is
+    `hidden_states[layers]` of the full model (transformers applies the final norm to the last entry only, so
+    the trunk keeps it only when it keeps every layer). Every module is shared with `model` (no copy)."""
     base = getattr(model, "model", None)
     if base is None or not isinstance(getattr(base, "layers", None), nn.ModuleList):
         raise ValueError(f"the fast path needs a decoder model with model.layers; {type(model).__name__} has none")
@@ -62,7 +62,7 @@ def build_trunk(model, layers: int) -> nn.Module:
     trunk.embed_tokens = base.embed_tokens
     trunk.rotary_emb = base.rotary_emb
     trunk.layers = nn.ModuleList(base.layers[:layers])
-    trunk.norm = nn.Identity()
+    trunk.norm = base.norm if layers == len(base.layers) else nn.Identity()
     left = [n for n, t in [*trunk.named_parameters(), *trunk.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"the fast path cannot cut {type(base).__name__}: {left[:3]} left unset")

@@ -12,6 +12,7 @@ text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ class Scorer:
     window: int = 1024
     context: int = 128
     label: str | None = None  # how results name it; default: the model's name or path
+    head: Path | None = None  # the fast path's surprisal head (gistify.text.fast); default: the shipped one
     _cache: dict = field(default_factory=dict, repr=False)
     _fast: dict = field(default_factory=dict, repr=False)  # layer -> gistify.text.fast.FastPath, built once
 
@@ -73,7 +75,7 @@ class Scorer:
         from gistify.text.fast import FastPath
 
         if layer not in self._fast:
-            self._fast[layer] = FastPath(self.model, layer)
+            self._fast[layer] = FastPath(self.model, layer, self.head) if self.head else FastPath(self.model, layer)
         return self._fast[layer]
 
     def _window(self, x: torch.Tensor, layer: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:

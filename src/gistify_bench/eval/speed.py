@@ -1,16 +1,19 @@
-"""Compression speed and memory of every text method on the embedded scorer.
+"""Compression speed and memory of every text method on the embedded scorer, at several input lengths.
 
-    python -m gistify_bench.eval.speed [--tokens 2000] [--repeats 5] [--methods reinforce,selfinfo,llmlingua]
-                                       [--out ROOT]
+    python -m gistify_bench.eval.speed [--tokens 1000,4000,16000,100000] [--repeats 5,5,3,1]
+                                       [--methods reinforce-fast,reinforce,selfinfo,llmlingua]
+                                       [--skip longllmlingua@100000] [--out ROOT]
 
-Each method runs in a fresh process: the scorer is loaded and one warm-up run is made (not timed), the
-peak-RSS mark is reset, then `repeats` timed runs compress the same real document (the first `--tokens`
-scorer tokens of examples/albedo.txt, or --file) at keep 0.2. Reported per method: the median seconds per
-1k input tokens, and peak RSS (whole process, and above the RSS after loading). The peers LLMLingua and
-LongLLMLingua are timed the same way around their worker process (same SmolLM2 scorer, inter-process
-transfer included; its cost is a JSON line), and their memory is the worker's. Results go to
-ROOT/text/speed/<model>.json (ROOT: --out, default ./results) and a Markdown table on stdout. Times are for
-this machine only.
+Each (method, length) runs in a fresh process: the scorer is loaded and one warm-up run is made on the first
+1,000 tokens (not timed: lazy imports, the allocator, a peer's worker start), the peak-RSS mark is reset, then
+`repeats` timed runs compress the same real document at keep 0.2 with a question. The document: the "eval"
+Wikipedia articles of gistify_bench.data joined, cut at the length in scorer tokens (or --file). Reported per
+cell: the median seconds per 1k input tokens, and peak RSS (whole process, and above the RSS after loading).
+The peers LLMLingua and LongLLMLingua are timed the same way around their worker process (same SmolLM2 scorer,
+inter-process transfer included; its cost is a JSON line), and their memory is the worker's. Results go to
+ROOT/text/speed/<model>.json (ROOT: --out, default ./results; rewritten after every cell, so an interrupted
+run keeps what it measured) and a Markdown table on stdout, with each method's per-token cost at its longest
+length over its shortest. Times are for this machine only.
 """
 
 from __future__ import annotations
@@ -28,11 +31,19 @@ from gistify_bench.eval import measure
 from gistify_bench.eval.measure import reset_peak_rss, rss_mb
 from gistify_bench.options import resolve_out
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "albedo.txt"
 QUESTION = "What is the albedo of fresh snow?"
 
 
-def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str | None) -> dict:
+def document(file: Path | None) -> str:
+    """The text the lengths are cut from: `file`, or the "eval" articles joined."""
+    if file is not None:
+        return file.read_text(encoding="utf-8")
+    from gistify_bench.data import wikipedia
+
+    return "\n\n".join(wikipedia("eval").values())
+
+
+def measure_one(method: str, file: Path | None, tokens: int, repeats: int, model: str | None) -> dict:
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
 
@@ -42,13 +53,15 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
     from gistify_bench.eval.runner import gistify_compressor
 
     scorer = shared_scorer(model)
-    ids = scorer.tokenizer(file.read_text(encoding="utf-8"), add_special_tokens=False).input_ids[:tokens]
-    text = scorer.tokenizer.decode(ids)
+    ids, _ = scorer.encode(document(file))
+    if len(ids) < tokens:
+        raise ValueError(f"the document has {len(ids)} tokens, fewer than the {tokens} asked for")
+    text, warm_text = scorer.tokenizer.decode(ids[:tokens]), scorer.tokenizer.decode(ids[:1000])
     if method in lingua.MODES:  # a peer: time its worker process, and read that process's memory
         run, pid = lingua.compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer")), None
     else:
         run, pid = gistify_compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer"), scorer), "self"
-    run(text, QUESTION, 0.2)  # warm-up: lazy imports, allocator, the peer's worker start
+    run(warm_text, QUESTION, 0.2)  # warm-up: lazy imports, allocator, the peer's worker start
     pid = pid or lingua.LLMLinguaWorker.shared().proc.pid
     base_mb = rss_mb("VmRSS", pid)
     reset_peak_rss(pid)
@@ -59,6 +72,7 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
         result = run(text, QUESTION, 0.2)
         times.append(time.perf_counter() - t0)
     peak_mb = rss_mb("VmHWM", pid)
+    floor = _floor(method, scorer, text, repeats)
     return {
         "method": method,
         "tokens_in": result.tokens_in,
@@ -70,61 +84,97 @@ def measure_one(method: str, file: Path, tokens: int, repeats: int, model: str |
         "peak_rss_mb": peak_mb,
         "peak_above_loaded_mb": peak_mb - base_mb,
         "torch_threads": torch.get_num_threads(),
-    }
+    } | ({"floor_s_per_1k_tokens": floor / result.tokens_in * 1000} if floor else {})
+
+
+def _floor(method: str, scorer, text: str, repeats: int) -> float | None:
+    """For a method on the scorer's fast path: the median seconds of its forward pass alone (the trunk's layers
+    and the surprisal head, `Scorer.stats(fast=True)`), the floor that the rest of compress adds to."""
+    from gistify.method import get_method
+    from gistify_bench.eval.peers import lingua
+
+    m = None if method in lingua.MODES else get_method(method, "text")
+    if not getattr(m, "fast", False):
+        return None
+    times = []
+    for _ in range(repeats):
+        scorer.forget()
+        t0 = time.perf_counter()
+        scorer.stats(text, layer=m.layer, fast=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
-    p.add_argument("--tokens", type=int, default=2000, help="input length in scorer tokens")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--file", type=Path, default=EXAMPLE)
+    p.add_argument("--methods", default="reinforce-fast,reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
+    p.add_argument("--tokens", default="1000,4000,16000,100000", help="input lengths in scorer tokens, comma-separated")
+    p.add_argument("--repeats", default="5,5,3,1", help="timed runs per length (one number, or one per length)")
+    p.add_argument("--skip", default="", help="cells not to run, as METHOD@TOKENS, comma-separated")
+    p.add_argument("--file", type=Path, help="the document (default: the eval articles joined)")
     p.add_argument("--model", default=None, help="scorer (default: the embedded SmolLM2)")
     p.add_argument("--out", help="results root (default ./results); writes ROOT/text/speed/")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    lengths = [int(t) for t in str(args.tokens).split(",")]
+    repeats = [int(r) for r in str(args.repeats).split(",")]
+    if len(repeats) == 1:
+        repeats *= len(lengths)
+    if len(repeats) != len(lengths) or min(lengths) < 1 or min(repeats) < 1:
+        p.error("--repeats needs one positive number, or one per length of --tokens")
     if args.child:
-        print(json.dumps(measure_one(args.child, args.file, args.tokens, args.repeats, args.model)))
+        print(json.dumps(measure_one(args.child, args.file, lengths[0], repeats[0], args.model)))
         return 0
-    rows = []
-    for method in args.methods.split(","):
-        cmd = [
-            sys.executable,
-            "-m",
-            "gistify_bench.eval.speed",
-            "--child",
-            method,
-            "--tokens",
-            str(args.tokens),
-            "--repeats",
-            str(args.repeats),
-            "--file",
-            str(args.file),
-        ] + (["--model", args.model] if args.model else [])
-        print(f"measuring {method} ...", file=sys.stderr)
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    machine = measure.machine()
-    record = {
-        "machine": machine,
-        "load_avg": os.getloadavg(),
-        "model": args.model or "smollm2-135m-instruct",
-        "keep": 0.2,
-        "rows": rows,
-    }
+    record = {"model": args.model or "smollm2-135m-instruct", "keep": 0.2, "question": QUESTION, "rows": []}
     out = resolve_out(args.out) / "text" / "speed"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
-    print(f"machine: {machine}; load average {record['load_avg'][0]:.2f}; scorer {record['model']}; keep 0.2\n")
-    print("| method | tokens in | median s / 1k tokens | peak RSS MB | peak above loaded MB |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        cells = (r["method"], r["tokens_in"], f"{r['median_s_per_1k_tokens']:.3f}", f"{r['peak_rss_mb']:.0f}")
-        print("| " + " | ".join(map(str, cells)) + f" | {r['peak_above_loaded_mb']:.0f} |")
+    for method in args.methods.split(","):
+        for tokens, reps in zip(lengths, repeats):
+            if f"{method}@{tokens}" in args.skip.split(","):
+                continue
+            cmd = [sys.executable, "-m", "gistify_bench.eval.speed", "--child", method]
+            cmd += ["--tokens", str(tokens), "--repeats", str(reps)]
+            cmd += (["--file", str(args.file)] if args.file else []) + (["--model", args.model] if args.model else [])
+            print(f"measuring {method} at {tokens} tokens ...", file=sys.stderr)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return done.returncode
+            record["rows"].append(json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg": os.getloadavg()[0]})
+            record["machine"] = measure.machine()
+            (out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
+    print(table(record))
     return 0
+
+
+def _cell(r: dict) -> str:
+    floor = f" (floor {1000 * r['floor_s_per_1k_tokens']:.0f})" if "floor_s_per_1k_tokens" in r else ""
+    return f"{1000 * r['median_s_per_1k_tokens']:.0f}{floor}, {r['peak_rss_mb']:.0f}"
+
+
+def table(record: dict) -> str:
+    """The Markdown table of a speed record: one row per method, ms per 1k tokens and peak RSS per length."""
+    lengths = sorted({r["tokens_in"] for r in record["rows"]})
+    methods = list(dict.fromkeys(r["method"] for r in record["rows"]))
+    cell = {(r["method"], r["tokens_in"]): r for r in record["rows"]}
+    head = " | ".join(f"{n:,} tokens: ms / 1k, peak MB" for n in lengths)
+    lines = [
+        f"machine: {record['machine']}; scorer {record['model']}; keep {record['keep']}",
+        "",
+        f"| method | {head} | longest / shortest per-1k |",
+        "|---|" + "---|" * (len(lengths) + 1),
+    ]
+    for m in methods:
+        got = [cell.get((m, n)) for n in lengths]
+        cells = [_cell(r) if r else "–" for r in got]
+        have = [r for r in got if r]
+        ratio = have[-1]["median_s_per_1k_tokens"] / have[0]["median_s_per_1k_tokens"] if len(have) > 1 else None
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | {ratio:.2f} |"
+            if ratio
+            else f"| {m} | " + " | ".join(cells) + " | – |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

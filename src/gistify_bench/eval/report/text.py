@@ -11,6 +11,7 @@ from pathlib import Path
 
 COLUMNS = [
     ("accuracy", "score", "{:.2f}"),
+    ("accuracy_ci95", "95% interval", "[{0[0]:.2f}, {0[1]:.2f}]"),
     ("agreement", "agree", "{:.2f}"),
     ("survival", "answer kept", "{:.2f}"),
     ("keep_ratio", "kept", "{:.2f}"),
@@ -53,8 +54,15 @@ def markdown(cells: dict[tuple[str, str], list[dict]]) -> str:
 PEERS = ("llmlingua", "longllmlingua")
 
 
+def _score(m: dict) -> str:
+    """A cell's score with its 95% interval where the cell has one."""
+    ci = m.get("accuracy_ci95")
+    return _fmt(m["accuracy"], "{:.2f}") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
 def summary(cells: dict[tuple[str, str], list[dict]]) -> str:
-    """One line per (task, method): the score at each keep, the uncompressed score first."""
+    """One line per (task, method): the score at each keep with its 95% interval, the uncompressed score
+    first."""
     keeps = sorted({m["keep"] for rows in cells.values() for m in rows if m["method"] != "none"}, reverse=True)
     lines = ["| task (reader, n) | method | " + " | ".join(f"keep {k:g}" for k in keeps) + " |"]
     lines.append("|---|---|" + "---|" * len(keeps))
@@ -62,12 +70,10 @@ def summary(cells: dict[tuple[str, str], list[dict]]) -> str:
         full = next((m for m in rows if m["method"] == "none"), None)
         label = f"{task} ({reader}, n={rows[0]['n']})"
         if full:
-            lines.append(
-                f"| {label} | uncompressed | " + " | ".join(_fmt(full["accuracy"], "{:.2f}") for _ in keeps) + " |"
-            )
+            lines.append(f"| {label} | uncompressed | " + " | ".join(_score(full) for _ in keeps) + " |")
         for method in sorted({m["method"] for m in rows} - {"none"}):
             by_keep = {m["keep"]: m for m in rows if m["method"] == method}
-            scores = [_fmt(by_keep[k]["accuracy"], "{:.2f}") if k in by_keep else "" for k in keeps]
+            scores = [_score(by_keep[k]) if k in by_keep else "" for k in keeps]
             lines.append(f"| {label} | {method} | " + " | ".join(scores) + " |")
     return "\n".join(lines) + "\n"
 
