@@ -8,6 +8,7 @@ TEXT_METHODS = {
         {},
         {"query": "max"},
         {"query": "mean", "aggregate": "mean", "k": 4, "layer": 0, "sigma": 32.0, "tail_tokens": 32},
+        {"recency": 0.0},  # no question: the previous uniform prior
     ],
     "reinforce-fast": [{}, {"query": "max", "tail_tokens": 16}],
     "reinforce-rl": [{"weights": (1.0, -0.5, 2.0), "bias": 0.3}],  # the shipped weights: tests/test_controller.py

@@ -189,3 +189,37 @@ def test_query_agnostic_without_a_question(tiny_scorer, method, params):
     r = gistify.compress(prose()[:2000], keep=0.3, method=method, scorer=tiny_scorer, **params)
     assert abs(r.tokens_out - r.target_tokens) <= 1 or method == "truncate"
     assert_spans_rebuild(r)
+
+
+def test_reinforce_without_a_question_favours_the_text_end(tiny_scorer):
+    """With no question, reinforce's prior decays from the text's end, r_i ∝ exp(-(n-1-i) / recency)
+    (docs/methods.md §1.2 step 3; chosen on the dev articles by experiments/reinforce_lm_dev.py); recency=0 is the
+    previous uniform prior, and a question ignores recency."""
+    import torch
+
+    from gistify.text.reinforce import ContextualReinforcement
+    from gistify.text.words import Document
+
+    text = prose()[:1500]
+
+    def features(question, **params):
+        return ContextualReinforcement(**params).features(Document(text, segment(text), question, tiny_scorer))
+
+    assert ContextualReinforcement().recency == 128
+    r = features(None)[:, 1]  # ẑ(r): the z-scored prior
+    n = len(r)
+    expected = torch.exp(-torch.arange(n - 1, -1, -1, dtype=torch.float32) / 128)
+    assert torch.allclose(r, (expected - expected.mean()) / expected.std(), atol=1e-4)
+    assert torch.equal(features(None, recency=0)[:, 1], torch.zeros(n))  # uniform: a constant z-scores to 0
+    tail = features(None, recency=0, tail_tokens=16)[:, 1]  # the spec's tail query alone, as before
+    assert not torch.equal(tail, torch.zeros(n)) and not torch.allclose(tail, r, atol=1e-2)
+    assert torch.equal(features(QUESTION), features(QUESTION, recency=0))  # a question: recency plays no part
+    assert torch.equal(features(QUESTION, recency=5.0), features(QUESTION, recency=0))
+    with pytest.raises(ValueError, match="recency must be a number"):
+        ContextualReinforcement(recency=-1)
+    # At a small budget the text's last words survive without a question, and the first do not.
+    out = gistify.compress(text, keep=0.2, method="reinforce", scorer=tiny_scorer)
+    words = [text[s:e] for s, e in segment(text)]
+    assert out.text.split()[-5:] == words[-5:]
+    uniform = gistify.compress(text, keep=0.2, method="reinforce", scorer=tiny_scorer, recency=0)
+    assert uniform.text.split()[-5:] != words[-5:]

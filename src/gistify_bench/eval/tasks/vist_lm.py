@@ -6,8 +6,8 @@ the LLM the distant part is scored on the same tokens, and its LLM-side token co
 - vist: the distant part through vist's memory (visual tokens V) + the proximal text;
 - shuffled (lm only): another window's memory, a control (a gain that survives it is not reading);
 - truncate: the last V tokens of the distant text, as text (the same LLM-side token count as vist);
-- reinforce: the distant text compressed by gistify's reinforce to V tokens (no question: a uniform prior, i.e.
-  PageRank centrality over the text), as text;
+- reinforce: the distant text compressed by gistify's reinforce to V tokens (no question: the recency prior,
+  docs/methods.md §1.2 step 3; results before it used a uniform prior, PageRank centrality), as text;
 - full: the whole distant text, as text (the ceiling where it fits).
 
 lm: perplexity of the last 128 tokens (a 129-token proximal window, every token after the first) after D

@@ -102,13 +102,14 @@ class ClozeQA(Task):
 class ContinuationLM(Task):
     length: int = 1024
     continuation: int = 128
+    split: str = "eval"  # articles it draws from (gistify_bench.data); experiments/reinforce_lm_dev.py: "dev", "train"
     name = "lm"
     metric = "perplexity"
 
     def examples(self, n: int, seed: int = 0) -> list[Example]:
         from gistify_bench.data import wikipedia
 
-        articles, tok = wikipedia("eval"), _tokenizer()
+        articles, tok = wikipedia(self.split), _tokenizer()
         need = self.length + self.continuation
         titles = [t for t in sorted(articles) if len(articles[t]) > need * 6]  # ~4-5 characters per token
         out, attempt = [], 0
