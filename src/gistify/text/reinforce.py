@@ -80,7 +80,7 @@ class ContextualReinforcement(TextMethod):
             articles: experiments/reinforce_lm_dev.py and the module's docstring). 0 turns it off: with
             `tail_tokens=0` too, a uniform prior, so the propagation is plain PageRank centrality (TextRank),
             the previous default. A question ignores it.
-        fast: the scorer's fast path (docs/methods.md §1.2.2): only the first `layer` layers run, in int8, and
+        fast: the scorer's fast path (docs/methods.md §1.2.2): only the first `layer` layers run, and
             a small trained head predicts the self-information u (gistify.text.fast).
     """
 

@@ -90,7 +90,7 @@ class Scorer:
     @torch.inference_mode()
     def stats(self, text: str, layer: int = 2, progress: bool = False, fast: bool = False) -> TokenStats:
         """Self-information and layer-`layer` hidden states of every token of `text` (cached per text).
-        `fast`: the first `layer` layers in int8 and a trained surprisal head (gistify.text.fast)."""
+        `fast`: the first `layer` layers only and a trained surprisal head (gistify.text.fast)."""
         self._check_layer(layer)
         key = (text, layer, fast)
         if key in self._cache:

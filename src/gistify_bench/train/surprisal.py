@@ -9,9 +9,9 @@ windows (1024 tokens after 128 of context). Per token t: the trunk's states h_{t
 float32 scorer. The head (gistify.text.fast.SurprisalHead) is fitted by mean squared error with Adam, keeping
 the epoch with the lowest mean squared error on the "dev" articles (early stopping: it overfits the train
 tokens within a few epochs), and scored on them: Pearson and Spearman correlation with the full model's u,
-its mean absolute error, and, as the control, the same scores of the best constant and of unigram statistics (u from token
-frequencies on the train articles). Features and targets are cached in DIR (default ./results/train/surprisal);
-DIR/surprisal_head.safetensors carries the scores in its metadata; --ship copies it into the package.
+its mean absolute error, and, as the control, the same scores of the best constant and of unigram statistics
+(u from token frequencies on the train articles). Features and targets are cached in DIR (default
+./results/train/surprisal); DIR/surprisal_head.safetensors carries the scores in its metadata; --ship copies it into the package.
 """
 
 from __future__ import annotations
