@@ -11,7 +11,8 @@ the epoch with the lowest mean squared error on the "dev" articles (early stoppi
 tokens within a few epochs), and scored on them: Pearson and Spearman correlation with the full model's u,
 its mean absolute error, and, as the control, the same scores of the best constant and of unigram statistics
 (u from token frequencies on the train articles). Features and targets are cached in DIR (default
-./results/train/surprisal); DIR/surprisal_head.safetensors carries the scores in its metadata; --ship copies it into the package.
+./results/train/surprisal); DIR/surprisal_head.safetensors carries the scores in its metadata; --ship copies
+it into the package.
 """
 
 from __future__ import annotations
