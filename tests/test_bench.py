@@ -106,6 +106,7 @@ def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| toy (tiny, n=2) | uncompressed |" in table and "Machine: " in table
+    assert "95% interval" in table  # every cell's score comes with its bootstrap interval over the examples
     with pytest.raises(ValueError, match="no results"):
         report.write(tmp_path / "empty")
 
@@ -318,6 +319,19 @@ def test_method_lists_come_from_the_registry():
     assert methods_for("text", "reinforce,llmlingua,kvpress-snapkv") == ["reinforce", "llmlingua", "kvpress-snapkv"]
     with pytest.raises(ValueError, match="unknown vision method"):
         methods_for("vision", "recover,llmlingua")
+    assert methods_for("text", "truncate[side=tail],reinforce") == ["truncate[side=tail]", "reinforce"]
+    with pytest.raises(ValueError, match="unknown text method"):
+        methods_for("text", "nosuch[side=tail]")
+
+
+def test_text_methods_take_parameters_in_brackets():
+    from gistify_bench.eval.cli import with_params
+
+    assert with_params("truncate[side=tail]") == ("truncate", {"side": "tail"})
+    assert with_params("reinforce[recency=0;k=4]") == ("reinforce", {"recency": 0, "k": 4})
+    assert with_params("reinforce") == ("reinforce", {})
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        with_params("reinforce[recency]")
 
 
 def test_bench_lists_tasks_by_family(capsys):

@@ -32,6 +32,26 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def with_params(name: str) -> tuple[str, dict]:
+    """A text method with parameters, `truncate[side=tail]` or `reinforce[recency=0;k=4]`: its registered name and
+    the parameters (values read as Python literals, else as strings). The cell is named by the whole string."""
+    import ast
+
+    if not name.endswith("]") or "[" not in name:
+        return name, {}
+    base, body = name[:-1].split("[", 1)
+    params = {}
+    for item in filter(None, body.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{name}: parameters are NAME=VALUE separated by ';', got {item!r}")
+        try:
+            params[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value.strip()
+    return base, params
+
+
 def methods_for(family: str, spec: str | None) -> list[str]:
     """The methods to run: `spec` (comma-separated; `all`: every registered method of the family), or the family's
     default (text: TEXT_METHODS; vision: gistify.methods("vision")). Text runs also take the peers by name."""
@@ -45,7 +65,7 @@ def methods_for(family: str, spec: str | None) -> list[str]:
         from gistify_bench.eval.peers import kv_presses, lingua
 
         known += list(lingua.MODES) + list(kv_presses.PRESSES)
-    unknown = [m for m in names if m not in known and m != "none"]
+    unknown = [m for m in names if with_params(m)[0] not in known and m != "none"]
     if unknown:
         raise ValueError(f"unknown {family} method(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return names
@@ -64,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated methods, or `all` (text default: reinforce,selfinfo,random,truncate; vision default: "
         "every gistify vision method); text tasks also take the peers llmlingua, longllmlingua and the kvpress "
-        "presses kvpress-expected, kvpress-snapkv, kvpress-knorm, kvpress-streaming, kvpress-tova",
+        "presses kvpress-expected, kvpress-snapkv, kvpress-knorm, kvpress-streaming, kvpress-tova; a text method "
+        "takes parameters as NAME[KEY=VALUE;...], e.g. truncate[side=tail]",
     )
     p.add_argument("--keep", type=_floats, default=None, help="comma-separated keep fractions "
                    "(text default 0.5,0.33,0.2; vision 0.5,0.25,0.1,0.05)")  # fmt: skip
@@ -108,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                 reader = Reader.load(args.reader)
                 peers = {m: lingua.compressor(m, reader) for m in methods if m in lingua.MODES}
                 peers.update({m: kv_presses.compressor(m, reader) for m in methods if m in kv_presses.PRESSES})
+            for m in methods:  # a gistify method with parameters: its own compressor, its cell named as written
+                base, params = with_params(m)
+                if params and m not in peers:
+                    from gistify_bench.eval.runner import gistify_compressor
+
+                    peers[m] = gistify_compressor(base, reader, **params)
             keeps = args.keep or [0.5, 0.33, 0.2]
             run(name, methods, keeps, n, out, args.seed or 0, reader, peers, show_progress=sys.stderr.isatty())
     written = report.write(out)
