@@ -99,7 +99,7 @@ def test_stdin(monkeypatch, tiny_model_dir, capsys):
         (
             b"some words here",
             ["--keep", "0.5", "-m", "nosuch"],
-            "methods that compress text: random, reinforce, reinforce-rl, selfinfo, truncate, vist",
+            "methods that compress text: random, reinforce, reinforce-fast, reinforce-rl, selfinfo, truncate, vist",
         ),
         (b"some words here", ["--keep", "0.5", "--set", "seed"], "NAME=VALUE"),
         (b"some words here", ["--keep", "0.5", "--tokenizer", "gpt9"], "unknown tokenizer"),
