@@ -13,7 +13,7 @@ only the self-information u_t = -log p(x_t | x_<t) of step 5 (docs/methods.md §
    `python -m gistify_bench.train.surprisal` on the "train" articles against the full model's u_t and ships
    as surprisal_head.safetensors, with a fingerprint of the scorer it was trained for.
 
-Cost per token: `layer` decoder layers (about 4M multiply-adds each for SmolLM2-135M) and 0.3M for the head,
+Cost per token: `layer` decoder layers (about 4M multiply-adds each for SmolLM2-135M) and 74k for the head,
 against 30 layers and a 28M LM head for the full pass. A short text (the question) is memory-bound: the full
 pass reads all 135M weights (about 0.3 s on 2 cores for 10 tokens), the trunk a sixth of them.
 """
@@ -34,7 +34,7 @@ HEAD = Path(__file__).with_name("surprisal_head.safetensors")
 class SurprisalHead(nn.Module):
     """u_t ≈ MLP([h_{t-1}; h_t]): the full scorer's self-information from the trunk's states (n, d) -> (n,)."""
 
-    def __init__(self, hidden: int, width: int = 256):
+    def __init__(self, hidden: int, width: int = 64):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(2 * hidden, width), nn.GELU(), nn.Linear(width, 1))
 
