@@ -72,10 +72,10 @@ class Scorer:
         self._cache.clear()
 
     def _fast_path(self, layer: int):
-        from gistify.text.fast import FastPath
+        from gistify.text.fast import HEAD, FastPath
 
         if layer not in self._fast:
-            self._fast[layer] = FastPath(self.model, layer, self.head) if self.head else FastPath(self.model, layer)
+            self._fast[layer] = FastPath(self.model, layer, self.head or HEAD)
         return self._fast[layer]
 
     def _window(self, x: torch.Tensor, layer: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
