@@ -192,20 +192,85 @@ def ids_for(tokenizer, texts=("The aardwolf eats termites", "An abacus is a calc
     return enc["input_ids"], enc["attention_mask"]
 
 
-def test_zero_initialised_cross_attention_is_exactly_the_llm(tiny_model, tiny_tokenizer):
+def test_gate_at_zero_keeps_exactly_the_llm_and_the_blocks_copy_the_layer(tiny_model, tiny_tokenizer):
     ids, mask = ids_for(tiny_tokenizer)
     with torch.no_grad():
         base = tiny_model(ids, attention_mask=mask).logits
         _, memory, memory_mask = memory_for(tiny_model)
-        xattn = VistCrossAttention(tiny_model, CrossAttentionConfig(out_init="zero"))
-        with xattn.attach(tiny_model, memory, memory_mask):
-            same = tiny_model(ids, attention_mask=mask).logits
-    assert torch.equal(same, base)
+        for config in (CrossAttentionConfig(), CrossAttentionConfig(out_init="zero", gate=None)):
+            xattn = VistCrossAttention(tiny_model, config)
+            with xattn.attach(tiny_model, memory, memory_mask):
+                same = tiny_model(ids, attention_mask=mask).logits
+            assert torch.equal(same, base)
+    xattn = VistCrossAttention(tiny_model)
     assert len(xattn.blocks) == tiny_model.config.num_hidden_layers
     block, layer = xattn.blocks[0], tiny_model.model.layers[0]
     assert torch.equal(block.q_proj.weight, layer.self_attn.q_proj.weight)  # §3.4: q copied
     assert torch.equal(block.k_proj.weight, layer.self_attn.k_proj.weight)  # k, v whole: D_m = d_model
+    assert torch.equal(block.o_proj.weight, layer.self_attn.o_proj.weight)  # CEPE's copy, behind the gate
     assert torch.equal(block.norm.weight, layer.post_attention_layernorm.weight)
+    assert torch.equal(block.memory_norm.weight, layer.input_layernorm.weight)  # the memory normalised like keys
+
+
+def test_blocks_are_float32_on_a_bfloat16_llm_and_every_part_learns_from_a_closed_gate(tiny_model, tiny_tokenizer):
+    """Issue 13: bfloat16 weights and moments left most small updates unapplied; a zeroed o_proj gave q/k/v no
+    gradient. Here the blocks are float32 on a bfloat16 LLM, and the gate, closed at step 0, is what opens."""
+    import copy
+
+    llm = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    ids, mask = ids_for(tiny_tokenizer)
+    _, memory, memory_mask = memory_for(tiny_model)
+    xattn = VistCrossAttention(llm)
+    assert {p.dtype for p in xattn.parameters()} == {torch.float32}
+    opt = torch.optim.AdamW(xattn.parameters(), lr=1e-2, weight_decay=0.0)
+    for step in range(2):
+        with xattn.attach(llm, memory.detach(), memory_mask):
+            loss = llm(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        block = xattn.blocks[0]
+        if step == 0:  # only the gate has gradient while it is closed
+            assert block.gate.grad.abs() > 0 and block.q_proj.weight.grad.abs().max() == 0
+        else:
+            assert block.q_proj.weight.grad.abs().max() > 0 and block.memory_norm.weight.grad.abs().max() > 0
+        opt.step()
+    assert all(p.grad is None for p in llm.parameters())
+
+
+def test_memory_keys_get_the_llm_rotary_embedding_at_their_positions(tiny_model):
+    """RoPE as the layer's self-attention applies it: the block's keys of a memory at positions p are the layer's
+    own keys of the same states at p (transformers' apply_rotary_pos_emb), so [memory][text] reads with the
+    geometry q_proj and k_proj were trained on."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from gistify.vist.inject import default_positions
+
+    layer = tiny_model.model.layers[1]
+    xattn = VistCrossAttention(tiny_model, CrossAttentionConfig(layers=(1,)))
+    block, c = xattn.blocks[0], tiny_model.config
+    states = torch.randn(2, 5, c.hidden_size)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    positions = default_positions(mask)
+    assert positions.tolist() == [[-5, -4, -3, -2, -1], [-3, -2, -1, 0, 0]]
+    cos, sin = tiny_model.model.rotary_emb(states, positions)
+    with torch.no_grad():
+        k, _ = block.keys_values(states, (cos, sin))
+        hd = k.shape[-1]
+        own = layer.self_attn.k_proj(layer.input_layernorm(states)).view(2, 5, -1, hd).transpose(1, 2)
+        _, expected = apply_rotary_pos_emb(own, own, cos, sin)
+    assert torch.allclose(k, expected, atol=1e-5)
+
+
+def test_vist_cards_written_before_the_reader_fixes_load_without_them():
+    from gistify.vist.config import VistConfig
+
+    old = {k: v for k, v in VistConfig().to_dict().items() if k not in ("memory_norm", "gate", "rope")}
+    old["out_init"] = "zero"
+    legacy = VistConfig.from_dict(old)
+    assert (legacy.memory_norm, legacy.gate, legacy.rope, legacy.out_init) == (False, None, False, "zero")
+    assert VistConfig.from_dict(VistConfig().to_dict()) == VistConfig()
+    with pytest.raises(ValueError, match="gate"):
+        CrossAttentionConfig(gate=1.0)
 
 
 def test_cross_attention_reads_memory_and_is_removed_after(tiny_model, tiny_tokenizer):
@@ -217,7 +282,7 @@ def test_cross_attention_reads_memory_and_is_removed_after(tiny_model, tiny_toke
         (list(layer._forward_pre_hooks), list(layer.self_attn._forward_hooks)) for layer in tiny_model.model.layers
     ]
     _, memory, memory_mask = memory_for(tiny_model)
-    xattn = VistCrossAttention(tiny_model)  # o_proj Kaiming normal: the paper's choice
+    xattn = VistCrossAttention(tiny_model, CrossAttentionConfig(out_init="normal", gate=0.5))  # the paper's o_proj
     with torch.no_grad():
         base = tiny_model(ids, attention_mask=mask).logits
         with xattn.attach(tiny_model, memory, memory_mask):
@@ -242,7 +307,7 @@ def test_cross_attention_reads_memory_and_is_removed_after(tiny_model, tiny_toke
 def test_generation_reuses_the_memory_and_matches_full_forwards(tiny_model, tiny_tokenizer):
     ids, mask = ids_for(tiny_tokenizer, ["The aardwolf eats"])
     _, memory, memory_mask = memory_for(tiny_model, (2,))
-    xattn = VistCrossAttention(tiny_model)
+    xattn = VistCrossAttention(tiny_model, CrossAttentionConfig(gate=0.5))  # rotary queries at each new position
     with torch.no_grad(), xattn.attach(tiny_model, memory, memory_mask):
         out = tiny_model.generate(
             ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=tiny_tokenizer.pad_token_id
@@ -278,7 +343,7 @@ def test_a_training_step_moves_only_the_trainable_parameters(tiny_model, tiny_to
     llm = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     torch.manual_seed(0)
     res = PerceiverResampler(SMALL)
-    xattn = VistCrossAttention(tiny_model)
+    xattn = VistCrossAttention(tiny_model, CrossAttentionConfig(gate=0.5))
     trainable = [*res.parameters(), *xattn.parameters()]
     before = [p.detach().clone() for p in trainable]
     opt = torch.optim.AdamW(trainable, lr=1e-3)

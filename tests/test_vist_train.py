@@ -538,3 +538,44 @@ def test_the_oracle_probe_trains_the_cross_attention_on_a_perfect_memory(lm, tin
     ids = torch.tensor([[5, 6, 7], [7, 6, 5]])
     memory = oracle(ids)
     assert memory.shape == (2, 3, 16) and not torch.allclose(memory[0, 0], memory[1, 2])  # same token, other place
+
+
+def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer, tmp_path):
+    """Issue 13, steps 2-3: the memory is the frozen LLM's hidden states of the distant text; the gate starts
+    closed (step 0 is the plain LLM), the blocks learn to read, and R states pool into one at their mean."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from gistify_bench.train import teacher as vist_teacher
+
+    flags = [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--layer", "1", "--xattn-every", "2"),
+             *("--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4", "--eval-every", "10"),
+             *("--copy-steps", "10", "--cache", str(tmp_path), "--no-progress")]  # fmt: skip
+    args = vist_teacher.parse(flags)
+    result, teacher = vist_teacher.run(args, lm, tiny_tokenizer, corpus())
+    curve, final = result["curve"], result["final"]
+    assert [c["step"] for c in curve] == [0, 10, 20]
+    assert curve[0]["copy_own"] == pytest.approx(curve[0]["copy_none"], abs=1e-6)  # the closed gate
+    assert curve[-1]["copy_own"] < curve[0]["copy_own"] - 0.03, curve  # it reads what it is given
+    assert final["copy_own"]["n"] == 4 and final["copy_own"]["ci95"][0] <= final["copy_own"]["mean"]
+    assert all(g != 0 for g in result["gates"])
+    reparsed = vist_teacher.parse(result["command"].split()[3:])
+    assert reparsed == dataclasses.replace(args, cache=None, progress=True)  # the command is the run
+
+    write_json(tmp_path / "teacher" / "r1.json", result)
+    assert f"| r1 | 1 | 1 | - | 20 | {final['copy_own']['mean']:.3f}" in report(tmp_path)
+
+    saved = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(saved))
+    assert not any(k.startswith("lm") or "_trunk" in k for k in teacher.trained_state())  # the LLM is not saved
+    pooled = vist_teacher.Teacher(lm, dataclasses.replace(args, r=2, init=str(saved)))
+    assert vist_teacher._load_init(pooled, str(saved)) == ["xattn"]
+    assert torch.equal(pooled.xattn.blocks[0].q_proj.weight, teacher.xattn.blocks[0].q_proj.weight)
+    h, mask = torch.randn(1, 5, lm.config.hidden_size), torch.ones(1, 5, dtype=torch.bool)
+    memory, kept, positions = pooled.memory.compress(h, mask)
+    assert memory.shape == (1, 3, lm.config.hidden_size) and kept.all()
+    assert positions.tolist() == [[-4.5, -2.5, -1.0]]  # the mean position of each pair; the last token at -1
+    assert torch.allclose(memory[0, 0], h[0, :2].mean(0), atol=1e-5)  # the pool starts as the mean
+    with pytest.raises(ValueError, match="gate"):
+        vist_teacher.TeacherConfig(gate=1.5)

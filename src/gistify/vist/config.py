@@ -34,7 +34,9 @@ class VistConfig:
     depth, heads, head_dim, ff_mult: the resampler's blocks (§3.8 for a 135M LLM: depth 2-3).
     xattn_every: a cross-attention block in every k-th decoder layer (layers k-1, 2k-1, ...); 1: every layer, the
         paper's placement (26M parameters on SmolLM2: too large to ship; 3 gives 10 blocks, 8M).
-    out_init: the blocks' o_proj initialisation (gistify.vist.inject): "zero" starts as the plain LLM.
+    out_init: the blocks' o_proj initialisation (gistify.vist.inject).
+    memory_norm, gate, rope: the reader's memory normalisation, tanh gate and rotary positions
+        (gistify.vist.inject.CrossAttentionConfig; a card written before they existed loads without them).
     features: the encoder features read ("neck" 120-d or "backbone" 384-d).
     local_latents: each latent reads only its own stretch of the image (ResamplerConfig.local; ours).
     font, font_size, width: the line layout (Layout.line()'s defaults).
@@ -49,7 +51,10 @@ class VistConfig:
     head_dim: int = 64
     ff_mult: int = 4
     xattn_every: int = 3
-    out_init: str = "zero"
+    out_init: str = "copy"
+    memory_norm: bool = True
+    gate: float | None = 0.0
+    rope: bool = True
     features: str = "neck"
     local_latents: bool = False
     font: str = "DejaVuSans.ttf"
@@ -80,4 +85,5 @@ class VistConfig:
     @classmethod
     def from_dict(cls, d: dict) -> VistConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        legacy = {} if "gate" in d else {"memory_norm": False, "gate": None, "rope": False}  # cards before issue 13
+        return cls(**(legacy | {k: v for k, v in d.items() if k in names}))

@@ -1,25 +1,33 @@
 """Two ways for a llama-family LLM to read vist's resampled tokens: cross-attention (the paper's) or a prefix.
 
-**Cross-attention** (docs/methods.md §3.4, CEPE's design, arXiv 2402.16617). A block sits in every decoder
-layer between self-attention and the MLP:
+**Cross-attention** (docs/methods.md §3.4, CEPE's design, arXiv 2402.16617). A block sits in some decoder layers
+between self-attention and the MLP:
 
-    h <- h + SelfAttn(RMSNorm(h));  h <- h + CrossAttn(RMSNorm_x(h), E);  h <- h + MLP(RMSNorm(h))
+    h <- h + SelfAttn(RMSNorm(h));  h <- h + g * CrossAttn(RMSNorm_x(h), RMSNorm_m(E));  h <- h + MLP(RMSNorm(h))
 
-E (B, S, D_m) is the flattened resampler output of each sample (gistify.vist.resampler.flatten_images). Queries
-come from the decoder states, keys and values from E, with no positional encoding (no RoPE); every position sees
-all of E (non-causal), with GQA like the host model and the empty-image mask on the keys. The blocks are
-initialised from the LLM (App. A.1 and CEPE's code): q_proj copied from the layer's self-attention; k_proj and
-v_proj copied whole when D_m = d_model, or their first D_m input columns when D_m < d_model (TinyLlama's case);
-RMSNorm_x copied from post_attention_layernorm; o_proj "initialised with norms", which §3.8 reads as CEPE's
-Kaiming normal (`out_init="normal"`); `"zero"` keeps the model exactly the base LLM at step 0; `"copy"` takes the
+E (B, S, D_m) is the memory of each sample: vist's flattened resampler output (gistify.vist.resampler.flatten_images)
+or, for the teacher, the LLM's own hidden states of the distant text. Queries come from the decoder states, keys and
+values from E; every position sees all of E (non-causal), with GQA like the host model and the empty-memory mask
+on the keys. The blocks are initialised from the LLM (App. A.1 and CEPE's code): q_proj copied from the layer's
+self-attention; k_proj and v_proj copied whole when D_m = d_model, or their first D_m input columns when
+D_m < d_model (TinyLlama's case); RMSNorm_x copied from post_attention_layernorm; o_proj "initialised with norms",
+which §3.8 reads as CEPE's Kaiming normal (`out_init="normal"`); `"zero"` zeroes it; `"copy"` takes the
 self-attention's o_proj.
 
-The blocks live in their own module (trainable); the LLM is never modified. `with xattn.attach(model, memory,
-memory_mask): model(...)` registers two hooks per layer: a pre-hook on the decoder layer keeps its input (the
-residual stream), and a hook on self_attn adds the cross-attention of (residual + self-attention output) to the
-self-attention output, which the layer then adds to the residual: exactly the equation above. The hooks are
-removed, and the LLM's requires_grad flags restored, when the block exits, also on error. With grad disabled
-(generation), each layer's keys and values of E are computed once per `attach` and reused at every step.
+Issue 13's reader fixes (each a CrossAttentionConfig field, measured in docs/results/vist/reader.md):
+- `memory_norm`: E is RMS-normalised before k/v (RMSNorm_m, from the layer's input_layernorm when D_m = d_model,
+  as the self-attention normalises its own keys' input). Without it a small memory (RMS 0.08 against 0.2-0.4 of
+  the LLM's attention input) gives near-uniform attention: the block outputs the mean of the values, a bias any
+  window's memory supplies equally.
+- `gate`: g = tanh(a), a learned scalar per block (Flamingo, arXiv 2204.14198), starting at tanh(a) = `gate`:
+  0 keeps the model exactly the base LLM at step 0 while a (and, from step 1, everything else) gets gradient;
+  with o_proj zeroed instead, q/k/v and the memory get no gradient at step 0. None: no gate (g = 1).
+- `rope`: queries get the LLM's own rotary embedding at their text positions (what q_proj was trained on) and
+  keys the rotary embedding at the memory's positions, given by `attach(..., positions=)` relative to the text's
+  first token (negative: the memory precedes the text); by default the S memory tokens sit at -S..-1, right
+  before the text. RoPE is relative, so this is self-attention's geometry over [memory][text].
+- The blocks' weights are float32 whatever the LLM's dtype (bfloat16 weights with bfloat16 Adam moments leave
+  most small updates unapplied); they compute in float32 and hand the LLM its dtype back.
 
 **Prefix** (the design's second mode): the tokens are projected into the LLM's input space by a small MLP
 (LLaVA-1.5's projector) and prepended to the text's embeddings; no hooks at all.
@@ -34,6 +42,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -67,16 +77,22 @@ def _layers(model) -> list[nn.Module]:
 class CrossAttentionConfig:
     """Args:
     memory_dim: width of the memory E (the resampler's `dim`); None: the LLM's hidden size (§3.8's choice).
-    out_init: o_proj's initialisation: "normal" (Kaiming normal, CEPE's and §3.8's reading of the paper), "zero"
-        (the model starts exactly as the base LLM), "copy" (the self-attention's o_proj).
+    out_init: o_proj's initialisation: "normal" (Kaiming normal, CEPE's and §3.8's reading of the paper), "zero",
+        "copy" (the self-attention's o_proj).
     layers: indices of the decoder layers that get a block; None: every layer (the paper).
     seed: for the "normal" initialisation and for k/v projections that cannot be copied (D_m > d_model).
+    memory_norm: RMS-normalise E before k/v.
+    gate: a learned tanh gate per block starting at this value in [0, 1); None: no gate.
+    rope: rotary positions on queries and memory keys (see the module's docstring).
     """
 
     memory_dim: int | None = None
-    out_init: str = "normal"
+    out_init: str = "copy"
     layers: tuple[int, ...] | None = None
     seed: int = 0
+    memory_norm: bool = True
+    gate: float | None = 0.0
+    rope: bool = True
 
     def __post_init__(self):
         check_choice("CrossAttentionConfig", "out_init", self.out_init, OUT_INITS)
@@ -84,6 +100,10 @@ class CrossAttentionConfig:
             raise ValueError(
                 f"CrossAttentionConfig.memory_dim must be a positive integer or None, got {self.memory_dim!r}"
             )
+        if self.gate is not None and not 0 <= self.gate < 1:
+            raise ValueError(f"CrossAttentionConfig.gate must be in [0, 1) or None, got {self.gate!r}")
+        if self.gate == 0 and self.out_init == "zero":  # both factors of the output at 0: neither gets a gradient
+            raise ValueError("CrossAttentionConfig: out_init='zero' with gate=0 never learns; use out_init='copy'")
 
 
 class RMSNorm(nn.Module):
@@ -91,20 +111,20 @@ class RMSNorm(nn.Module):
 
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone())
+        self.weight = nn.Parameter(weight.detach().float().clone())
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return (self.weight * x).to(dtype)
 
 
 def _linear_from(src: nn.Linear, in_features: int, generator: torch.Generator) -> nn.Linear:
-    """A copy of `src` reading `in_features` inputs: whole, its first columns, or fresh (Kaiming uniform, as
-    nn.Linear) when it has fewer input columns than needed."""
-    out = nn.Linear(in_features, src.out_features, bias=src.bias is not None, dtype=src.weight.dtype)
+    """A float32 copy of `src` reading `in_features` inputs: whole, its first columns, or fresh (Kaiming uniform,
+    as nn.Linear) when it has fewer input columns than needed."""
+    out = nn.Linear(in_features, src.out_features, bias=src.bias is not None)
     with torch.no_grad():
         if in_features <= src.in_features:
             out.weight.copy_(src.weight[:, :in_features])
@@ -116,47 +136,77 @@ def _linear_from(src: nn.Linear, in_features: int, generator: torch.Generator) -
     return out
 
 
-class CrossAttention(nn.Module):
-    """One decoder layer's cross-attention block: forward(h (B, T, d), E (B, S, D_m), mask (B, S)) -> (B, T, d)."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding of x (B, H, N, hd) with cos, sin (B, N, hd) (transformers' rotate_half convention)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
-    def __init__(self, layer: nn.Module, config, memory_dim: int, out_init: str, generator: torch.Generator):
+
+class CrossAttention(nn.Module):
+    """One decoder layer's cross-attention block: forward(h (B, T, d), (k, v), mask (B, S), rope) -> (B, T, d)."""
+
+    def __init__(self, layer: nn.Module, config, c: CrossAttentionConfig, memory_dim: int, generator):
         super().__init__()
         attn = layer.self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.norm = RMSNorm(layer.post_attention_layernorm.weight, config.rms_norm_eps)
+        if c.memory_norm:
+            source = layer.input_layernorm.weight if memory_dim == config.hidden_size else torch.ones(memory_dim)
+            self.memory_norm = RMSNorm(source, config.rms_norm_eps)
+        else:
+            self.memory_norm = None
         self.q_proj = _linear_from(attn.q_proj, attn.q_proj.in_features, generator)
         self.k_proj = _linear_from(attn.k_proj, memory_dim, generator)
         self.v_proj = _linear_from(attn.v_proj, memory_dim, generator)
         self.o_proj = _linear_from(attn.o_proj, attn.o_proj.in_features, generator)
         with torch.no_grad():
-            if out_init == "zero":
+            if c.out_init == "zero":
                 self.o_proj.weight.zero_()
-            elif out_init == "normal":
+            elif c.out_init == "normal":
                 w = torch.empty(self.o_proj.weight.shape)
                 nn.init.kaiming_normal_(w, generator=generator)
                 self.o_proj.weight.copy_(w)
-            if out_init != "copy" and self.o_proj.bias is not None:
+            if c.out_init != "copy" and self.o_proj.bias is not None:
                 self.o_proj.bias.zero_()
+        self.gate = None if c.gate is None else nn.Parameter(torch.tensor(math.atanh(c.gate)))
 
-    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """E (B, S, D_m) -> k, v (B, H_kv, S, hd): no RoPE, E has no positions."""
+    def keys_values(self, memory: torch.Tensor, rope: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """E (B, S, D_m) -> k, v (B, H_kv, S, hd); rope: (cos, sin) (B, S, hd) at the memory's positions."""
         b, s = memory.shape[:2]
+        memory = memory.float()
+        if self.memory_norm is not None:
+            memory = self.memory_norm(memory)
         k = self.k_proj(memory).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(memory).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            k = _rotate(k, *rope)
         return k, v
 
-    def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, kv: tuple, mask: torch.Tensor, rope: tuple | None = None) -> torch.Tensor:
+        """h (B, T, d) -> (B, T, d), float32; rope: the LLM's (cos, sin) (B, T, hd) at the text's positions."""
         b, t = h.shape[:2]
-        q = self.q_proj(self.norm(h)).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        q = self.q_proj(self.norm(h.float())).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        if rope is not None:
+            q = _rotate(q, *rope)
         k, v = kv
         # A sample without memory would softmax over nothing: let it attend to all keys, then zero its output.
         has = mask.any(dim=1)
         attn_mask = (mask | ~has[:, None])[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=self.kv_heads != self.heads)
         out = self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        if self.gate is not None:
+            out = out * torch.tanh(self.gate)
         return out * has[:, None, None].to(out.dtype)
+
+
+def default_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) positions of memory tokens relative to the text's first token: each sample's kept tokens, in order,
+    right before the text (-n..-1 for n kept tokens); masked tokens get the position of the next kept one."""
+    kept = mask.long()
+    return (kept.cumsum(1) - kept.sum(1, keepdim=True) - 1 + (1 - kept)).float()
 
 
 class VistCrossAttention(nn.Module):
@@ -178,16 +228,21 @@ class VistCrossAttention(nn.Module):
                 f"CrossAttentionConfig.layers must be distinct indices below {len(layers)}, got {c.layers}"
             )
         g = torch.Generator().manual_seed(c.seed)
-        self.blocks = nn.ModuleList(
-            CrossAttention(layers[i], cfg, self.memory_dim, c.out_init, g) for i in self.layer_ids
-        )
+        self.blocks = nn.ModuleList(CrossAttention(layers[i], cfg, c, self.memory_dim, g) for i in self.layer_ids)
 
     @contextmanager
     def attach(
-        self, model: nn.Module, memory: torch.Tensor, memory_mask: torch.Tensor | None = None, freeze: bool = True
+        self,
+        model: nn.Module,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        freeze: bool = True,
+        positions: torch.Tensor | None = None,
     ):
         """Within the block, `model` reads `memory` (B, S, D_m) through the cross-attention blocks; memory_mask
-        (B, S) bool marks the tokens to read. freeze: the LLM's parameters get no gradients meanwhile."""
+        (B, S) bool marks the tokens to read. freeze: the LLM's parameters get no gradients meanwhile.
+        positions (B, S): the memory tokens' positions relative to the text's first token, for RoPE (default:
+        right before the text, `default_positions`)."""
         layers = _layers(model)
         if memory.ndim != 3 or memory.shape[-1] != self.memory_dim:
             raise ValueError(f"memory must be (B, S, {self.memory_dim}), got {tuple(memory.shape)}")
@@ -196,6 +251,16 @@ class VistCrossAttention(nn.Module):
         if memory_mask.shape != memory.shape[:2]:
             raise ValueError(f"memory_mask must be {tuple(memory.shape[:2])}, got {tuple(memory_mask.shape)}")
         memory_mask = memory_mask.bool()
+        key_rope = None
+        if self.config.rope:
+            if positions is None:
+                positions = default_positions(memory_mask)
+            if positions.shape != memory.shape[:2]:
+                raise ValueError(f"positions must be {tuple(memory.shape[:2])}, got {tuple(positions.shape)}")
+            rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+            if rotary is None:
+                raise TypeError(f"{type(model).__name__} has no model.rotary_emb: CrossAttentionConfig(rope=False)")
+            key_rope = rotary(memory.float(), positions.to(memory.device))  # (cos, sin), each (B, S, hd)
         residual: dict[int, torch.Tensor] = {}
         kv_cache: dict[int, tuple] = {}
 
@@ -212,9 +277,14 @@ class VistCrossAttention(nn.Module):
                 if i in kv_cache:
                     kv = kv_cache[i]
                 else:
-                    kv = block.keys_values(memory.to(block.k_proj.weight.dtype))
+                    kv = block.keys_values(memory, key_rope)
                     if not torch.is_grad_enabled():  # generation: E is fixed, compute its keys once
                         kv_cache[i] = kv
+                query_rope = None
+                if key_rope is not None:
+                    query_rope = kwargs.get("position_embeddings")  # the LLM's own (cos, sin) at the text's positions
+                    if query_rope is None:
+                        raise TypeError(f"{type(module).__name__} got no position_embeddings: use rope=False")
                 mask = memory_mask
                 if h.shape[0] != kv[0].shape[0]:  # beams or several sequences per prompt
                     if h.shape[0] % kv[0].shape[0]:
@@ -222,7 +292,7 @@ class VistCrossAttention(nn.Module):
                     r = h.shape[0] // kv[0].shape[0]
                     kv = tuple(x.repeat_interleave(r, dim=0) for x in kv)
                     mask = mask.repeat_interleave(r, dim=0)
-                x = block(h.to(block.q_proj.weight.dtype), kv, mask).to(attn_out.dtype)
+                x = block(h, kv, mask, query_rope).to(attn_out.dtype)
                 return (attn_out + x, *rest)
 
             return hook

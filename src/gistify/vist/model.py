@@ -75,7 +75,10 @@ class VistModel(nn.Module):
         layers = lm.config.num_hidden_layers
         if c.inject == "xattn":
             ids = tuple(range(c.xattn_every - 1, layers, c.xattn_every))
-            self.xattn = VistCrossAttention(lm, CrossAttentionConfig(memory_dim=dim, out_init=c.out_init, layers=ids))
+            reader = CrossAttentionConfig(
+                memory_dim=dim, out_init=c.out_init, layers=ids, memory_norm=c.memory_norm, gate=c.gate, rope=c.rope
+            )
+            self.xattn = VistCrossAttention(lm, reader)
         else:
             self.prefix = PrefixProjector(dim, hidden)
         self.pve_head = nn.Linear(dim, hidden)  # §3.5: the CLS summary to the LLM's embedding width

@@ -1,5 +1,6 @@
-"""The vist report: <out>/vist/report.md from the JSON files there (the vist tasks' results and the oracle probe's
-oracle.json, written by gistify_bench.train.oracle)."""
+"""The vist report: <out>/vist/report.md from the JSON files there (the vist tasks' results, the oracle probe's
+oracle.json, written by gistify_bench.train.oracle, and the teacher runs' teacher/*.json, written by
+gistify_bench.train.teacher)."""
 
 from __future__ import annotations
 
@@ -75,9 +76,35 @@ def report(folder: Path) -> str:
         for c in oracle["curve"]:
             lines.append(f"| {c['step']} | {c['own']:.4f} | {c['shuffled']:.4f} | {c['shuffled'] - c['own']:+.4f} |")
         lines.append("")
+    lines += teacher_section(folder / "teacher")
     text = "\n".join(lines)
     (folder / "report.md").write_text(text)
     return text
+
+
+def teacher_section(folder: Path) -> list[str]:
+    """One row per teacher run (gistify_bench.train.teacher) in `folder`: held-out NLL per token at the end, each
+    window's mean with a 95% bootstrap interval, for copy and continuation windows and each memory."""
+    runs = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not runs:
+        return []
+    cells = ("copy_own", "copy_other", "copy_none", "continuation_own", "continuation_other", "continuation_none")
+    lines = ["## The teacher: the LLM's own hidden states as memory, read by the cross-attention (issue 13)", "",
+             "Held-out windows, NLL per token (mean of the windows' means, [95% interval]); `other`: another "
+             "window's memory (the control), `none`: no memory.", "",
+             "| run | layer | r | pool | steps | " + " | ".join(c.replace("_", " ") for c in cells) + " |",
+             "|---" * (5 + len(cells)) + "|"]  # fmt: skip
+
+    def cell(r) -> str:
+        return f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r.get("ci95") else f"{r['mean']:.3f}"
+
+    for path in runs:
+        run = json.loads(path.read_text())
+        c, final = run["config"], run["final"]
+        row = [path.stem, c["layer"], c["r"], c["pool"] if c["r"] > 1 else "-", c["steps"]]
+        lines.append("| " + " | ".join(map(str, row + [cell(final[k]) if k in final else "" for k in cells])) + " |")
+    lines += ["", "Commands:", ""] + [f"- {p.stem}: `{json.loads(p.read_text())['command']}`" for p in runs] + [""]
+    return lines
 
 
 def mb(value) -> str:

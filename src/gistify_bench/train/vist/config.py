@@ -34,7 +34,7 @@ class VistTrainConfig:
     heads: int = option(8, "resampler attention heads")
     head_dim: int = option(64, "resampler attention head width")
     xattn_every: int = option(3, "a cross-attention block every k decoder layers (1: all)")
-    out_init: str = option("zero", "cross-attention o_proj init", ("zero", "normal", "copy"))
+    out_init: str = option("copy", "cross-attention o_proj init", ("copy", "normal", "zero"))
     features: str = option("neck", "which encoder features", ("neck", "backbone"))
     local: bool = option(False, "each latent reads only its own stretch of the image (ours)")
     pve: bool = option(True, "the PVE loss (--no-pve: LM loss only)")
