@@ -40,10 +40,9 @@ Axes: B samples, T text positions, S memory tokens, d LLM width, D_m memory widt
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-
-import math
 
 import torch
 import torch.nn.functional as F
