@@ -34,7 +34,7 @@ held = Corpus(wikipedia("eval"), host, host.encoder, folder, Windowing(), "eval"
 copies = [w.copied(random.Random("teacher-0")) for w in eval_windows(held, args.n, 1)]
 batch = held.batch(copies)
 with torch.no_grad():
-    total, count = Teacher(lm, TeacherConfig(layer=2, gate=-1)).nll(batch, "none")
+    total, count = Teacher(lm, TeacherConfig(layer=2, xattn_layers="2", gate=-1)).nll(batch, "none")
 print(json.dumps({"memory": "none", "copy": round(float(total.sum() / count.sum()), 4)}), flush=True)
 for spec in args.config:
     layer, blocks = spec.split(":")

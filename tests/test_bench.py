@@ -270,6 +270,11 @@ def test_trainer_configs_validate_and_reproduce_their_command():
     settings = controller.ControllerConfig(ship=True, out="x").settings()
     assert "out" not in settings and "ship" not in settings and settings["samples"] == 4
     assert oracle.parse(["--steps", "3", "--no-progress"]).progress is False
+    from gistify_bench.options import parser_for
+    from gistify_bench.train import teacher
+
+    for config in (oracle.OracleConfig, teacher.TeacherConfig):  # a "%" in a help text must not break --help
+        assert "first 5% of the steps" in " ".join(parser_for(config, "x").format_help().split())
     with pytest.raises(ValueError, match="copy"):
         oracle.OracleConfig(copy=2.0)
     with pytest.raises(ValueError, match="batch"):

@@ -549,7 +549,7 @@ def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer,
 
     from gistify_bench.train import teacher as vist_teacher
 
-    flags = [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--layer", "1", "--xattn-every", "2"),
+    flags = [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--layer", "1", "--xattn-layers", "1,3"),
              *("--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4", "--eval-every", "10"),
              *("--copy-steps", "10", "--cache", str(tmp_path), "--no-progress")]  # fmt: skip
     args = vist_teacher.parse(flags)
@@ -579,3 +579,5 @@ def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer,
     assert torch.allclose(memory[0, 0], h[0, :2].mean(0), atol=1e-5)  # the pool starts as the mean
     with pytest.raises(ValueError, match="gate"):
         vist_teacher.TeacherConfig(gate=1.5)
+    with pytest.raises(ValueError, match="xattn_layers"):
+        vist_teacher.TeacherConfig(xattn_layers="18,x")

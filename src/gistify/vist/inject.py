@@ -14,7 +14,7 @@ D_m < d_model (TinyLlama's case); RMSNorm_x copied from post_attention_layernorm
 which §3.8 reads as CEPE's Kaiming normal (`out_init="normal"`); `"zero"` zeroes it; `"copy"` takes the
 self-attention's o_proj.
 
-Issue 13's reader fixes (each a CrossAttentionConfig field, measured in docs/results/vist/reader.md):
+Issue 13's reader fixes (each a CrossAttentionConfig field; docs/methods.md §3.4 and §3.10):
 - `memory_norm`: E is RMS-normalised before k/v (RMSNorm_m, from the layer's input_layernorm when D_m = d_model,
   as the self-attention normalises its own keys' input). Without it a small memory (RMS 0.08 against 0.2-0.4 of
   the LLM's attention input) gives near-uniform attention: the block outputs the mean of the values, a bias any

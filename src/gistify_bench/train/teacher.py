@@ -1,7 +1,7 @@
 """vist's teacher: a memory that provably can be read, then how far it can be compressed (issue 13, steps 2-3).
 
-    python -m gistify_bench.train.teacher [--layer 6] [--r 1] [--steps 200] [--init DIR/teacher.safetensors]
-                                          [--out DIR] [--eval-only]
+    python -m gistify_bench.train.teacher [--layer 18] [--xattn-layers 18,19,20,21,22,23] [--r 1] [--steps 200]
+                                          [--init DIR/teacher.safetensors] [--out DIR]
 
 The memory is the frozen LLM's own hidden states of the distant text at decoder layer `--layer` (the base model
 cut after that layer: gistify.text.fast.build_trunk), one memory token per text token, so it holds every token in
@@ -12,7 +12,9 @@ vist's vision path is then distilled to produce (step 4).
 
 The LLM reads the memory through vist's cross-attention blocks (gistify.vist.inject, with issue 13's reader
 fixes: float32 blocks copied from each layer's self-attention, the memory RMS-normalised, a tanh gate per block,
-rotary positions), every `--xattn-every` decoder layers; only the blocks (and the pool) train. The first
+rotary positions), in the decoder layers `--xattn-layers`; only the blocks (and the pool) train. The defaults are
+the measured teacher (docs/methods.md §3.10): layer 18's states, read by blocks in layers 18-23, where one block
+of SmolLM2 reads its own layer's states with no training. The first
 `--copy-steps` steps are all copy windows (the proximal window repeats a passage of the distant part: reading is
 all there is to learn), the rest mix a share `--copy` of them with continuation windows (the text that follows).
 
@@ -46,17 +48,16 @@ PROG = "gistify_bench.train.teacher"
 class TeacherConfig:
     """The teacher's settings and where its result goes."""
 
-    layer: int = option(6, "decoder layer whose hidden states are the memory")
+    layer: int = option(18, "decoder layer whose hidden states (its input) are the memory")
     r: int = option(1, "consecutive states pooled into one memory token")
     pool: str = option("linear", "how R states become one: a trained linear map, or their mean", ("linear", "mean"))
     steps: int = option(200, "optimizer steps (0: evaluate only)")
-    lr: float = option(3e-4, "peak learning rate (linear warm-up over the first 5% of the steps, then constant)")
+    lr: float = option(5e-4, "peak learning rate (linear warm-up over the first 5% of the steps, then constant)")
     gate_lr: float = option(1e-2, "the gates' peak learning rate (Adam moves a scalar about lr a step)")
     batch: int = option(4, "windows per batch")
     copy_steps: int = option(100, "first steps with copy windows only")
     copy: float = option(0.5, "share of copy windows after those steps")
-    xattn_every: int = option(3, "a cross-attention block every k decoder layers")
-    xattn_layers: str = option("", "comma-separated decoder layers that get a block (instead of --xattn-every)")
+    xattn_layers: str = option("18,19,20,21,22,23", "comma-separated decoder layers that get a cross-attention block")
     out_init: str = option("copy", "the blocks' o_proj initialisation", ("copy", "normal", "zero"))
     gate: float = option(0.0, "each block's tanh gate at step 0 (-1: no gate)")
     rope: bool = option(True, "rotary positions on queries and memory keys")
@@ -74,7 +75,7 @@ class TeacherConfig:
 
     def __post_init__(self):
         check(self)
-        for name in ("layer", "r", "batch", "xattn_every", "distant_tokens", "proximal_tokens", "eval_n", "eval_every"):
+        for name in ("layer", "r", "batch", "distant_tokens", "proximal_tokens", "eval_n", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps < 0 or self.copy_steps < 0 or not 0 <= self.copy <= 1 or min(self.lr, self.gate_lr) <= 0:
@@ -82,15 +83,14 @@ class TeacherConfig:
         if not (self.gate == -1 or 0 <= self.gate < 1):
             raise ValueError(f"gate must be in [0, 1), or -1 for no gate, got {self.gate}")
         try:
-            [int(x) for x in self.xattn_layers.split(",") if x.strip()]
+            if not self.block_layers():
+                raise ValueError
         except ValueError:
-            raise ValueError(f"xattn_layers must be comma-separated integers, got {self.xattn_layers!r}") from None
+            raise ValueError(f"xattn_layers must be comma-separated layer indices, got {self.xattn_layers!r}") from None
 
-    def block_layers(self, layers: int) -> tuple[int, ...]:
+    def block_layers(self) -> tuple[int, ...]:
         """The decoder layers that get a cross-attention block."""
-        if self.xattn_layers.strip():
-            return tuple(int(x) for x in self.xattn_layers.split(",") if x.strip())
-        return tuple(range(self.xattn_every - 1, layers, self.xattn_every))
+        return tuple(int(x) for x in self.xattn_layers.split(",") if x.strip())
 
 
 class TeacherMemory(nn.Module):
@@ -157,7 +157,7 @@ class Teacher(nn.Module):
         from gistify.vist.inject import CrossAttentionConfig, VistCrossAttention
 
         self.lm = (lm,)  # frozen, not saved
-        layers = config.block_layers(lm.config.num_hidden_layers)
+        layers = config.block_layers()
         reader = CrossAttentionConfig(
             out_init=config.out_init,
             layers=layers,
@@ -314,7 +314,7 @@ def command(config: TeacherConfig) -> str:
     flags = []
     for k, v in asdict(config).items():
         flag = "--" + k.replace("_", "-")
-        if k in ("threads", "cache", "progress", "out") or v is None or v == "":
+        if k in ("threads", "cache", "progress", "out") or v is None:
             continue
         flags.append((flag if v else "--no-" + flag[2:]) if isinstance(v, bool) else f"{flag} {v}")
     return f"python -m {PROG} " + " ".join(flags)
