@@ -14,9 +14,9 @@ The LLM reads the memory through vist's cross-attention blocks (gistify.vist.inj
 fixes: float32 blocks copied from each layer's self-attention, the memory RMS-normalised, a tanh gate per block,
 rotary positions), in the decoder layers `--xattn-layers`; only the blocks (and the pool) train. The defaults are
 the measured teacher (docs/methods.md §3.10): layer 18's states, read by blocks in layers 18-23, where one block
-of SmolLM2 reads its own layer's states with no training. The first
-`--copy-steps` steps are all copy windows (the proximal window repeats a passage of the distant part: reading is
-all there is to learn), the rest mix a share `--copy` of them with continuation windows (the text that follows).
+of SmolLM2 reads its own layer's states with no training. The first `--copy-steps` steps are all copy windows
+(the proximal window repeats a passage of the distant part: reading is all there is to learn), the rest mix a
+share `--copy` of them with continuation windows (the text that follows).
 
 Held out (eval articles; gistify_bench.vist.corpus windows), every `--eval-every` steps: the per-token NLL of copy
 and continuation windows reading their own memory and another window's (the control that tells reading from a
@@ -189,7 +189,8 @@ class Teacher(nn.Module):
         return (ce * use).sum(1), use.sum(1)
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items()}
+        """The blocks and the pool (the LLM and its trunk are held outside the module tree)."""
+        return dict(self.state_dict())
 
 
 def _load_init(teacher: Teacher, path: str) -> list[str]:
@@ -220,7 +221,8 @@ def _table(per_window: dict[str, list[float]]) -> dict:
     return out
 
 
-def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = None) -> dict:
+def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = None) -> tuple[dict, Teacher]:
+    """Train (and evaluate) one teacher: its result (settings, curve, final table, gates) and the teacher."""
     from gistify.progress import progress_bar
     from gistify.vist.config import VistConfig
     from gistify.vist.model import VistModel
