@@ -23,13 +23,12 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from gistify_bench.options import check, default_out, option
-from gistify_bench.vist.corpus import Corpus, Windowing, eval_windows, windows_for
+from gistify_bench.options import check, option
+from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
 PROG = "gistify_bench.train.oracle"
 
@@ -108,18 +107,10 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
         from gistify.models import load
 
         lm, tokenizer = load()
-    if corpus is None:
-        from gistify_bench.data import wikipedia
-
-        corpus = {"train": wikipedia("train"), "eval": wikipedia("eval")}
     vist_config = VistConfig(dim=config.dim, xattn_every=config.xattn_every)
     model = VistModel(lm.to(getattr(torch, config.llm_dtype)), tokenizer, vist_config)
     oracle = OracleMemory(lm.get_input_embeddings(), model.xattn.memory_dim, 2 * config.distant_tokens)
-    # the line features are never used here, only the windows' text: the records the vist trainer cached give the lines
-    shape = Windowing(config.distant_tokens, config.proximal_tokens)
-    folder = Path(config.cache or default_out("train", "vist")) / "features"
-    train = Corpus(corpus["train"], model, model.encoder, folder, shape, "train")
-    held = Corpus(corpus["eval"], model, model.encoder, folder, shape, "eval")
+    train, held = text_corpora(corpus, model, Windowing(config.distant_tokens, config.proximal_tokens), config.cache)
     rng = random.Random(f"oracle-{config.seed}")
     held_windows = [w.copied(rng) for w in eval_windows(held, config.eval_n, config.seed)]
     params = [*model.xattn.parameters(), *oracle.parameters()]

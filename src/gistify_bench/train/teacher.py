@@ -33,13 +33,12 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from gistify_bench.options import check, default_out, option
-from gistify_bench.vist.corpus import Corpus, Windowing, eval_windows, windows_for
+from gistify_bench.options import check, option
+from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
 PROG = "gistify_bench.train.teacher"
 
@@ -234,19 +233,11 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
         from gistify.models import load
 
         lm, tokenizer = load()
-    if corpus is None:
-        from gistify_bench.data import wikipedia
-
-        corpus = {"train": wikipedia("train"), "eval": wikipedia("eval")}
     lm = lm.float().requires_grad_(False).eval()
     teacher = Teacher(lm, config)
     loaded = _load_init(teacher, config.init) if config.init else []
-    # the windows come from vist's corpus (its line records; no encoder features are read here)
-    host = VistModel(lm, tokenizer, VistConfig())
-    shape = Windowing(config.distant_tokens, config.proximal_tokens)
-    folder = Path(config.cache or default_out("train", "vist")) / "features"
-    train = Corpus(corpus["train"], host, host.encoder, folder, shape, "train")
-    held = Corpus(corpus["eval"], host, host.encoder, folder, shape, "eval")
+    host = VistModel(lm, tokenizer, VistConfig())  # the windows' layout and tokenizer: vist's
+    train, held = text_corpora(corpus, host, Windowing(config.distant_tokens, config.proximal_tokens), config.cache)
     rng = random.Random(f"teacher-{config.seed}")
     continuation = eval_windows(held, config.eval_n, config.seed)
     copies = [w.copied(rng) for w in eval_windows(held, config.eval_n, config.seed + 1)]

@@ -271,3 +271,18 @@ def eval_windows(corpus: Corpus, n: int, seed: int) -> list[Window]:
             if by_article[a] and len(out) < n:
                 out.append(by_article[a].pop(rng.randrange(len(by_article[a]))))
     return out
+
+
+def text_corpora(articles: dict | None, model, shape, cache: str | None = None) -> tuple[Corpus, Corpus]:
+    """The "train" and "eval" articles (default: the Wikipedia splits) as windows of `model`'s layout, for the
+    probes that read only the windows' text (oracle, teacher): the lines come from the records a vist trainer
+    cached in <cache>/features (default ./results/train/vist), and no encoder feature is computed."""
+    from gistify_bench.options import default_out
+
+    if articles is None:
+        from gistify_bench.data import wikipedia
+
+        articles = {"train": wikipedia("train"), "eval": wikipedia("eval")}
+    folder = Path(cache or default_out("train", "vist")) / "features"
+    train, held = (Corpus(articles[s], model, model.encoder, folder, shape, s) for s in ("train", "eval"))
+    return train, held

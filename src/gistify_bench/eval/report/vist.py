@@ -98,12 +98,12 @@ def teacher_section(folder: Path) -> list[str]:
     def cell(r) -> str:
         return f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r.get("ci95") else f"{r['mean']:.3f}"
 
-    for path in runs:
-        run = json.loads(path.read_text())
+    loaded = {path.stem: json.loads(path.read_text()) for path in runs}
+    for name, run in loaded.items():
         c, final = run["config"], run["final"]
-        row = [path.stem, c["layer"], c["r"], c["pool"] if c["r"] > 1 else "-", c["steps"]]
+        row = [name, c["layer"], c["r"], c["pool"] if c["r"] > 1 else "-", c["steps"]]
         lines.append("| " + " | ".join(map(str, row + [cell(final[k]) if k in final else "" for k in cells])) + " |")
-    lines += ["", "Commands:", ""] + [f"- {p.stem}: `{json.loads(p.read_text())['command']}`" for p in runs] + [""]
+    lines += ["", "Commands:", ""] + [f"- {name}: `{run['command']}`" for name, run in loaded.items()] + [""]
     return lines
 
 
