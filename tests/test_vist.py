@@ -158,6 +158,28 @@ def test_local_latents_read_only_their_own_stretch():
     assert torch.isfinite(res(feats, empty).tokens).all()
 
 
+def test_tokens_go_to_the_stretch_of_the_line_they_are_drawn_in():
+    """Issue 13, step 4: the slot of a token is (line, stretch of 96 / k encoder tokens its middle is drawn in),
+    x proportional to the character offset over the line's drawn text; pooled slots are the mean of their tokens."""
+    import numpy as np
+
+    from gistify.vist.slots import pool_slots, token_slots
+
+    spans = np.array([[0, 40], [41, 51], [52, 52]])  # a full line, a short one (a quarter drawn), a blank one
+    drawn = np.array([96, 24, 0])
+    offsets = np.array([[0, 4], [18, 22], [36, 40], [40, 41], [41, 45], [47, 51], [51, 52]])
+    slots = token_slots(offsets, spans, drawn, 96, 4)
+    # line 0: x = 2/40, 20/40, 38/40 of 96 tokens -> stretches 0, 2, 3; the newline after it: the line's end;
+    # line 1: 24 drawn tokens, all in stretch 0; the newline between lines 1 and 2: line 1's end
+    assert slots.tolist() == [0, 2, 3, 3, 4, 4, 4]
+    values = torch.arange(7, dtype=torch.float32)[:, None].repeat(1, 3)
+    pooled, filled = pool_slots(values, torch.from_numpy(slots), 12)
+    assert filled.tolist() == [True, False, True, True, True] + [False] * 7
+    assert pooled[3].tolist() == [2.5] * 3 and pooled[4].tolist() == [5.0] * 3 and pooled[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="at least one line"):
+        token_slots(offsets, np.zeros((0, 2)), np.zeros(0), 96, 4)
+
+
 def test_resampler_on_real_features(encoder):
     r = render(prose()[:1200], Layout.fold())
     e = encoder.encode(r)

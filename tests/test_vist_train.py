@@ -581,3 +581,39 @@ def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer,
         vist_teacher.TeacherConfig(gate=1.5)
     with pytest.raises(ValueError, match="xattn_layers"):
         vist_teacher.TeacherConfig(xattn_layers="18,x")
+
+
+def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer, tmp_path):
+    """Issue 13, step 4: a local resampler learns each stretch's pooled teacher state from the line features
+    (held-out error falls), the held-out table has every arm with its control, and end to end moves the resampler
+    and the blocks."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from gistify_bench.train import distill
+    from gistify_bench.train import teacher as vist_teacher
+
+    teacher = vist_teacher.Teacher(lm, vist_teacher.TeacherConfig(layer=1, xattn_layers="1,3"))
+    saved = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(saved))
+    flags = [*("--teacher", str(saved), "--layer", "1", "--xattn-layers", "1,3", "--steps", "30", "--batch", "4"),
+             *("--lr", "3e-3", "--depth", "1", "--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4"),
+             *("--eval-images", "8", "--eval-every", "15", "--e2e-steps", "2", "--e2e-lr", "1e-2"),
+             *("--cache", str(tmp_path), "--no-progress")]  # fmt: skip
+    args = distill.parse(flags)
+    result, tensors = distill.run(args, lm, tiny_tokenizer, corpus(), FakeEncoder())
+    curve = result["regression"]
+    assert [c["step"] for c in curve] == [0, 15, 30]
+    assert curve[-1]["error"] < curve[0]["error"] - 0.05, curve  # it learns the stretches' states
+    table = result["after_regression"]
+    for arm in ("none", "teacher_own", "teacher_other", "teacher_slots_own", "teacher_slots_other",
+                "mean_embedding_own", "mean_embedding_other", "vision_own", "vision_other"):  # fmt: skip
+        assert table[f"copy_{arm}"]["n"] == 4 and table[f"continuation_{arm}"]["n"] == 4, arm
+    assert table["copy_vision_own"]["mean"] == pytest.approx(table["copy_none"]["mean"], abs=1e-5)  # closed gates
+    assert 1.5 < table["text_tokens_per_memory_token"] < 8  # 4 stretches of a line of ~10 tokens
+    assert len(result["end_to_end"]) == 2 and all(g != 0 for g in result["gates"])  # the gates opened
+    assert any(k.startswith("xattn.") for k in tensors) and any(k.startswith("resampler.") for k in tensors)
+    assert distill.parse(result["command"].split()[3:]) == dataclasses.replace(args, cache=None, progress=True)
+    with pytest.raises(ValueError, match="divide"):
+        distill.DistillConfig(slots_per_line=5)

@@ -170,17 +170,22 @@ class Teacher(nn.Module):
     def nll(self, batch: dict, memory: str = "own", cached: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per window, the summed NLL of the proximal tokens after the first and their count: (B,), (B,).
         memory: "own", "other" (the next window's: the control) or "none"; cached: the batch's trunk states."""
+        if memory == "none":
+            return self.read_nll(batch, None)
+        dids, dmask = batch["distant"]
+        states = cached if cached is not None else self.memory.states(dids, dmask)
+        read = self.memory.compress(states, dmask)
+        return self.read_nll(batch, tuple(x.roll(1, 0) for x in read) if memory == "other" else read)
+
+    def read_nll(self, batch: dict, read: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `nll`, reading any memory: read = (tokens (B, S, D), mask (B, S), positions (B, S)) or None."""
         lm = self.lm[0]
         ids, attention = batch["ids"]
-        if memory == "none":
+        if read is None:
             with torch.no_grad():
                 logits = lm(input_ids=ids, attention_mask=attention).logits
         else:
-            dids, dmask = batch["distant"]
-            states = cached if cached is not None else self.memory.states(dids, dmask)
-            tokens, mask, positions = self.memory.compress(states, dmask)
-            if memory == "other":
-                tokens, mask, positions = (x.roll(1, 0) for x in (tokens, mask, positions))
+            tokens, mask, positions = read
             with self.xattn.attach(lm, tokens, mask, positions=positions):
                 logits = lm(input_ids=ids, attention_mask=attention).logits
         ce = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
