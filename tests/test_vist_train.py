@@ -599,7 +599,7 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(saved))
     flags = [*("--teacher", str(saved), "--layer", "1", "--xattn-layers", "1,3", "--steps", "30", "--batch", "4"),
              *("--lr", "3e-3", "--depth", "1", "--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4"),
-             *("--eval-images", "8", "--eval-every", "15", "--e2e-steps", "2", "--e2e-lr", "1e-2"),
+             *("--eval-every", "15", "--e2e-steps", "2", "--e2e-lr", "1e-2"),
              *("--cache", str(tmp_path), "--no-progress")]  # fmt: skip
     args = distill.parse(flags)
     result, tensors = distill.run(args, lm, tiny_tokenizer, corpus(), FakeEncoder())
@@ -615,5 +615,10 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     assert len(result["end_to_end"]) == 2 and all(g != 0 for g in result["gates"])  # the gates opened
     assert any(k.startswith("xattn.") for k in tensors) and any(k.startswith("resampler.") for k in tensors)
     assert distill.parse(result["command"].split()[3:]) == dataclasses.replace(args, cache=None, progress=True)
+    saved = tmp_path / "distill.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(saved))
+    again, _ = distill.run(dataclasses.replace(args, init=str(saved), steps=0, e2e_steps=0), lm, tiny_tokenizer,
+                           corpus(), FakeEncoder())  # fmt: skip
+    assert again["final"]["copy_vision_own"] == result["final"]["copy_vision_own"]  # it starts where it ended
     with pytest.raises(ValueError, match="divide"):
         distill.DistillConfig(slots_per_line=5)

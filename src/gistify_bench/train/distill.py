@@ -18,11 +18,12 @@ stretches of a line of about 10 tokens, the LLM reads about 2.5x fewer tokens th
 2. End to end (`--e2e-steps`): the resampler and the teacher's blocks trained with the LM loss on train windows,
    half of them copy windows (the teacher's mix).
 
-Held out (eval articles; the teacher's windows: 16 copy and 16 continuation windows), per-token NLL of the proximal
+Held out (eval articles; the teacher's windows: 16 copy and 16 continuation windows): during the regression, its
+error against the teacher's memory in vist's layout of the same windows; then the per-token NLL of the proximal
 window with no memory; the teacher's full memory (one state per token); the teacher's memory in vist's layout;
 the mean-pooled control (the LLM's input embeddings averaged per stretch: compression without any context or
 vision); vist's vision memory; and, for the last three, another window's memory (the control that tells reading
-from a bias). Also the regression's held-out relative error and cosine, and the text tokens per memory token.
+from a bias); and the text tokens per memory token.
 
 Writes DIR/distill.json and DIR/distill.safetensors (the resampler, and the blocks when trained end to end); DIR
 (--out) defaults to ./results/vist/distill.
@@ -65,8 +66,8 @@ class DistillConfig:
     e2e_lr: float = option(1e-4, "end-to-end learning rate (resampler and blocks; gates x20)")
     copy: float = option(0.5, "share of copy windows in end-to-end batches")
     eval_n: int = option(16, "held-out windows of each kind")
-    eval_images: int = option(64, "held-out images for the regression's error")
-    eval_every: int = option(500, "regression steps between held-out errors")
+    eval_every: int = option(250, "regression steps between held-out errors")
+    init: str | None = option(None, "a distill.safetensors to start from (its resampler, and its blocks if saved)")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ hold the articles' lines)")
@@ -75,7 +76,7 @@ class DistillConfig:
 
     def __post_init__(self):
         check(self)
-        for name in ("slots_per_line", "lines_per_image", "depth", "batch", "e2e_batch", "eval_n", "eval_images"):
+        for name in ("slots_per_line", "lines_per_image", "depth", "batch", "e2e_batch", "eval_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps < 0 or self.e2e_steps < 0 or self.eval_every < 1 or min(self.lr, self.e2e_lr) <= 0:
@@ -242,7 +243,6 @@ def run(
     train, held = text_corpora(corpus, host, shape, config.cache)
     t0 = time.perf_counter()
     train.ensure(None)
-    held.ensure(None)
     d = lm.config.hidden_size
     resampler = PerceiverResampler(
         ResamplerConfig(
@@ -256,26 +256,71 @@ def run(
         )
     )
     resampler.set_feature_stats(*train.feature_stats())
-    with progress_bar(len(train.texts) + len(held.texts), "targets", enabled=config.progress) as advance:
-        targets = {}
-        for name, c in (("train", train), ("eval", held)):
-            targets[name] = []
-            for a in range(len(c.texts)):
-                targets[name].append(article_targets(teacher, c, a, k))
-                advance()
+    init_blocks = False  # blocks loaded from --init: saved again with the resampler
+    if config.init:
+        from safetensors.torch import load_file
+
+        state = load_file(config.init)
+        resampler.load_state_dict({k[len("resampler.") :]: v for k, v in state.items() if k.startswith("resampler.")})
+        blocks = {k[len("xattn.") :]: v for k, v in state.items() if k.startswith("xattn.")}
+        if blocks:
+            teacher.xattn.load_state_dict(blocks)
+            init_blocks = True
+    with progress_bar(len(train.texts), "targets", enabled=config.progress) as advance:
+        targets = []
+        for a in range(len(train.texts)):
+            targets.append(article_targets(teacher, train, a, k))
+            advance()
     print(f"targets in {time.perf_counter() - t0:.0f} s", flush=True)
-    images = Images(train, targets["train"], per_image, k)
-    held_images = Images(held, targets["eval"], per_image, k)
-    rng = random.Random(f"distill-eval-{config.seed}")
-    held_batch = held_images.batch(rng.sample(held_images.starts, min(config.eval_images, len(held_images.starts))))
+    images = Images(train, targets, per_image, k)
     gain = reader_gain(teacher)
 
+    # held-out windows: the teacher's
+    erng = random.Random(f"teacher-{config.seed}")
+    continuation = eval_windows(held, config.eval_n, config.seed)
+    copies = [w.copied(erng) for w in eval_windows(held, config.eval_n, config.seed + 1)]
+    embed = lm.get_input_embeddings()
+
+    def memories(c, windows, batch, states=None, vision=True) -> dict:
+        """The memories each arm reads for a batch of windows of corpus c."""
+        layouts = [layout_of(c, w.article, w.first, w.split, k, per_image) for w in windows]
+        dids, dmask = batch["distant"]
+        n = dmask.sum(1).tolist()
+        out = {}
+        if states is not None:
+            out["teacher_slots"] = stack([lay.pool(states[b, : n[b]]) for b, lay in enumerate(layouts)], layouts)
+            with torch.no_grad():
+                pooled = [lay.pool(embed(dids[b, : n[b]]).float()) for b, lay in enumerate(layouts)]
+            out["mean_embedding"] = stack(pooled, layouts)
+        if vision:
+            rows = [resampler(p.features.float(), p.mask).tokens.reshape(-1, d) for p in batch["pages"]]
+            out["vision"] = stack(rows, layouts)
+        return out, layouts
+
+    held.ensure(continuation + copies)
+    held_batches = []
+    for kind, ws in (("copy", copies), ("continuation", continuation)):
+        for i in range(0, len(ws), 8):
+            b = held.batch(ws[i : i + 8])
+            states = teacher.memory.states(*b["distant"])
+            held_batches.append((kind, ws[i : i + 8], b, states))
+
+    @torch.no_grad()
     def held_error() -> dict:
-        feats, mask, target, filled = held_batch
-        with torch.no_grad():
-            pred = torch.cat([resampler(feats[i : i + 16], mask[i : i + 16]).tokens for i in range(0, len(feats), 16)])
-            error, cosine = regression_error(pred, target, filled, gain)
-        return {"error": round(error.item(), 4), "cosine": round(cosine.item(), 4)}
+        """The regression's error on the held-out windows: vist's memory against the teacher's in vist's layout."""
+        errors, cosines, weights = [], [], []
+        for _, ws, b, states in held_batches:
+            reads, _ = memories(held, ws, b, states)
+            (vision, mask, _), (target, _, _) = reads["vision"], reads["teacher_slots"]
+            error, cosine = regression_error(vision, target, mask, gain)
+            errors.append(error.item())
+            cosines.append(cosine.item())
+            weights.append(mask.sum().item())
+        total = sum(weights)
+        return {
+            "error": round(sum(e * w for e, w in zip(errors, weights)) / total, 4),
+            "cosine": round(sum(c * w for c, w in zip(cosines, weights)) / total, 4),
+        }
 
     # 1. regression
     curve = [{"step": 0, **held_error()}]
@@ -300,35 +345,6 @@ def run(
                 curve.append({"step": step + 1, "train_loss": round(loss.item(), 4), **held_error()})
                 print(json.dumps(curve[-1]), flush=True)
     regression_seconds = time.perf_counter() - t1
-
-    # held-out windows: the teacher's
-    erng = random.Random(f"teacher-{config.seed}")
-    continuation = eval_windows(held, config.eval_n, config.seed)
-    copies = [w.copied(erng) for w in eval_windows(held, config.eval_n, config.seed + 1)]
-    embed = lm.get_input_embeddings()
-
-    def memories(c, windows, batch, states=None, vision=True) -> dict:
-        """The memories each arm reads for a batch of windows of corpus c."""
-        layouts = [layout_of(c, w.article, w.first, w.split, k, per_image) for w in windows]
-        dids, dmask = batch["distant"]
-        n = dmask.sum(1).tolist()
-        out = {}
-        if states is not None:
-            out["teacher_slots"] = stack([lay.pool(states[b, : n[b]]) for b, lay in enumerate(layouts)], layouts)
-            with torch.no_grad():
-                pooled = [lay.pool(embed(dids[b, : n[b]]).float()) for b, lay in enumerate(layouts)]
-            out["mean_embedding"] = stack(pooled, layouts)
-        if vision:
-            rows = [resampler(p.features.float(), p.mask).tokens.reshape(-1, d) for p in batch["pages"]]
-            out["vision"] = stack(rows, layouts)
-        return out, layouts
-
-    held_batches = []
-    for kind, ws in (("copy", copies), ("continuation", continuation)):
-        for i in range(0, len(ws), 8):
-            b = held.batch(ws[i : i + 8])
-            states = teacher.memory.states(*b["distant"])
-            held_batches.append((kind, ws[i : i + 8], b, states))
 
     @torch.no_grad()
     def evaluate(arms=("none", "teacher", "teacher_slots", "mean_embedding", "vision")) -> dict:
@@ -385,7 +401,7 @@ def run(
         print(json.dumps({k: v["mean"] if isinstance(v, dict) else v for k, v in final.items()}), flush=True)
 
     tensors = {f"resampler.{k}": v for k, v in resampler.state_dict().items()}
-    if config.e2e_steps:
+    if config.e2e_steps or init_blocks:
         tensors |= {f"xattn.{k}": v for k, v in teacher.xattn.state_dict().items()}
     return {
         "command": command(config),
