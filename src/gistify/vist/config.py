@@ -34,6 +34,12 @@ class VistConfig:
     depth, heads, head_dim, ff_mult: the resampler's blocks (§3.8 for a 135M LLM: depth 2-3).
     xattn_every: a cross-attention block in every k-th decoder layer (layers k-1, 2k-1, ...); 1: every layer, the
         paper's placement (26M parameters on SmolLM2: too large to ship; 3 gives 10 blocks, 8M).
+    xattn_layers: the decoder layers that get a block, named (overrides xattn_every): the teacher's 18-23, where
+        SmolLM2 reads earlier context (docs/methods.md §3.10).
+    slots_per_line: None: the paper's memory (`latents` tokens per image, each reading the whole image, at
+        positions right before the text). k: one memory token per k-th of a line (the resampler's `local`
+        latents, lines_per_image x k per image; `latents` is ignored), at the mean text position of the tokens
+        drawn there, and none where no token is (gistify.vist.slots; docs/methods.md §3.11).
     out_init: the blocks' o_proj initialisation (gistify.vist.inject).
     memory_norm, gate, rope: the reader's memory normalisation, tanh gate and rotary positions
         (gistify.vist.inject.CrossAttentionConfig; a card written before they existed loads without them).
@@ -51,6 +57,8 @@ class VistConfig:
     head_dim: int = 64
     ff_mult: int = 4
     xattn_every: int = 3
+    xattn_layers: tuple[int, ...] | None = None
+    slots_per_line: int | None = None
     out_init: str = "copy"
     memory_norm: bool = True
     gate: float | None = 0.0
@@ -71,6 +79,20 @@ class VistConfig:
                 raise ValueError(f"VistConfig.{name} must be a positive integer, got {value!r}")
         if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
             raise ValueError(f"VistConfig.dim must be a positive integer or None, got {self.dim!r}")
+        if self.xattn_layers is not None:
+            if not self.xattn_layers or not all(isinstance(x, int) and x >= 0 for x in self.xattn_layers):
+                raise ValueError(f"VistConfig.xattn_layers must be layer indices, got {self.xattn_layers!r}")
+            object.__setattr__(self, "xattn_layers", tuple(self.xattn_layers))  # a card's list
+        k = self.slots_per_line
+        if k is not None and (not isinstance(k, int) or k < 1 or self.tokens_per_line % k):
+            raise ValueError(
+                f"VistConfig.slots_per_line must divide the line's {self.tokens_per_line} encoder tokens, got {k!r}"
+            )
+
+    @property
+    def memory_tokens_per_image(self) -> int:
+        """The resampler's latents per image (the CLS aside)."""
+        return self.latents if self.slots_per_line is None else self.lines_per_image * self.slots_per_line
 
     def layout(self) -> Layout:
         return Layout.line(font=self.font, font_size=self.font_size, width=self.width)

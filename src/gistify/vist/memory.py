@@ -13,10 +13,14 @@ import torch
 @dataclass
 class Pages:
     """One text's encoder view, lines grouped into the resampler's images: features (P, lines_per_image x T, D)
-    and mask (P, lines_per_image x T) bool, True where a token holds text."""
+    and mask (P, lines_per_image x T) bool, True where a token holds text. With one memory token per stretch of
+    a line (VistConfig.slots_per_line): `filled` (P x N,) bool, the stretches that hold a text token, and
+    `positions` (P x N,) their mean text position relative to the text that follows (gistify.vist.slots)."""
 
     features: torch.Tensor
     mask: torch.Tensor
+    filled: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -45,13 +49,14 @@ def group_lines(features: torch.Tensor, mask: torch.Tensor, per_image: int) -> P
 class Memory:
     """What the LLM reads for a batch: tokens (B, S, D) and mask (B, S) bool (the flattened resampler output of
     each sample's images, blank images and padding masked); cls (sum P_i, D), image_mask (sum P_i,) and
-    images (P_i per sample) for PVE."""
+    images (P_i per sample) for PVE; positions (B, S) the tokens' text positions (None: right before the text)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
     cls: torch.Tensor | None
     image_mask: torch.Tensor
     images: list[int]
+    positions: torch.Tensor | None = None
 
     @property
     def visual_tokens(self) -> list[int]:
@@ -60,4 +65,7 @@ class Memory:
 
     def roll(self, shift: int = 1) -> Memory:
         """Each sample gets another sample's memory (a control: does the model use the content?)."""
-        return Memory(self.tokens.roll(shift, 0), self.mask.roll(shift, 0), None, self.image_mask, self.images)
+        positions = None if self.positions is None else self.positions.roll(shift, 0)
+        return Memory(
+            self.tokens.roll(shift, 0), self.mask.roll(shift, 0), None, self.image_mask, self.images, positions
+        )

@@ -28,6 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,15 +67,15 @@ class VistModel(nn.Module):
                 heads=c.heads,
                 head_dim=c.head_dim,
                 ff_mult=c.ff_mult,
-                latents=c.latents,
+                latents=c.memory_tokens_per_image,
                 cls=True,
                 max_tokens=c.lines_per_image * c.tokens_per_line,
-                local=c.local_latents,
+                local=c.local_latents or c.slots_per_line is not None,
             )
         )
         layers = lm.config.num_hidden_layers
         if c.inject == "xattn":
-            ids = tuple(range(c.xattn_every - 1, layers, c.xattn_every))
+            ids = c.xattn_layers or tuple(range(c.xattn_every - 1, layers, c.xattn_every))
             reader = CrossAttentionConfig(
                 memory_dim=dim, out_init=c.out_init, layers=ids, memory_norm=c.memory_norm, gate=c.gate, rope=c.rope
             )
@@ -123,6 +124,14 @@ class VistModel(nn.Module):
                 e = self.encoder.encode(r)  # (lines, T, D)
                 features[k : k + len(e.features)] = e.features
                 mask[k : k + len(e.features)] = e.mask
+            if c.slots_per_line is not None:  # which stretch of which line each text token is drawn in
+                from gistify.vist.slots import text_slots
+
+                count = len(pages) * c.memory_tokens_per_image
+                drawn = mask[: len(spans)].sum(1).numpy()
+                _, pages.filled, pages.positions = text_slots(
+                    self.tokenizer, text, np.array(spans).reshape(-1, 2), drawn, t, c.slots_per_line, count
+                )
             out.append(pages)
         return out
 
@@ -177,7 +186,14 @@ class VistModel(nn.Module):
         image_mask = torch.cat([o.image_mask for o in outs])
         images = [len(p) for p in pages]
         tokens, tmask = flatten_images(torch.cat([o.tokens for o in outs]), image_mask, images)
-        return Memory(tokens, tmask, cls, image_mask, images)
+        positions = None
+        if pages[0].filled is not None:  # one token per stretch: only stretches that hold text, at their positions
+            filled = torch.zeros_like(tmask)
+            positions = torch.zeros(tmask.shape)
+            for b, p in enumerate(pages):
+                filled[b, : len(p.filled)], positions[b, : len(p.positions)] = p.filled, p.positions
+            tmask = tmask & filled
+        return Memory(tokens, tmask, cls, image_mask, images, positions)
 
     def reading(self, memory: Memory | None, rows: int | None = None):
         """A block within which the LLM reads `memory` through the cross-attention blocks (its one sample
@@ -187,10 +203,11 @@ class VistModel(nn.Module):
             return nullcontext()
         if self.config.inject != "xattn":
             raise ValueError("reading() needs inject='xattn'; with 'prefix' the memory is part of the input")
-        tokens, mask = memory.tokens, memory.mask
+        tokens, mask, positions = memory.tokens, memory.mask, memory.positions
         if rows is not None:
             tokens, mask = tokens.expand(rows, -1, -1), mask.expand(rows, -1)
-        return self.xattn.attach(self.lm, tokens, mask)
+            positions = None if positions is None else positions.expand(rows, -1)
+        return self.xattn.attach(self.lm, tokens, mask, positions=positions)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, memory: Memory | None) -> torch.Tensor:
         """(B, T, V) next-token logits of the text `input_ids` reading `memory` (None: the plain LLM)."""

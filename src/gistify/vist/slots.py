@@ -52,3 +52,19 @@ def pool_slots(values: torch.Tensor, slots: torch.Tensor, count: int) -> tuple[t
     n = torch.bincount(slots, minlength=count)[:count].to(flat.dtype)
     pooled = total / n.clamp(min=1)[:, None]
     return pooled.view(count, *values.shape[1:]), n > 0
+
+
+def text_slots(
+    tokenizer, text: str, spans: np.ndarray, drawn: np.ndarray, tokens_per_line: int, slots_per_line: int, count: int
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """A distant text's n tokens among `count` slots (whole images: count >= lines x k): each token's slot (n,),
+    which slots hold a token (count,) bool and their mean text position (count,) float, the text's last token at
+    -1 (the text the LLM reads comes right after it). spans / drawn: the text's rendered lines, as token_slots."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.array(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    n = len(offsets)
+    if len(spans) == 0:  # an empty text: nothing is drawn, no slot holds a token
+        return np.zeros(0, dtype=np.int64), torch.zeros(count, dtype=torch.bool), torch.zeros(count)
+    slots = token_slots(offsets, spans, drawn, tokens_per_line, slots_per_line)
+    positions, filled = pool_slots(torch.arange(n, dtype=torch.float32)[:, None] - n, slots, count)
+    return slots, filled, positions[:, 0]

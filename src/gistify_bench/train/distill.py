@@ -25,8 +25,8 @@ the mean-pooled control (the LLM's input embeddings averaged per stretch: compre
 vision); vist's vision memory; and, for the last three, another window's memory (the control that tells reading
 from a bias); and the text tokens per memory token.
 
-Writes DIR/distill.json and DIR/distill.safetensors (the resampler, and the blocks when trained end to end); DIR
-(--out) defaults to ./results/vist/distill.
+Writes DIR/distill.json and DIR/vist.safetensors with its card vist.json (VistModel.from_pretrained(path) loads
+them: the resampler, the blocks, PVE's head untrained); DIR (--out) defaults to ./results/vist/distill.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ class DistillConfig:
     copy: float = option(0.5, "share of copy windows in end-to-end batches")
     eval_n: int = option(16, "held-out windows of each kind")
     eval_every: int = option(250, "regression steps between held-out errors")
-    init: str | None = option(None, "a distill.safetensors to start from (its resampler, and its blocks if saved)")
+    init: str | None = option(None, "a vist.safetensors of an earlier run to start from (resampler and blocks)")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ hold the articles' lines)")
     progress: bool = option(True, "show progress bars")
-    out: str | None = option(None, "where distill.json and distill.safetensors go (default ./results/vist/distill)")
+    out: str | None = option(None, "where distill.json and vist.safetensors go (default ./results/vist/distill)")
 
     def __post_init__(self):
         check(self)
@@ -108,19 +108,16 @@ class Layout:
 
 def layout_of(corpus, article: int, first: int, split: int, k: int, per_image: int) -> Layout:
     """The layout of lines [first, split) of an article, tokenised as the window's distant text is."""
-    from gistify.vist.slots import pool_slots, token_slots
+    from gistify.vist.slots import text_slots
 
     lf = corpus.lines[article]
-    spans = lf.spans[first:split] - lf.spans[first, 0]
     text = corpus.texts[article][int(lf.spans[first, 0]) : int(lf.spans[split - 1, 1])]
-    offsets = np.array(
-        corpus.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    ).reshape(-1, 2)
-    slots = token_slots(offsets, spans, lf.mask[first:split].sum(1), lf.mask.shape[1], k)
     count = math.ceil((split - first) / per_image) * per_image * k
-    n = len(offsets)
-    positions, filled = pool_slots(torch.arange(n, dtype=torch.float32)[:, None] - n, slots, count)
-    return Layout(slots, count, filled, positions[:, 0])
+    spans = lf.spans[first:split] - lf.spans[first, 0]
+    slots, filled, positions = text_slots(
+        corpus.model.tokenizer, text, spans, lf.mask[first:split].sum(1), lf.mask.shape[1], k, count
+    )
+    return Layout(slots, count, filled, positions)
 
 
 def stack(rows: list[torch.Tensor], layouts: list[Layout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,6 +166,27 @@ def article_targets(teacher, corpus, article: int, k: int, chunk: int = 512, str
     return pooled.half(), filled
 
 
+def _targets(config: DistillConfig, teacher, train) -> list:
+    """Every train article's pooled teacher states (article_targets), cached next to the line features: they
+    depend on the teacher's layer (not its blocks), the slots and the articles (~7 min on 2 cores)."""
+    import hashlib
+
+    from gistify.progress import progress_bar
+
+    key = hashlib.sha256(json.dumps([config.layer, config.slots_per_line, *train.titles]).encode()).hexdigest()[:12]
+    path = train.lines[0].path.parent / f"distill-targets-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    targets = []
+    with progress_bar(len(train.texts), "targets", enabled=config.progress) as advance:
+        for a in range(len(train.texts)):
+            targets.append(article_targets(teacher, train, a, config.slots_per_line))
+            advance()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(targets, path)
+    return targets
+
+
 class Images:
     """16-line images of a corpus's articles with their per-stretch targets: `batch(rng, n)` draws n images
     starting at any line (a window's images start at any line)."""
@@ -215,14 +233,12 @@ def regression_error(pred: torch.Tensor, target: torch.Tensor, filled: torch.Ten
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
-def run(
-    config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = None, encoder=None
-) -> tuple[dict, dict]:
-    """Distil (and evaluate): the result and the trained tensors. `encoder`: the line encoder (default PP-OCRv6)."""
+def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = None, encoder=None):
+    """Distil (and evaluate): the result and the VistModel (its resampler and blocks trained). `encoder`: the
+    line encoder (default PP-OCRv6)."""
     from gistify.progress import progress_bar
     from gistify.vist.config import VistConfig
     from gistify.vist.model import VistModel
-    from gistify.vist.resampler import PerceiverResampler, ResamplerConfig
     from gistify_bench.train.teacher import Teacher, TeacherConfig, _load_init, _table
     from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
@@ -238,39 +254,28 @@ def run(
     teacher = Teacher(lm, TeacherConfig(layer=config.layer, xattn_layers=config.xattn_layers))
     _load_init(teacher, teacher_path)
     k, per_image = config.slots_per_line, config.lines_per_image
-    host = VistModel(lm, tokenizer, VistConfig(lines_per_image=per_image), encoder)
+    # vist itself, in the teacher's reading layout: its resampler and blocks are what trains and what ships
+    vist_config = VistConfig(
+        lines_per_image=per_image,
+        slots_per_line=k,
+        dim=None,
+        depth=config.depth,
+        xattn_layers=TeacherConfig(xattn_layers=config.xattn_layers).block_layers(),
+    )
+    model = VistModel(lm, tokenizer, vist_config, encoder)
+    model.xattn.load_state_dict(teacher.xattn.state_dict())
+    teacher.xattn = model.xattn  # the teacher's arms and vist's read through the same blocks
+    resampler = model.resampler
     shape = Windowing(config.distant_tokens, config.proximal_tokens)
-    train, held = text_corpora(corpus, host, shape, config.cache)
+    train, held = text_corpora(corpus, model, shape, config.cache)
     t0 = time.perf_counter()
     train.ensure(None)
-    d = lm.config.hidden_size
-    resampler = PerceiverResampler(
-        ResamplerConfig(
-            input_dim=train.lines[0].features.shape[-1],
-            dim=d,
-            depth=config.depth,
-            latents=per_image * k,
-            cls=False,
-            max_tokens=per_image * train.lines[0].features.shape[1],
-            local=True,
-        )
-    )
     resampler.set_feature_stats(*train.feature_stats())
-    init_blocks = False  # blocks loaded from --init: saved again with the resampler
     if config.init:
         from safetensors.torch import load_file
 
-        state = load_file(config.init)
-        resampler.load_state_dict({k[len("resampler.") :]: v for k, v in state.items() if k.startswith("resampler.")})
-        blocks = {k[len("xattn.") :]: v for k, v in state.items() if k.startswith("xattn.")}
-        if blocks:
-            teacher.xattn.load_state_dict(blocks)
-            init_blocks = True
-    with progress_bar(len(train.texts), "targets", enabled=config.progress) as advance:
-        targets = []
-        for a in range(len(train.texts)):
-            targets.append(article_targets(teacher, train, a, k))
-            advance()
+        model.load_trained(load_file(config.init))
+    targets = _targets(config, teacher, train) if config.steps else []
     print(f"targets in {time.perf_counter() - t0:.0f} s", flush=True)
     images = Images(train, targets, per_image, k)
     gain = reader_gain(teacher)
@@ -292,9 +297,12 @@ def run(
             with torch.no_grad():
                 pooled = [lay.pool(embed(dids[b, : n[b]]).float()) for b, lay in enumerate(layouts)]
             out["mean_embedding"] = stack(pooled, layouts)
-        if vision:
-            rows = [resampler(p.features.float(), p.mask).tokens.reshape(-1, d) for p in batch["pages"]]
-            out["vision"] = stack(rows, layouts)
+        if vision:  # vist's own path: its memory of the pages, at the slots' positions
+            pages = batch["pages"]
+            for p, lay in zip(pages, layouts):
+                p.filled, p.positions = lay.filled, lay.positions
+            memory = model.memory(pages)
+            out["vision"] = (memory.tokens, memory.mask, memory.positions)
         return out, layouts
 
     held.ensure(continuation + copies)
@@ -400,9 +408,6 @@ def run(
         final = evaluate(("none", "teacher_slots", "mean_embedding", "vision"))
         print(json.dumps({k: v["mean"] if isinstance(v, dict) else v for k, v in final.items()}), flush=True)
 
-    tensors = {f"resampler.{k}": v for k, v in resampler.state_dict().items()}
-    if config.e2e_steps or init_blocks:
-        tensors |= {f"xattn.{k}": v for k, v in teacher.xattn.state_dict().items()}
     return {
         "command": command(config),
         "config": asdict(config),
@@ -415,7 +420,7 @@ def run(
         "end_to_end": e2e_curve,
         "final": final,
         "gates": [round(math.tanh(b.gate.item()), 4) for b in teacher.xattn.blocks if b.gate is not None],
-    }, tensors
+    }, model
 
 
 def command(config: DistillConfig) -> str:
@@ -438,16 +443,15 @@ def parse(argv: list[str] | None = None) -> DistillConfig:
 
 
 def main(argv=None) -> int:
-    from safetensors.torch import save_file
-
     from gistify_bench.options import resolve_out
 
     config = parse(argv)
-    result, tensors = run(config)
+    result, model = run(config)
     out = resolve_out(config.out, "vist", "distill")
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(out / "distill.safetensors"))
+    card = {"trained_by": result["command"], "held_out": result["final"], "llm": None}
+    model.save(out / "vist.safetensors", card, dtype=torch.float32)  # VistModel.from_pretrained(out / ...)
     print(json.dumps(result["final"]))
     return 0
 
