@@ -632,3 +632,5 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     )
     with pytest.raises(ValueError, match="divide"):
         distill.DistillConfig(slots_per_line=5)
+    with pytest.raises(ValueError, match="e2e_memory"):
+        distill.DistillConfig(e2e_memory="text")

@@ -65,6 +65,11 @@ class DistillConfig:
     e2e_batch: int = option(4, "windows per end-to-end step")
     e2e_lr: float = option(1e-4, "end-to-end learning rate (resampler and blocks; gates x20)")
     copy: float = option(0.5, "share of copy windows in end-to-end batches")
+    e2e_memory: str = option(
+        "vision",
+        "the memory trained end to end: vist's, or the mean-pooled control (input embeddings; the blocks only)",
+        ("vision", "mean_embedding"),
+    )
     eval_n: int = option(16, "held-out windows of each kind")
     eval_every: int = option(250, "regression steps between held-out errors")
     init: str | None = option(None, "a vist.safetensors of an earlier run to start from (resampler and blocks)")
@@ -286,18 +291,20 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     copies = [w.copied(erng) for w in eval_windows(held, config.eval_n, config.seed + 1)]
     embed = lm.get_input_embeddings()
 
-    def memories(c, windows, batch, states=None, vision=True) -> dict:
-        """The memories each arm reads for a batch of windows of corpus c."""
+    def memories(c, windows, batch, arms, states=None) -> dict:
+        """The memories `arms` read for a batch of windows of corpus c ("teacher_slots" needs the batch's
+        teacher states)."""
         layouts = [layout_of(c, w.article, w.first, w.split, k, per_image) for w in windows]
         dids, dmask = batch["distant"]
         n = dmask.sum(1).tolist()
         out = {}
-        if states is not None:
+        if "teacher_slots" in arms:
             out["teacher_slots"] = stack([lay.pool(states[b, : n[b]]) for b, lay in enumerate(layouts)], layouts)
+        if "mean_embedding" in arms:
             with torch.no_grad():
                 pooled = [lay.pool(embed(dids[b, : n[b]]).float()) for b, lay in enumerate(layouts)]
             out["mean_embedding"] = stack(pooled, layouts)
-        if vision:  # vist's own path: its memory of the pages, at the slots' positions
+        if "vision" in arms:  # vist's own path: its memory of the pages, at the slots' positions
             pages = batch["pages"]
             for p, lay in zip(pages, layouts):
                 p.filled, p.positions = lay.filled, lay.positions
@@ -318,7 +325,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
         """The regression's error on the held-out windows: vist's memory against the teacher's in vist's layout."""
         errors, cosines, weights = [], [], []
         for _, ws, b, states in held_batches:
-            reads, _ = memories(held, ws, b, states)
+            reads, _ = memories(held, ws, b, ("vision", "teacher_slots"), states)
             (vision, mask, _), (target, _, _) = reads["vision"], reads["teacher_slots"]
             error, cosine = regression_error(vision, target, mask, gain)
             errors.append(error.item())
@@ -359,7 +366,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
         per_window: dict[str, list[float]] = {}
         ratio = []
         for kind, ws, b, states in held_batches:
-            reads, layouts = memories(held, ws, b, states, "vision" in arms)
+            reads, layouts = memories(held, ws, b, arms, states)
             ratio += [len(lay.slots) / max(1, int(lay.filled.sum())) for lay in layouts]
             results = {}
             if "none" in arms:
@@ -384,7 +391,8 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     # 2. end to end
     e2e_curve, final = [], after_regression
     if config.e2e_steps:
-        params = list(resampler.parameters()) + [p for p in teacher.xattn.parameters()]
+        params = list(resampler.parameters()) if config.e2e_memory == "vision" else []
+        params += list(teacher.xattn.parameters())
         gates = [b.gate for b in teacher.xattn.blocks if b.gate is not None]
         rest = [p for p in params if all(p is not g for g in gates)]
         groups = [{"params": rest, "peak": config.e2e_lr}, {"params": gates, "peak": config.e2e_lr * 20}]
@@ -396,8 +404,8 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
                     group["lr"] = group["peak"] * min(1.0, (step + 1) / warmup)
                 windows = windows_for(train, step, 0, config.e2e_batch, config.seed, config.copy)
                 batch = train.batch(windows)
-                reads, _ = memories(train, windows, batch)
-                total, count = teacher.read_nll(batch, reads["vision"])
+                reads, _ = memories(train, windows, batch, (config.e2e_memory,))
+                total, count = teacher.read_nll(batch, reads[config.e2e_memory])
                 loss = total.sum() / count.sum()
                 opt.zero_grad()
                 loss.backward()
