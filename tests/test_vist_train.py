@@ -614,6 +614,10 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     assert 1.5 < table["text_tokens_per_memory_token"] < 8  # 4 stretches of a line of ~10 tokens
     assert len(result["end_to_end"]) == 2 and all(g != 0 for g in result["gates"])  # the gates opened
     assert distill.parse(result["command"].split()[3:]) == dataclasses.replace(args, cache=None, progress=True)
+    write_json(tmp_path / "distill" / "tiny.json", result)
+    text = report(tmp_path)
+    assert "vist distilled into the teacher's memory: tiny" in text and "after 2 end-to-end steps" in text
+    assert f"| vist (PP-OCRv6 features, resampled) | {table['copy_vision_own']['mean']:.3f} [" in text
 
     # what it trained is vist itself: saved, loaded and read by VistModel with the positions of its slots
     saved = model.save(tmp_path / "vist.safetensors", {"llm": None}, dtype=torch.float32)

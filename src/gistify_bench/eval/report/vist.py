@@ -1,6 +1,6 @@
 """The vist report: <out>/vist/report.md from the JSON files there (the vist tasks' results, the oracle probe's
-oracle.json, written by gistify_bench.train.oracle, and the teacher runs' teacher/*.json, written by
-gistify_bench.train.teacher)."""
+oracle.json, written by gistify_bench.train.oracle, the teacher runs' teacher/*.json, written by
+gistify_bench.train.teacher, and the distillation runs' distill/*.json, written by gistify_bench.train.distill)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def report(folder: Path) -> str:
             lines.append(f"| {c['step']} | {c['own']:.4f} | {c['shuffled']:.4f} | {c['shuffled'] - c['own']:+.4f} |")
         lines.append("")
     lines += teacher_section(folder / "teacher")
+    lines += distill_section(folder / "distill")
     text = "\n".join(lines)
     (folder / "report.md").write_text(text)
     return text
@@ -95,15 +96,61 @@ def teacher_section(folder: Path) -> list[str]:
              "| run | layer | r | pool | steps | " + " | ".join(c.replace("_", " ") for c in cells) + " |",
              "|---" * (5 + len(cells)) + "|"]  # fmt: skip
 
-    def cell(r) -> str:
-        return f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r.get("ci95") else f"{r['mean']:.3f}"
-
     loaded = {path.stem: json.loads(path.read_text()) for path in runs}
     for name, run in loaded.items():
         c, final = run["config"], run["final"]
         row = [name, c["layer"], c["r"], c["pool"] if c["r"] > 1 else "-", c["steps"]]
-        lines.append("| " + " | ".join(map(str, row + [cell(final[k]) if k in final else "" for k in cells])) + " |")
+        lines.append("| " + " | ".join(map(str, row + [_cell(final[k]) if k in final else "" for k in cells])) + " |")
     lines += ["", "Commands:", ""] + [f"- {name}: `{run['command']}`" for name, run in loaded.items()] + [""]
+    return lines
+
+
+def _cell(r) -> str:
+    return f"{r['mean']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" if r.get("ci95") else f"{r['mean']:.3f}"
+
+
+DISTILL_ARMS = (
+    ("none", "no memory"),
+    ("teacher", "the teacher's memory (a state per token)"),
+    ("teacher_slots", "the teacher's memory in vist's layout (a state per stretch)"),
+    ("mean_embedding", "mean-pooled input embeddings (per stretch)"),
+    ("vision", "vist (PP-OCRv6 features, resampled)"),
+)
+
+
+def distill_section(folder: Path) -> list[str]:
+    """Per distillation run (gistify_bench.train.distill) in `folder`: the regression's held-out error, then each
+    memory's held-out NLL per token with its own and another window's memory, after the regression and at the end."""
+    runs = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    lines = []
+    for path in runs:
+        run = json.loads(path.read_text())
+        curve = " -> ".join(f"{c['error']:.3f} (cos {c['cosine']:.3f}, step {c['step']})" for c in run["regression"])
+        lines += [f"## vist distilled into the teacher's memory: {path.stem} (issue 13, step 4)", "",
+                  f"`{run['command']}`", "",
+                  f"Regression, held-out relative error (cosine): {curve}.", ""]  # fmt: skip
+        stages = [("after the regression", run["after_regression"])]
+        if run.get("end_to_end"):
+            c = run["config"]
+            stages.append((f"after {c['e2e_steps']} end-to-end steps on the {c['e2e_memory']} memory", run["final"]))
+        for title, table in stages:
+            lines += [f"Held out, {title}: NLL per token (mean [95% interval]); "
+                      f"{table['text_tokens_per_memory_token']} text tokens per memory token in vist's layout.", "",
+                      "| memory | copy, own | copy, another window's | continuation, own | continuation, another's |",
+                      "|---|---|---|---|---|"]  # fmt: skip
+            for arm, label in DISTILL_ARMS:
+                own = "" if arm == "none" else "_own"
+                keys = [
+                    f"copy_{arm}{own}",
+                    f"copy_{arm}_other",
+                    f"continuation_{arm}{own}",
+                    f"continuation_{arm}_other",
+                ]
+                if keys[0] in table:
+                    lines.append(
+                        f"| {label} | " + " | ".join(_cell(table[k]) if k in table else "" for k in keys) + " |"
+                    )
+            lines.append("")
     return lines
 
 
