@@ -267,6 +267,14 @@ def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_p
     assert torch.equal(pages.mask, cached.mask) and pages.mask.any()
     again = vist_corpus.LineFeatures(text, model.config, encoder, tmp_path / "f.npz")  # read back from disk
     assert again.have.all() and np.array_equal(again.spans, lf.spans)
+    # one memory token per stretch of a line: the windows' slots and positions are what inference computes
+    slotted = VistModel(lm, tiny_tokenizer, VistConfig(**TINY, font_size=24, slots_per_line=4), encoder)
+    data = vist_corpus.Corpus({"a": text}, slotted, encoder, tmp_path, vist_corpus.Windowing(), "x")
+    data.ensure()
+    window = vist_corpus.Window(0, 1, len(lf))
+    cached, read = data.pages(window), slotted.read([data.distant_text(window)])[0]
+    assert torch.equal(cached.filled, read.filled) and torch.equal(cached.positions, read.positions)
+    assert read.filled.any() and read.positions[read.filled].max() < 0
 
 
 # -- inference ------------------------------------------------------------------------------------------------------

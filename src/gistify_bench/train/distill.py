@@ -305,10 +305,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
                 pooled = [lay.pool(embed(dids[b, : n[b]]).float()) for b, lay in enumerate(layouts)]
             out["mean_embedding"] = stack(pooled, layouts)
         if "vision" in arms:  # vist's own path: its memory of the pages, at the slots' positions
-            pages = batch["pages"]
-            for p, lay in zip(pages, layouts):
-                p.filled, p.positions = lay.filled, lay.positions
-            memory = model.memory(pages)
+            memory = model.memory(batch["pages"])
             out["vision"] = (memory.tokens, memory.mask, memory.positions)
         return out, layouts
 

@@ -224,8 +224,25 @@ class Corpus:
         std = np.sqrt(np.maximum(squares / n - mean * mean, 0) * n / (n - 1))
         return torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp(min=1e-6)
 
+    def pages(self, w: Window) -> Pages:
+        """The distant part's pages; when vist reads one memory token per stretch of a line
+        (VistConfig.slots_per_line), with which stretches hold text and their positions, as VistModel.read
+        gives them (gistify.vist.slots)."""
+        lf, config = self.lines[w.article], self.model.config
+        pages = lf.pages(w.first, w.split)
+        if config.slots_per_line is not None:
+            from gistify.vist.slots import text_slots
+
+            spans = lf.spans[w.first : w.split] - lf.spans[w.first, 0]
+            drawn = lf.mask[w.first : w.split].sum(1)
+            count = len(pages) * config.memory_tokens_per_image
+            _, pages.filled, pages.positions = text_slots(
+                self.model.tokenizer, self.distant_text(w), spans, drawn, lf.mask.shape[1], config.slots_per_line, count
+            )
+        return pages
+
     def batch(self, windows: list[Window]) -> dict:
-        pages = [self.lines[w.article].pages(w.first, w.split) for w in windows]
+        pages = [self.pages(w) for w in windows]
         prox = [self.proximal_ids(w) for w in windows]
         dist = [self.model.tokenizer(self.distant_text(w), add_special_tokens=False)["input_ids"] for w in windows]
         return {
