@@ -637,6 +637,20 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     kept = memory.positions[memory.mask]
     assert 1.5 < n / len(kept) < 8 and kept.max() < 0 and kept.min() >= -n  # the text's positions, before the text
     assert bool((kept.diff() > 0).all())  # in reading order
+    # vist_bench (step 5) on it: every kind of window, every way, the token counts that make the comparison
+    from gistify_bench.eval.tasks import vist_bench
+
+    articles = {"astronaut": prose("astronaut.txt")[:3000], "abacus": prose("abacus.txt")[:3000]}
+    bench = vist_bench.bench_task(loaded, articles, distant=96, n=2, cache=tmp_path, progress=False, proximal=24)
+    t = bench["table"]
+    assert bench["windows"] == {"continuation": 2, "far_copy": 2, "distant_fact": 2}
+    for kind in ("continuation", "far_copy"):
+        assert set(t[kind]) == set(vist_bench.WAYS), kind
+        assert t[kind]["truncate"]["llm_tokens"] == t[kind]["vist"]["llm_tokens"] < t[kind]["full"]["llm_tokens"]
+        assert t[kind]["last_k_vist"]["llm_tokens"] > t[kind]["last_k"]["llm_tokens"]
+    assert 0 <= t["distant_fact"]["full_exact"]["mean"] <= 1 and t["distant_fact"]["vist_exact"]["n"] == 2
+    write_json(tmp_path / "bench.json", bench)
+    assert f"| last_k_vist | {t['continuation']['last_k_vist']['mean']:.3f} [" in report(tmp_path)
     again, _ = distill.run(dataclasses.replace(args, init=str(saved), steps=0, e2e_steps=0), lm, tiny_tokenizer,
                            corpus(), FakeEncoder())  # fmt: skip
     assert again["final"]["copy_vision_own"]["mean"] == pytest.approx(

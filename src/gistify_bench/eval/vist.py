@@ -3,15 +3,17 @@
     python -m gistify_bench.eval.vist lm   [--weights W] [--distant 1024] [--n 48]     (= gistify bench vist lm ...)
     python -m gistify_bench.eval.vist icl  [--weights W] [--classes 6] [--per-class 20] [--seeds 0 1 2]
     python -m gistify_bench.eval.vist cost [--weights W] [--lengths 1024 2048 4096 8192 16384]
+    python -m gistify_bench.eval.vist bench --weights W [--distant 512] [--n 16]
     python -m gistify_bench.eval.vist ablation --run frequency=DIR --run no_pve=DIR --run random=DIR
     python -m gistify_bench.eval.vist diversity [--run main=DIR ...]
     python -m gistify_bench.eval.vist report
 
-Each subcommand runs one task of the vist family (vist-lm, vist-icl, vist-cost, vist-ablation, vist-diversity:
-gistify_bench.eval.tasks.vist_*; their docstrings say what each measures) through gistify_bench.eval.runner.measure,
-which writes ROOT/vist/<task>.json (ROOT: --out, default ./results; the committed results are docs/results), then
-remakes ROOT/vist/report.md (gistify_bench.eval.report.vist). The oracle probe (gistify_bench.train.oracle: the
-cross-attention reading a perfect memory) writes oracle.json there too, and the report shows it.
+Each subcommand runs one task of the vist family (vist-lm, vist-icl, vist-cost, vist-bench, vist-ablation,
+vist-diversity: gistify_bench.eval.tasks.vist_*; their docstrings say what each measures) through
+gistify_bench.eval.runner.measure, which writes ROOT/vist/<task>.json (ROOT: --out, default ./results; the committed
+results are docs/results), then remakes ROOT/vist/report.md (gistify_bench.eval.report.vist). The oracle probe
+(gistify_bench.train.oracle: the cross-attention reading a perfect memory) writes oracle.json there too, and the
+report shows it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SUBCOMMANDS = ("lm", "icl", "cost", "ablation", "diversity", "report")
+SUBCOMMANDS = ("lm", "icl", "cost", "bench", "ablation", "diversity", "report")
 
 
 def main(argv=None) -> int:
@@ -30,8 +32,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="gistify bench vist", description=__doc__.split("\n")[0])
     p.add_argument("task", choices=SUBCOMMANDS)
     p.add_argument("--weights", help="a vist.safetensors (default: the shipped weights)")
-    p.add_argument("--distant", type=int, default=1024, help="lm: most distant tokens per window")
-    p.add_argument("--n", type=int, default=48, help="lm: held-out windows")
+    p.add_argument("--distant", type=int, help="lm, bench: most distant tokens per window (default 1024, 512)")
+    p.add_argument("--n", type=int, help="lm: held-out windows (default 48); bench: of each kind (default 16)")
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--per-class", type=int, default=20, help="icl: test sentences per label")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -76,6 +76,7 @@ def report(folder: Path) -> str:
         for c in oracle["curve"]:
             lines.append(f"| {c['step']} | {c['own']:.4f} | {c['shuffled']:.4f} | {c['shuffled'] - c['own']:+.4f} |")
         lines.append("")
+    lines += bench_section(read("bench"))
     lines += teacher_section(folder / "teacher")
     lines += distill_section(folder / "distill")
     text = "\n".join(lines)
@@ -152,6 +153,29 @@ def distill_section(folder: Path) -> list[str]:
                     )
             lines.append("")
     return lines
+
+
+def bench_section(bench: dict | None) -> list[str]:
+    """vist_bench (gistify_bench.eval.tasks.vist_bench): per way, each kind's NLL and LLM-side tokens, and the
+    distant facts answered exactly."""
+    if not bench:
+        return []
+    t, w = bench["table"], bench["windows"]
+    lines = [f"## vist_bench: held-out windows, ~{bench['distant_tokens']} distant tokens (issue 13, step 5)", "",
+             f"`{bench.get('weights')}`; windows: {w['continuation']} continuation, {w['far_copy']} far copy, "
+             f"{w['distant_fact']} distant fact. NLL per token (mean over windows [95% interval]) and mean LLM-side "
+             "tokens; facts: the number's tokens, and the share answered exactly.", "",
+             "| way | continuation | tokens | far copy | tokens | fact NLL | fact exact |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for way in t["continuation"]:
+        row = [way]
+        for kind in ("continuation", "far_copy"):
+            r = t[kind].get(way)
+            row += [_cell(r), f"{r['llm_tokens']:.0f}"] if r else ["", ""]
+        fact, exact = t["distant_fact"].get(way), t["distant_fact"].get(way + "_exact")
+        row += [_cell(fact) if fact else "", _cell(exact) if exact else ""]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def mb(value) -> str:

@@ -42,11 +42,12 @@ def load(weights: str | None):
     return model, wikipedia("eval")
 
 
-def reinforce_ids(model, text: str, tokens: int) -> list[int]:
-    """The distant text compressed by reinforce to `tokens` LLM tokens (the LLM's own tokenizer counts)."""
+def reinforce_ids(model, text: str, tokens: int, question: str | None = None) -> list[int]:
+    """The distant text compressed by reinforce to `tokens` LLM tokens (the LLM's own tokenizer counts), for
+    `question` if given."""
     import gistify
 
-    kept = gistify.compress(text, None, tokens=tokens, method="reinforce").text
+    kept = gistify.compress(text, question, tokens=tokens, method="reinforce").text
     return model.tokenizer(kept, add_special_tokens=False)["input_ids"][:tokens]
 
 
@@ -122,7 +123,7 @@ class VistLM(Measurement):
 
     def run(self, options: dict) -> dict:
         model, articles = load(options.get("weights"))
-        result = lm_task(model, articles, options.get("distant", 1024), options.get("n", 48),
+        result = lm_task(model, articles, options.get("distant") or 1024, options.get("n") or 48,
                          cache=options.get("cache"))  # fmt: skip
         return result | {"weights": model.card.get("command")}
 
