@@ -97,32 +97,21 @@ class DistillConfig:
 
 @dataclass
 class Layout:
-    """One distant text in vist's layout: slots (n,) of its n tokens, `count` slots (whole images), which hold
-    a token (count,) and their mean text position relative to the proximal window (count,)."""
+    """One distant text in vist's layout (Corpus.slots): the slot of each of its n tokens (n,), which slots of its
+    images hold a token (count,) and their mean text position relative to the proximal window (count,)."""
 
     slots: np.ndarray
-    count: int
     filled: torch.Tensor
     positions: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return len(self.filled)
 
     def pool(self, values: torch.Tensor) -> torch.Tensor:
         from gistify.vist.slots import pool_slots
 
         return pool_slots(values, self.slots, self.count)[0]
-
-
-def layout_of(corpus, article: int, first: int, split: int, k: int, per_image: int) -> Layout:
-    """The layout of lines [first, split) of an article, tokenised as the window's distant text is."""
-    from gistify.vist.slots import text_slots
-
-    lf = corpus.lines[article]
-    text = corpus.texts[article][int(lf.spans[first, 0]) : int(lf.spans[split - 1, 1])]
-    count = math.ceil((split - first) / per_image) * per_image * k
-    spans = lf.spans[first:split] - lf.spans[first, 0]
-    slots, filled, positions = text_slots(
-        corpus.model.tokenizer, text, spans, lf.mask[first:split].sum(1), lf.mask.shape[1], k, count
-    )
-    return Layout(slots, count, filled, positions)
 
 
 def stack(rows: list[torch.Tensor], layouts: list[Layout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -294,7 +283,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     def memories(c, windows, batch, arms, states=None) -> dict:
         """The memories `arms` read for a batch of windows of corpus c ("teacher_slots" needs the batch's
         teacher states)."""
-        layouts = [layout_of(c, w.article, w.first, w.split, k, per_image) for w in windows]
+        layouts = [Layout(*c.slots(w)) for w in windows]
         dids, dmask = batch["distant"]
         n = dmask.sum(1).tolist()
         out = {}

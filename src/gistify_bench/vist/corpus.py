@@ -224,21 +224,24 @@ class Corpus:
         std = np.sqrt(np.maximum(squares / n - mean * mean, 0) * n / (n - 1))
         return torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp(min=1e-6)
 
-    def pages(self, w: Window) -> Pages:
-        """The distant part's pages; when vist reads one memory token per stretch of a line
-        (VistConfig.slots_per_line), with which stretches hold text and their positions, as VistModel.read
-        gives them (gistify.vist.slots)."""
+    def slots(self, w: Window) -> tuple:
+        """Where w's distant tokens sit when vist reads one memory token per stretch of a line
+        (VistConfig.slots_per_line; gistify.vist.slots.text_slots): each token's slot (n,), which of the slots
+        of w's images hold a token and their text positions, as VistModel.read gives them."""
         lf, config = self.lines[w.article], self.model.config
-        pages = lf.pages(w.first, w.split)
-        if config.slots_per_line is not None:
-            from gistify.vist.slots import text_slots
+        from gistify.vist.slots import text_slots
 
-            spans = lf.spans[w.first : w.split] - lf.spans[w.first, 0]
-            drawn = lf.mask[w.first : w.split].sum(1)
-            count = len(pages) * config.memory_tokens_per_image
-            _, pages.filled, pages.positions = text_slots(
-                self.model.tokenizer, self.distant_text(w), spans, drawn, lf.mask.shape[1], config.slots_per_line, count
-            )
+        count = -(-(w.split - w.first) // config.lines_per_image) * config.memory_tokens_per_image
+        spans = lf.spans[w.first : w.split] - lf.spans[w.first, 0]
+        drawn = lf.mask[w.first : w.split].sum(1)
+        tokenizer, k = self.model.tokenizer, config.slots_per_line
+        return text_slots(tokenizer, self.distant_text(w), spans, drawn, lf.mask.shape[1], k, count)
+
+    def pages(self, w: Window) -> Pages:
+        """The distant part's pages, with their slots' `filled` and `positions` when vist reads per stretch."""
+        pages = self.lines[w.article].pages(w.first, w.split)
+        if self.model.config.slots_per_line is not None:
+            _, pages.filled, pages.positions = self.slots(w)
         return pages
 
     def batch(self, windows: list[Window]) -> dict:
