@@ -648,6 +648,7 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
         assert set(t[kind]) == set(vist_bench.WAYS), kind
         assert t[kind]["truncate"]["llm_tokens"] == t[kind]["vist"]["llm_tokens"] < t[kind]["full"]["llm_tokens"]
         assert t[kind]["last_k_vist"]["llm_tokens"] > t[kind]["last_k"]["llm_tokens"]
+        assert t[kind]["last_k_other"]["n"] == t[kind]["last_k_vist"]["n"] == 2
     assert 0 <= t["distant_fact"]["full_exact"]["mean"] <= 1 and t["distant_fact"]["vist_exact"]["n"] == 2
     write_json(tmp_path / "bench.json", bench)
     assert f"| last_k_vist | {t['continuation']['last_k_vist']['mean']:.3f} [" in report(tmp_path)

@@ -133,7 +133,9 @@ def distill_section(folder: Path) -> list[str]:
         stages = [("after the regression", run["after_regression"])]
         if run.get("end_to_end"):
             c = run["config"]
-            stages.append((f"after {c['e2e_steps']} end-to-end steps on the {c['e2e_memory']} memory", run["final"]))
+            stages.append(
+                (f"after {c['e2e_steps']} end-to-end steps on the {c.get('e2e_memory', 'vision')} memory", run["final"])
+            )
         for title, table in stages:
             lines += [f"Held out, {title}: NLL per token (mean [95% interval]); "
                       f"{table['text_tokens_per_memory_token']} text tokens per memory token in vist's layout.", "",

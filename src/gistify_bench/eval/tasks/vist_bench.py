@@ -15,7 +15,8 @@ Ways, each at its LLM-side token count (the proximal text, plus what it reads of
 - truncate: the last V tokens of the distant text, as text; reinforce: the distant text compressed by gistify's
   reinforce to V tokens (with the question, for the fact windows);
 - last K: the last lines holding about a third of the distant tokens, as text; last K + vist: those lines as text
-  and vist's memory of the lines before them (its positions right before the text), against last K alone;
+  and vist's memory of the lines before them (its positions right before the text), against last K alone and
+  against last K + another window's memory of its lines before them (last_k_other, the control);
 - full: the whole distant text (the ceiling).
 
 Per kind and way: the mean over windows of the per-token NLL with a 95% bootstrap interval over windows, the mean
@@ -34,7 +35,7 @@ from gistify_bench.options import default_out
 from gistify_bench.vist.corpus import Corpus, Window, Windowing, eval_windows, pad
 
 PROXIMAL = 128
-WAYS = ("none", "vist", "other", "truncate", "reinforce", "last_k", "last_k_vist", "full")
+WAYS = ("none", "vist", "other", "truncate", "reinforce", "last_k", "last_k_vist", "last_k_other", "full")
 
 
 def fact_for(title: str, rng: random.Random) -> tuple[str, str, str]:
@@ -155,19 +156,23 @@ def bench_task(model, articles: dict, distant: int = 512, n: int = 16, seed: int
             ids, mask = b["ids"]
             memory = model.memory(b["pages"])
             dist = [held.text_before_ids(w) for w in part]
-            proximal = mask.sum(1).tolist()
+            counts = mask.sum(1).tolist()  # the proximal tokens each window reads
             first = [1] * len(part)
             texts = [held.text_before(w) for w in part]
             for way, (nll, _, extra) in _ways(model, ids, mask, memory, dist, texts, [None] * len(part), first).items():
-                record(kind, way, nll, [e + p for e, p in zip(extra, proximal)])
+                record(kind, way, nll, [e + p for e, p in zip(extra, counts)])
             # last K lines as text, alone and with vist's memory of the lines before them
             cuts = [last_lines(held, w, len(d) // 3) for w, d in zip(part, dist)]
             kept = [held.text_before_ids(Window(w.article, c, w.split)) for w, c in zip(part, cuts)]
             early = model.memory([held.pages(Window(w.article, w.first, c)) for w, c in zip(part, cuts)])
-            for way, mem in (("last_k", None), ("last_k_vist", early)):
+            other = early.roll(1) if len(part) > 1 else None  # the control: another window's early memory
+            for way, mem in (("last_k", None), ("last_k_vist", early), ("last_k_other", other)):
+                if way == "last_k_other" and mem is None:
+                    continue
                 nll, _ = _scored_nll(model, kept, ids, mask, mem, first)
-                extra = [len(k) + (v if mem is not None else 0) for k, v in zip(kept, early.visual_tokens)]
-                record(kind, way, nll, [e + p for e, p in zip(extra, proximal)])
+                visual = mem.visual_tokens if mem is not None else [0] * len(kept)
+                extra = [len(k) + v for k, v in zip(kept, visual)]
+                record(kind, way, nll, [e + p for e, p in zip(extra, counts)])
 
     # distant facts: a sentence before the distant part, asked for after it
     facts = continuation
