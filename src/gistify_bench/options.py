@@ -96,3 +96,20 @@ def from_args(cls: type, args: argparse.Namespace | dict, **overrides: Any):
         if isinstance(v, list):
             kwargs[k] = tuple(v)
     return cls(**kwargs)
+
+
+def rerun_command(prog: str, config: Any, skip: tuple[str, ...] = ("threads", "cache", "progress", "out")) -> str:
+    """The command line `python -m prog ...` that reruns the dataclass `config` (the fields in `skip`, which say
+    where a run reads, writes and how many threads it takes, and unset fields, left out)."""
+    flags = []
+    for key, value in dataclasses.asdict(config).items():
+        flag = "--" + key.replace("_", "-")
+        if key in skip or value in (None, ""):
+            continue
+        flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")
+    return f"python -m {prog} " + " ".join(flags)
+
+
+def parse_config(cls: type, prog: str, doc: str, argv: list[str] | None = None) -> Any:
+    """The dataclass `cls` from the command line `argv` of `python -m prog` (its help: doc's first line)."""
+    return from_args(cls, parser_for(cls, f"python -m {prog}", doc.split("\n")[0]).parse_args(argv))

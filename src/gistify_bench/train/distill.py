@@ -419,21 +419,15 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
 
 def command(config: DistillConfig) -> str:
     """The command line that reruns `config` (where it writes and how many threads aside)."""
-    flags = []
-    for key, value in asdict(config).items():
-        flag = "--" + key.replace("_", "-")
-        if key in ("threads", "cache", "progress", "out") or value in (None, ""):
-            continue
-        flags.append((flag if value else "--no-" + flag[2:]) if isinstance(value, bool) else f"{flag} {value}")
-    return f"python -m {PROG} " + " ".join(flags)
+    from gistify_bench.options import rerun_command
+
+    return rerun_command(PROG, config)
 
 
 def parse(argv: list[str] | None = None) -> DistillConfig:
-    from gistify_bench.options import from_args, parser_for
+    from gistify_bench.options import parse_config
 
-    return from_args(
-        DistillConfig, parser_for(DistillConfig, f"python -m {PROG}", __doc__.split("\n")[0]).parse_args(argv)
-    )
+    return parse_config(DistillConfig, PROG, __doc__, argv)
 
 
 def main(argv=None) -> int:

@@ -309,21 +309,15 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
 
 def command(config: TeacherConfig) -> str:
     """The command line that reruns `config` (where it writes and how many threads aside)."""
-    flags = []
-    for k, v in asdict(config).items():
-        flag = "--" + k.replace("_", "-")
-        if k in ("threads", "cache", "progress", "out") or v is None:
-            continue
-        flags.append((flag if v else "--no-" + flag[2:]) if isinstance(v, bool) else f"{flag} {v}")
-    return f"python -m {PROG} " + " ".join(flags)
+    from gistify_bench.options import rerun_command
+
+    return rerun_command(PROG, config)
 
 
 def parse(argv: list[str] | None = None) -> TeacherConfig:
-    from gistify_bench.options import from_args, parser_for
+    from gistify_bench.options import parse_config
 
-    return from_args(
-        TeacherConfig, parser_for(TeacherConfig, f"python -m {PROG}", __doc__.split("\n")[0]).parse_args(argv)
-    )
+    return parse_config(TeacherConfig, PROG, __doc__, argv)
 
 
 def main(argv=None) -> int:
