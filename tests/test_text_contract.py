@@ -223,3 +223,26 @@ def test_reinforce_without_a_question_favours_the_text_end(tiny_scorer):
     assert out.text.split()[-5:] == words[-5:]
     uniform = gistify.compress(text, keep=0.2, method="reinforce", scorer=tiny_scorer, recency=0)
     assert uniform.text.split()[-5:] != words[-5:]
+
+
+def test_reinforce_tail_share_keeps_the_text_end_verbatim(tiny_scorer):
+    """With no question, `tail_share` of the budget goes to the text's last tokens, whole and in order (as
+    truncation's tail keeps them); the rest is reinforce's choice. A question ignores it."""
+    from gistify.text.reinforce import ContextualReinforcement
+
+    text = prose()[:3000]
+
+    def run(question=None, **params):
+        return gistify.compress(text, question, keep=0.3, method="reinforce", scorer=tiny_scorer, **params)
+
+    whole = run(tail_share=1.0)
+    tail = gistify.compress(text, keep=0.3, method="truncate", side="tail", scorer=tiny_scorer)
+    assert len(whole.kept_spans) == 1 and whole.kept_spans[0][1] == len(text.rstrip())
+    assert abs(len(whole.text) - len(tail.text)) <= 20  # the same contiguous end, to a word or two at its start
+    half = run(tail_share=0.5)
+    last = half.kept_spans[-1]
+    assert last[1] == len(text.rstrip()) and 0.35 < (last[1] - last[0]) / len(whole.text) < 0.65
+    assert len(half.kept_spans) > 1  # the other half is spread over the text by the method
+    assert run(QUESTION, tail_share=0.5).text == run(QUESTION, tail_share=0.0).text
+    with pytest.raises(ValueError, match="tail_share must be a number in"):
+        ContextualReinforcement(tail_share=1.5)

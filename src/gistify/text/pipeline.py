@@ -212,7 +212,8 @@ def _compress(
                 f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept"
             )
 
-    scores = np.asarray(m.score(Document(src, words, question, scorer, progress)), dtype=np.float64)
+    doc = Document(src, words, question, scorer, progress, share=target / tokens_in)
+    scores = np.asarray(m.score(doc), dtype=np.float64)
     if scores.shape != (len(words),) or np.isnan(scores).any():
         raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
     uscore = scores if layout.plain else _unit_scores(layout, scores)

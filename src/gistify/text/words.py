@@ -127,6 +127,7 @@ class Document:
     question: str | None = None
     scorer: object | None = None  # gistify.text.scorer.Scorer, when the method needs one
     progress: bool = False
+    share: float | None = None  # the budget's share of the text's tokens (target / tokens_in), if there is one
     _stats: dict = field(default_factory=dict, repr=False)
 
     def stats(self, layer: int = 2, fast: bool = False):

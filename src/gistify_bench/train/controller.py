@@ -98,12 +98,12 @@ def _bos(tokenizer) -> list[int]:
 
 def make_input(scorer, context: str, question: str, answer: str) -> Input:
     """The θ-independent parts of one cloze question: features, token ids, the uncompressed read."""
-    from gistify.text.reinforce import ContextualReinforcement
+    from gistify.text.reinforce import RL_ALPHA, ContextualReinforcement
     from gistify.text.words import Document, segment
     from gistify_bench.eval.tasks.wiki import BLANK
 
     tok = scorer.tokenizer
-    features = ContextualReinforcement().features(Document(context, segment(context), question, scorer))
+    features = ContextualReinforcement(alpha=RL_ALPHA).features(Document(context, segment(context), question, scorer))
     context_ids = torch.tensor(scorer.encode(context)[0])
     question_ids = torch.tensor(tok("\n\n" + question.split(BLANK)[0].rstrip(), add_special_tokens=False).input_ids)
     answer_ids = torch.tensor(tok(" " + answer, add_special_tokens=False).input_ids)

@@ -1,8 +1,8 @@
 """Needle retrieval in real prose, RULER-style (Hsieh et al., 2024, https://arxiv.org/abs/2404.06654).
 
-The haystack is Wikipedia articles of the "eval" split (gistify_bench.data), shuffled by the seed and cut
-at paragraph ends to about `length` reader tokens. Needles are RULER's "special magic number" sentences
-placed at seeded paragraph boundaries:
+The haystack is Wikipedia articles of the "eval" split (gistify_bench.data; another with `split`, for dev
+experiments), shuffled by the seed and cut at paragraph ends to about `length` reader tokens. Needles are RULER's
+"special magic number" sentences placed at seeded paragraph boundaries:
 - single: one needle, asked for;
 - multikey: four needles with different keys, one asked for (the others are distractors);
 - multivalue: four needles with the same key; all four values asked for (score: fraction found).
@@ -66,6 +66,7 @@ class Needle(Task):
     kind: str = "single"  # "single", "multikey", "multivalue"
     length: int = 1024  # target context length in reader tokens
     needles: int = 4  # for multikey / multivalue
+    split: str = "eval"  # the articles' split (gistify_bench.data); dev experiments use "dev" and "train"
     name = "needle"
 
     @property
@@ -76,7 +77,7 @@ class Needle(Task):
         from gistify.models import load
         from gistify_bench.data import wikipedia
 
-        articles = wikipedia("eval")
+        articles = wikipedia(self.split)
         _, tokenizer = load(None)  # lengths in the default reader's tokens
         out = []
         for i in range(n):
