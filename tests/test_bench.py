@@ -167,6 +167,22 @@ def test_needle_examples_on_real_prose(kind):
 
 
 @pytest.mark.real
+def test_needle_dev_split_shares_no_article_with_the_benchmark():
+    """experiments/reinforce_needle_dev.py builds its needles on the "train" articles; the benchmark's are "eval"."""
+    from gistify_bench.data import wikipedia
+    from gistify_bench.eval.tasks.needle import Needle
+
+    train, evaluation = wikipedia("train"), wikipedia("eval")
+    assert not set(train) & set(evaluation)
+    for ex in Needle(kind="multivalue", split="train").examples(2, seed=0):
+        paragraphs = [p for p in ex.context.split("\n") if not p.startswith("One of the special magic numbers")]
+        assert len(paragraphs) > 3 and ex.context.count("One of the special magic numbers") == 4
+        assert all(any(p in text for text in train.values()) for p in paragraphs)
+        prose = [p for p in paragraphs if len(p) > 200]  # headings such as "History" are in every split
+        assert prose and not any(p in text for p in prose for text in evaluation.values())
+
+
+@pytest.mark.real
 def test_cloze_qa_examples_are_checked():
     import re
 
