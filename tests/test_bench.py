@@ -95,6 +95,17 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["0-0", "0-1", "0-2"]
 
 
+def test_contexts_beyond_the_readers_window_run_compressed_only(tmp_path, reader, tiny_scorer, monkeypatch, capsys):
+    """needle-*-16k is longer than SmolLM2's 8,192 positions: the uncompressed cell is skipped, with a note."""
+    from gistify_bench.eval.runner import reader_window
+
+    monkeypatch.setattr(reader.model.config, "max_position_embeddings", 8)
+    assert reader_window(reader) == 8
+    cells = run("toy", ["truncate"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
+    assert [(c["method"], c["keep"]) for c in cells] == [("truncate", 0.5)]
+    assert not (tmp_path / "text/toy/tiny/none").exists() and "no uncompressed baseline" in capsys.readouterr().err
+
+
 def test_report_table_and_plot(tmp_path, reader, tiny_scorer):
     run("toy", ["random"], [0.5], 2, tmp_path, reader=reader, show_progress=False, scorer=tiny_scorer)
     md, png = report.write(tmp_path)["text"]
@@ -129,9 +140,12 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
             cell("reinforce", 0.33, 0.7, 2.0),
             cell("llmlingua", 0.33, 0.5),
             cell("longllmlingua", 0.33, 0.75, 3.0),
+            cell("reinforce", 0.1, 0.76, 2.0),
         ]
     }
     checks = report.text.goal_check(cells)
+    assert "pass: qa-1k (r) keep 0.1: reinforce keeps 95% of the uncompressed score" in checks
+    assert not any("keep 0.1" in c for c in report.text.goal_check(cells, "reinforce-fast"))
     assert "pass: qa-1k (r) keep 0.33: reinforce 0.70 vs llmlingua 0.50" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce 0.70 vs longllmlingua 0.75" in checks
     assert "FAIL: qa-1k (r) keep 0.33: reinforce keeps 87% of the uncompressed score" in checks

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,12 @@ def run(
     examples = task.examples(n, seed)
     compressors = dict(compressors or {})
     cells = [(NONE, 1.0)] + [(m, k) for m in methods if m != NONE for k in keeps if k < 1]
+    window = reader_window(reader)
+    longest = max((len(reader.tokenizer(ex.context, add_special_tokens=False).input_ids) for ex in examples), default=0)
+    if window is not None and longest > window:  # the reader cannot read the whole context: compressed only
+        print(f"{task_name}: contexts of up to {longest} tokens exceed {reader.name}'s window of {window}: "
+              "no uncompressed baseline, compressed contexts only", file=sys.stderr)  # fmt: skip
+        cells = cells[1:]
     results, baseline = [], None
     with progress_bar(len(cells) * len(examples), task_name, show_progress) as advance:
         for method, keep in cells:
@@ -205,6 +212,11 @@ def run(
             if method == NONE:
                 baseline = read_records(cell_dir(out, task_name, reader.name, NONE, 1.0) / "records.jsonl")
     return results
+
+
+def reader_window(reader: Reader) -> int | None:
+    """The most tokens the reader was trained to attend over (its config's max_position_embeddings), if it says."""
+    return getattr(getattr(reader.model, "config", None), "max_position_embeddings", None)
 
 
 def run_grid(

@@ -126,6 +126,7 @@ def _haystack(articles: dict[str, str], rng: random.Random, length: int, tokeniz
     return paras
 
 
+# 16k is longer than the default reader's window (8,192 tokens): only compressed contexts are read there (runner.run)
 for _kind in ("single", "multikey", "multivalue"):
-    for _k, _len in (("1k", 1024), ("2k", 2048), ("4k", 4096)):
+    for _k, _len in (("1k", 1024), ("2k", 2048), ("4k", 4096), ("16k", 16384)):
         register(f"needle-{_kind}-{_k}", Needle(kind=_kind, length=_len))
