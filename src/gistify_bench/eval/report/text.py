@@ -68,13 +68,16 @@ def summary(cells: dict[tuple[str, str], list[dict]]) -> str:
     lines.append("|---|---|" + "---|" * len(keeps))
     for (task, reader), rows in sorted(cells.items()):
         full = next((m for m in rows if m["method"] == "none"), None)
-        label = f"{task} ({reader}, n={rows[0]['n']})"
+        n = max(m["n"] for m in rows)
+        label = f"{task} ({reader}, n={n})"
         if full:
             lines.append(f"| {label} | uncompressed | " + " | ".join(_score(full) for _ in keeps) + " |")
         for method in sorted({m["method"] for m in rows} - {"none"}):
             by_keep = {m["keep"]: m for m in rows if m["method"] == method}
             scores = [_score(by_keep[k]) if k in by_keep else "" for k in keeps]
-            lines.append(f"| {label} | {method} | " + " | ".join(scores) + " |")
+            fewer = sorted({m["n"] for m in by_keep.values() if m["n"] != n})  # cells on fewer examples say so
+            name = method + (f" (n={', '.join(map(str, fewer))})" if fewer else "")
+            lines.append(f"| {label} | {name} | " + " | ".join(scores) + " |")
     return "\n".join(lines) + "\n"
 
 
