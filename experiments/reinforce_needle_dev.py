@@ -8,7 +8,8 @@ CONFIGS is a JSON list of method parameters ("method" defaults to reinforce-fast
 it, the list in DEFAULT. The needles are the benchmark's (gistify_bench.eval.tasks.needle.Needle with
 split="train"), budgets in the reader's tokens as the benchmark counts them. The score is the survival of the
 asked values in the compressed text (the fraction of a multi-value needle's four values; 0 or 1 otherwise), which
-bounds what a reader can answer. No reader runs: about 1 s per (example, config) on one thread.
+bounds what a reader can answer: about 1 s per (example, config) on one thread. With `--reader`, also the
+benchmark's reader's score on the compressed text (its prompt and scoring; about 3 s more per answer).
 
 Used to choose alpha=0.95 (docs/methods.md §1.2, "Propagation"):
 
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=16, help="examples per kind")
     p.add_argument("--keep", default="0.1", help="comma-separated keeps")
     p.add_argument("--length", type=int, default=1024, help="haystack length in reader tokens")
+    p.add_argument("--reader", action="store_true", help="also score the reader's answers (about 3 s per answer)")
     args = p.parse_args()
     torch.set_num_threads(1)
     configs = json.loads(args.configs) if args.configs else DEFAULT
@@ -50,7 +52,7 @@ def main() -> None:
 
     reader = Reader.load()
     scorer = Scorer(reader.model, reader.tokenizer)
-    rows = {}
+    rows, answered = {}, {}
     for kind in args.kinds.split(","):
         task = Needle(kind=kind, length=args.length, split="train")
         examples = task.examples(args.n, seed=0)
@@ -59,12 +61,20 @@ def main() -> None:
             name = cfg.get("name", json.dumps(params, sort_keys=True))
             compress = gistify_compressor(params.pop("method", "reinforce-fast"), reader, scorer, **params)
             for keep in keeps:
-                found = [task.survival(ex, compress(ex.context, ex.question, keep).text) for ex in examples]
+                texts = [compress(ex.context, ex.question, keep).text for ex in examples]
+                found = [task.survival(ex, t) for ex, t in zip(examples, texts)]
                 rows[kind, name, keep] = statistics.mean(found)
-                print(f"{kind:<11} {name:<40} keep {keep:g}: survival {rows[kind, name, keep]:.3f}", flush=True)
+                line = f"{kind:<11} {name:<40} keep {keep:g}: survival {rows[kind, name, keep]:.3f}"
+                if args.reader:
+                    answered[kind, name, keep] = statistics.mean(
+                        task.evaluate(reader, ex, t)["score"] for ex, t in zip(examples, texts)
+                    )
+                    line += f", reader {answered[kind, name, keep]:.3f}"
+                print(line, flush=True)
     print(f"\nsurvival of the asked values, {args.n} examples per kind, {args.length}-token haystacks (train articles)")
     for (kind, name, keep), v in rows.items():
-        print(f"{kind:<11} {name:<40} keep {keep:g}: {v:.3f}")
+        reader_score = f", reader {answered[kind, name, keep]:.3f}" if args.reader else ""
+        print(f"{kind:<11} {name:<40} keep {keep:g}: {v:.3f}{reader_score}")
 
 
 if __name__ == "__main__":

@@ -82,11 +82,15 @@ def test_run_writes_records_metrics_and_resumes(tmp_path, reader, tiny_scorer, m
     assert none["keep_ratio"] == 1.0 and none["survival"] == 1.0 and none["agreement"] is None
     assert cells[2]["keep_ratio"] == pytest.approx(sum(r["keep_ratio"] for r in recs) / 3)
 
-    # a second run computes nothing new: every record is already there
+    # a second run computes nothing new: every record is already there, and the cells keep the machine that
+    # measured them (a resumed run on another machine must not re-stamp them)
+    metrics = tmp_path / "text/toy/tiny/random/keep=0.2/metrics.json"
+    metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"machine": "the first machine"}))
     calls = []
     monkeypatch.setattr(reader, "answer", lambda *a, **k: calls.append(a) or {})
     go(["random", "truncate"], [0.5, 0.2])
     assert calls == []
+    assert json.loads(metrics.read_text())["machine"] == "the first machine"
     monkeypatch.undo()
     # an interrupted cell resumes where it stopped
     path = tmp_path / "text/toy/tiny/truncate/keep=0.5/records.jsonl"

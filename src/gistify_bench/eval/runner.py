@@ -99,6 +99,7 @@ def run_cell(
     worker = getattr(compressor, "worker_pid", lambda: None)  # a peer's process, whose memory is its own
     if worker() is not None:
         reset_peak_rss(worker())
+    added = 0
     with path.open("a") as f:
         for ex in examples:
             if ex.id not in done:
@@ -119,16 +120,23 @@ def run_cell(
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 done[ex.id] = rec
+                added += 1
             if progress:
                 progress()
     records = [done[ex.id] for ex in examples]
     metrics = summarize(records)
     metrics.update(task=task_name, reader=reader.name, method=method, keep=keep, n=len(records), metric=task.metric)
-    metrics["machine"] = machine()
-    if measured_memory and len(records) > 0:
-        metrics["peak_rss_mb"] = rss_mb()
-    if worker() is not None:
-        metrics["worker_peak_rss_mb"] = rss_mb("VmHWM", worker())
+    earlier = d / "metrics.json"
+    if not added and earlier.is_file():
+        # Nothing ran here: the machine and memory stay those of the run that measured the records.
+        old = json.loads(earlier.read_text())
+        metrics.update({k: old[k] for k in ("machine", "peak_rss_mb", "worker_peak_rss_mb") if k in old})
+    else:
+        metrics["machine"] = machine()
+        if measured_memory and len(records) > 0:
+            metrics["peak_rss_mb"] = rss_mb()
+        if worker() is not None:
+            metrics["worker_peak_rss_mb"] = rss_mb("VmHWM", worker())
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
