@@ -12,7 +12,7 @@ truth:
 - `reinforce-fast`: the method's output at the same keep (the bench's cell, as a check);
 - `reinforce-fast + whole needles`: that output with every needle sentence of which a value survived restored
   whole (an oracle repair of fragmentation, over budget by the restored words);
-- `reinforce-fast, value lines only`: that output without its lines that hold no surviving value (an oracle
+- `reinforce-fast value lines`: that output without its lines that hold no surviving value (an oracle
   removal of the other fragments, under budget by them).
 
     python experiments/needle_reader_ceiling.py [--n 30] [--keep 0.1] [--length 1024] [--ways A,B]
@@ -79,7 +79,7 @@ def main() -> None:
             "needles + head": "\n".join(kept),
             "reinforce-fast": out,
             "reinforce-fast + whole needles": repaired,
-            "reinforce-fast, value lines only": "\n".join(lines),
+            "reinforce-fast value lines": "\n".join(lines),
         }
 
     scores: dict[str, list[float]] = {}

@@ -41,6 +41,21 @@ def test_a_head_is_refused_for_another_layer_or_scorer(tiny_model, tiny_tokenize
         FastPath(other, 4, tiny_head)
 
 
+def test_a_scorer_without_a_head_falls_back_to_the_full_pass_with_a_note(tiny_tokenizer):
+    """reinforce-fast is the default method: a scorer with no head trained for it (here the tiny scorer without
+    its head, so the shipped one, trained for SmolLM2, is refused) is read by the full pass, and the result
+    says so; its words are those `reinforce` keeps."""
+    from gistify import Scorer
+
+    scorer = Scorer(tiny_llama(tiny_tokenizer), tiny_tokenizer, window=96, context=16)
+    text, question = prose()[:1500], "Where does the river begin?"
+    fast = gistify.compress(text, question, keep=0.3, scorer=scorer)
+    full = gistify.compress(text, question, keep=0.3, scorer=scorer, method="reinforce")
+    assert fast.method == "reinforce-fast" and fast.text == full.text
+    assert any("full pass scored instead of the fast path" in n and "train one" in n for n in fast.notes)
+    assert not full.notes
+
+
 def test_a_missing_head_names_its_trainer(tmp_path):
     with pytest.raises(FileNotFoundError, match="gistify_bench.train.surprisal"):
         load_head(tmp_path / "absent.safetensors")

@@ -17,4 +17,4 @@ def test_the_first_python_snippet_runs(monkeypatch):
     scope: dict = {}
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 (our own README)
     r = scope["r"]
-    assert r.method == "reinforce" and r.tokens_out <= r.target_tokens + 1 and "0.9" in r.text
+    assert r.method == "reinforce-fast" and r.tokens_out <= r.target_tokens + 1 and "0.9" in r.text

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gistify.text.words import assemble, per_word, segment, select, token_to_word, word_costs
+from gistify.text.words import assemble, per_word, segment, select, sentence_ids, token_to_word, word_costs
 
 
 def words_of(text):
@@ -13,6 +13,24 @@ def test_segment_words_and_cjk():
     assert words_of("  Hello, world!\n\nNew  para ") == ["Hello,", "world!", "New", "para"]
     assert words_of("東京 is 大") == ["東", "京", "is", "大"]
     assert words_of("") == [] and segment("   ").shape == (0, 2)
+
+
+def test_sentences_end_at_stops_and_line_breaks():
+    text = 'It rained. "Really?" she asked (twice.) Then\n- a list item\n- another one! ok'
+    words = segment(text)
+    groups: dict[int, list[str]] = {}
+    for (a, b), s in zip(words, sentence_ids(text, words)):
+        groups.setdefault(int(s), []).append(text[a:b])
+    assert list(groups.values()) == [
+        ["It", "rained."],
+        ['"Really?"'],
+        ["she", "asked", "(twice.)"],
+        ["Then"],
+        ["-", "a", "list", "item"],
+        ["-", "another", "one!"],
+        ["ok"],
+    ]
+    assert len(sentence_ids("", segment(""))) == 0
 
 
 def test_assemble_keeps_original_whitespace_and_paragraph_breaks():

@@ -1,7 +1,7 @@
 """gistify: cut the tokens a language model must read, and keep the answers right.
 
     import gistify
-    r = gistify.compress(context, question="...", keep=0.3, method="reinforce")
+    r = gistify.compress(context, question="...", keep=0.3)  # method="reinforce-fast" by default
     r.text, r.tokens_in, r.tokens_out, r.kept_spans
 
 Nothing heavy happens at import: names are loaded on first use, models when first needed.

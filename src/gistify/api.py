@@ -12,6 +12,7 @@ from typing import Any
 
 from gistify.method import REGISTRY, Method, get_method, method_class
 from gistify.result import Compressed
+from gistify.text import DEFAULT_METHOD
 
 
 def compress(
@@ -20,7 +21,7 @@ def compress(
     *,
     keep: float | None = None,
     tokens: int | None = None,
-    method: str | Method = "reinforce",
+    method: str | Method = DEFAULT_METHOD,
     **kwargs: Any,
 ) -> Compressed:
     """Compress `text` for `question` to a budget of `keep` (fraction of tokens) or `tokens` (count).

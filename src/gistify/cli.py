@@ -20,6 +20,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from gistify.text import DEFAULT_METHOD
+
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
 COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
 BUILTIN = (
@@ -288,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = c.add_mutually_exclusive_group(required=True)
     b.add_argument("--keep", type=float, help="fraction of tokens to keep, in (0, 1]")
     b.add_argument("--tokens", type=int, help="number of tokens to keep")
-    c.add_argument("-m", "--method", default="reinforce", help="text method (see `gistify methods`); default reinforce")
+    c.add_argument(
+        "-m", "--method", default=DEFAULT_METHOD, help=f"text method (see `gistify methods`); default {DEFAULT_METHOD}"
+    )
     c.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter, e.g. --set seed=3"
     )
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb = cb.add_mutually_exclusive_group()
     bb.add_argument("--keep", type=float, help="fraction of tokens to keep (a record's keep or tokens overrides)")
     bb.add_argument("--tokens", type=int, help="number of tokens to keep per record")
-    cb.add_argument("-m", "--method", default="reinforce", help="text method (see `gistify methods`)")
+    cb.add_argument("-m", "--method", default=DEFAULT_METHOD, help="text method (see `gistify methods`)")
     cb.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter")
     cb.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (default 1)")
     cb.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes or Ray Data")

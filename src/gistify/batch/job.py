@@ -14,6 +14,7 @@ from typing import Any
 
 from gistify.batch import records
 from gistify.batch.records import Settings
+from gistify.text import DEFAULT_METHOD
 
 
 @dataclass
@@ -71,7 +72,7 @@ def compress_batch(
     *,
     keep: float | None = None,
     tokens: int | None = None,
-    method: str = "reinforce",
+    method: str = DEFAULT_METHOD,
     workers: int = 1,
     engine: str = "local",
     ray_address: str | None = None,

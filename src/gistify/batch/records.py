@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gistify.text import DEFAULT_METHOD
+
 RESULT_FIELDS = ("tokens_in", "tokens_out", "kept_spans", "method", "budget", "notes", "error")
 DEFAULT_MAX_CHARS = 200_000
 
@@ -38,7 +40,7 @@ class Settings:
     """What every record is compressed with, unless the record carries its own budget. Picklable: each worker
     and each Ray actor gets a copy."""
 
-    method: str = "reinforce"
+    method: str = DEFAULT_METHOD
     keep: float | None = None
     tokens: int | None = None
     params: dict[str, Any] = field(default_factory=dict)

@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - depends on the extra
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from gistify.integrations.passages import PassageCompression
+from gistify.text import DEFAULT_METHOD
 
 
 class GistifyCompressor(PassageCompression, BaseDocumentCompressor):
@@ -40,7 +41,7 @@ class GistifyCompressor(PassageCompression, BaseDocumentCompressor):
     keep: float | None = None
     tokens: int | None = None
     joint: bool = True
-    method: str = "reinforce"
+    method: str = DEFAULT_METHOD
     params: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     tokenizer: str = "scorer"

@@ -25,6 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError("gistify.integrations.llamaindex needs LlamaIndex: pip install 'gistify[llamaindex]'") from e
 
 from gistify.integrations.passages import PassageCompression
+from gistify.text import DEFAULT_METHOD
 
 KEY = "gistify"
 
@@ -35,7 +36,7 @@ class GistifyPostprocessor(PassageCompression, BaseNodePostprocessor):
     keep: float | None = None
     tokens: int | None = None
     joint: bool = True
-    method: str = "reinforce"
+    method: str = DEFAULT_METHOD
     params: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
     tokenizer: str = "scorer"

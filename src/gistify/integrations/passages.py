@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gistify.text import DEFAULT_METHOD
+
 SEPARATOR = "\n\n"
 _WHITESPACE = re.compile(r"\s+")
 
@@ -53,7 +55,7 @@ def compress_passages(
     keep: float | None = None,
     tokens: int | None = None,
     joint: bool = True,
-    method: str = "reinforce",
+    method: str = DEFAULT_METHOD,
     scorer: Any = None,
     tokenizer: str = "scorer",
     **params: Any,

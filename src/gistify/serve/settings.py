@@ -11,6 +11,8 @@ import os
 import re
 from dataclasses import dataclass, fields
 
+from gistify.text import DEFAULT_METHOD
+
 _SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$")
 
 
@@ -32,7 +34,7 @@ class Settings:
     port: int = 8080
     keep: float | None = None  # with neither keep nor tokens: keep 0.5
     tokens: int | None = None
-    method: str = "reinforce"
+    method: str = DEFAULT_METHOD
     min_tokens: int = 256
     api_key: str | None = None
     upstream_api_key: str | None = None

@@ -8,3 +8,7 @@ tokens.py    target tokenizers that budgets are counted in (the scorer's, OpenAI
 scorer.py    the scorer LM: per-token self-information and hidden states, in windows of bounded memory
 methods.py   the registry line of each method (one file each: reinforce, selfinfo, random, truncate)
 """
+
+# What every entry point compresses with unless told otherwise: reinforce on the scorer's fast path (docs/methods.md
+# §1.2.2; the full pass where the scorer has no trained surprisal head).
+DEFAULT_METHOD = "reinforce-fast"

@@ -214,6 +214,7 @@ def _compress(
 
     doc = Document(src, words, question, scorer, progress, share=target / tokens_in)
     scores = np.asarray(m.score(doc), dtype=np.float64)
+    notes.extend(doc.notes)
     if scores.shape != (len(words),) or np.isnan(scores).any():
         raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
     uscore = scores if layout.plain else _unit_scores(layout, scores)

@@ -71,6 +71,14 @@ class Scorer:
         """Drop the cached statistics (benchmarks time the forward pass every run)."""
         self._cache.clear()
 
+    def fast_path_missing(self, layer: int) -> str | None:
+        """Why the fast path cannot run at `layer` for this scorer (no head trained for it), or None if it can."""
+        try:
+            self._fast_path(layer)
+        except (ValueError, FileNotFoundError) as e:
+            return str(e)
+        return None
+
     def _fast_path(self, layer: int):
         from gistify.text.fast import HEAD, FastPath
 

@@ -59,6 +59,23 @@ def per_word(values: np.ndarray, token_starts: np.ndarray, words: np.ndarray, ho
     return out
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def sentence_ids(text: str, words: np.ndarray) -> np.ndarray:
+    """(n_words,) int64: the sentence each word belongs to. A sentence ends after a word ending in . ! or ?
+    (closing quotes and brackets allowed) and at every line break, so a line of a list or a table is its own
+    sentence. Abbreviations ("e.g.") end a sentence too: sentences here only group words, they are not parsed."""
+    n = len(words)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.zeros(n, dtype=bool)
+    for i in range(1, n):
+        gap = text[words[i - 1, 1] : words[i, 0]]
+        starts[i] = "\n" in gap or bool(_SENTENCE_END.search(text[words[i - 1, 0] : words[i - 1, 1]]))
+    return np.cumsum(starts).astype(np.int64)
+
+
 def word_costs(token_starts: np.ndarray, words: np.ndarray) -> np.ndarray:
     """(n_words,) int64: how many target tokens each word costs."""
     idx = token_to_word(token_starts, words)
@@ -128,6 +145,7 @@ class Document:
     scorer: object | None = None  # gistify.text.scorer.Scorer, when the method needs one
     progress: bool = False
     share: float | None = None  # the budget's share of the text's tokens (target / tokens_in), if there is one
+    notes: list[str] = field(default_factory=list)  # what the method tells the result (Compressed.notes)
     _stats: dict = field(default_factory=dict, repr=False)
 
     def stats(self, layer: int = 2, fast: bool = False):
