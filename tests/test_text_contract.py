@@ -246,3 +246,29 @@ def test_reinforce_tail_share_keeps_the_text_end_verbatim(tiny_scorer):
     assert run(QUESTION, tail_share=0.5).text == run(QUESTION, tail_share=0.0).text
     with pytest.raises(ValueError, match="tail_share must be a number in"):
         ContextualReinforcement(tail_share=1.5)
+
+
+def test_reinforce_sentence_weight_keeps_whole_sentences(tiny_scorer):
+    """With a large `sentence_weight` the budget goes to whole sentences, best first: every kept sentence is
+    whole except where the budget ran out; with 0 (the default) words are chosen alone."""
+    from gistify.text.reinforce import ContextualReinforcement
+    from gistify.text.words import sentence_ids
+
+    text = prose()[:3000]
+    words = segment(text)
+    sid = sentence_ids(text, words)
+
+    def partial_sentences(r) -> int:
+        kept = np.zeros(len(words), dtype=bool)
+        for s, e in r.kept_spans:
+            kept |= (words[:, 0] >= s) & (words[:, 1] <= e)
+        return sum(0 < kept[sid == k].sum() < (sid == k).sum() for k in np.unique(sid))
+
+    grouped = gistify.compress(text, QUESTION, keep=0.3, method="reinforce", scorer=tiny_scorer, sentence_weight=100)
+    alone = gistify.compress(text, QUESTION, keep=0.3, method="reinforce", scorer=tiny_scorer)
+    # 35 sentences: 2 partial with the weight (the one the budget ran out in, and a short word the greedy fill
+    # took from the next), 25 without it
+    assert partial_sentences(grouped) <= 2 and partial_sentences(alone) >= 10
+    assert abs(grouped.tokens_out - grouped.target_tokens) <= 1
+    with pytest.raises(ValueError, match="sentence_weight must be a number in"):
+        ContextualReinforcement(sentence_weight=-1)
