@@ -10,8 +10,9 @@ truth:
 - `needles + head`: the four needle sentences whole and in place, the rest of the budget filled with the
   context's first paragraphs (truncation's head, cut at the budget), so the reader sees prose around them;
 - `reinforce-fast`: the method's output at the same keep (the bench's cell, as a check);
-- `reinforce-fast + whole needles`: that output with every needle sentence of which a value survived restored
-  whole (an oracle repair of fragmentation, over budget by the restored words);
+- `reinforce-fast + whole needles`: that output with each surviving value replaced by its whole needle sentence
+  (an oracle repair of fragmentation, over budget by the restored words; the fragment of the key phrase that
+  was kept before the value stays);
 - `reinforce-fast value lines`: that output without its lines that hold no surviving value (an oracle
   removal of the other fragments, under budget by them).
 
