@@ -40,6 +40,7 @@ class Scorer:
     head: Path | None = None  # the fast path's surprisal head (gistify.text.fast); default: the shipped one
     _cache: dict = field(default_factory=dict, repr=False)
     _fast: dict = field(default_factory=dict, repr=False)  # layer -> gistify.text.fast.FastPath, built once
+    _no_fast: dict = field(default_factory=dict, repr=False)  # layer -> why it cannot be built, found once
 
     @classmethod
     def load(cls, name_or_path: str | None = None) -> Scorer:
@@ -73,11 +74,12 @@ class Scorer:
 
     def fast_path_missing(self, layer: int) -> str | None:
         """Why the fast path cannot run at `layer` for this scorer (no head trained for it), or None if it can."""
-        try:
-            self._fast_path(layer)
-        except (ValueError, FileNotFoundError) as e:
-            return str(e)
-        return None
+        if layer not in self._fast and layer not in self._no_fast:  # read the head file once, not per text
+            try:
+                self._fast_path(layer)
+            except (ValueError, FileNotFoundError) as e:
+                self._no_fast[layer] = str(e)
+        return self._no_fast.get(layer)
 
     def _fast_path(self, layer: int):
         from gistify.text.fast import HEAD, FastPath
