@@ -559,7 +559,8 @@ def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer,
 
     flags = [*("--steps", "20", "--lr", "1e-2", "--batch", "4", "--layer", "1", "--xattn-layers", "1,3"),
              *("--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4", "--eval-every", "10"),
-             *("--copy-steps", "10", "--cache", str(tmp_path), "--no-progress")]  # fmt: skip
+             *("--copy-steps", "10", "--cache", str(tmp_path), "--no-progress"),
+             *("--out", str(tmp_path / "t"))]  # fmt: skip
     args = vist_teacher.parse(flags)
     result, teacher = vist_teacher.run(args, lm, tiny_tokenizer, corpus())
     curve, final = result["curve"], result["final"]
@@ -569,7 +570,7 @@ def test_the_teacher_reads_the_llm_own_states_and_pools_them(lm, tiny_tokenizer,
     assert final["copy_own"]["n"] == 4 and final["copy_own"]["ci95"][0] <= final["copy_own"]["mean"]
     assert all(g != 0 for g in result["gates"])
     reparsed = vist_teacher.parse(result["command"].split()[3:])
-    assert reparsed == dataclasses.replace(args, cache=None, progress=True)  # the command is the run
+    assert reparsed == dataclasses.replace(args, cache=None, progress=True, out=None)  # the command is the run
 
     write_json(tmp_path / "teacher" / "r1.json", result)
     assert f"| r1 | 1 | 1 | - | 20 | {final['copy_own']['mean']:.3f}" in report(tmp_path)
@@ -607,21 +608,34 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(saved))
     flags = [*("--teacher", str(saved), "--layer", "1", "--xattn-layers", "1,3", "--steps", "30", "--batch", "4"),
              *("--lr", "3e-3", "--depth", "1", "--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "4"),
-             *("--eval-every", "15", "--e2e-steps", "2", "--e2e-lr", "1e-2"),
-             *("--cache", str(tmp_path), "--no-progress")]  # fmt: skip
+             *("--eval-every", "15", "--e2e-steps", "2", "--e2e-lr", "1e-2", "--e2e-blocks", "trained"),
+             *("--train-windows", "12", "--context-layers", "1", "--warmup", "3", "--train-dtype", "float32"),
+             *("--cache", str(tmp_path), "--no-progress", "--out", str(tmp_path / "d"))]  # fmt: skip
     args = distill.parse(flags)
     result, model = distill.run(args, lm, tiny_tokenizer, corpus(), FakeEncoder())
     curve = result["regression"]
     assert [c["step"] for c in curve] == [0, 15, 30]
     assert curve[-1]["error"] < curve[0]["error"] - 0.05, curve  # it learns the stretches' states
-    table = result["after_regression"]
+    assert curve[-1]["constant_error"] > 0 and curve[0]["constant_error"] == curve[-1]["constant_error"]
+    assert set(curve[-1]["by_stretch"]) == {f"stretch {j}" for j in range(4)} and len(curve[-1]["by_rarity"]) == 3
+    assert 0 <= result["target_mismatch"]["relative_error"] and result["target_mismatch"]["windows"] > 0
+    table, paired = result["after_regression"]["table"], result["after_regression"]["paired"]
     for arm in ("none", "teacher_own", "teacher_other", "teacher_slots_own", "teacher_slots_other",
-                "mean_embedding_own", "mean_embedding_other", "vision_own", "vision_other"):  # fmt: skip
+                "mean_embedding_own", "mean_embedding_other", "vision_own", "vision_other", "truncate"):  # fmt: skip
         assert table[f"copy_{arm}"]["n"] == 4 and table[f"continuation_{arm}"]["n"] == 4, arm
     assert table["copy_vision_own"]["mean"] == pytest.approx(table["copy_none"]["mean"], abs=1e-5)  # closed gates
     assert 1.5 < table["text_tokens_per_memory_token"] < 8  # 4 stretches of a line of ~10 tokens
+    # paired: the mean of the per-window differences, on the same windows
+    per = result["after_regression"]["per_window"]
+    d = paired["copy: vision - truncate"]
+    assert d["n"] == 4 and d["mean"] == pytest.approx(
+        sum(a - b for a, b in zip(per["copy_vision_own"], per["copy_truncate"])) / 4, abs=1e-4
+    )
     assert len(result["end_to_end"]) == 2 and all(g != 0 for g in result["gates"])  # the gates opened
-    assert distill.parse(result["command"].split()[3:]) == dataclasses.replace(args, cache=None, progress=True)
+    assert result["gates_before"] == [0.0, 0.0] and result["seconds_per_step"]["regression"] > 0
+    assert distill.parse(result["command"].split()[3:]) == dataclasses.replace(
+        args, cache=None, progress=True, out=None
+    )
     write_json(tmp_path / "distill" / "tiny.json", result)
     text = report(tmp_path)
     assert "vist distilled into the teacher's memory: tiny" in text and "after 2 end-to-end steps" in text
@@ -650,14 +664,68 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
         assert t[kind]["last_k_vist"]["llm_tokens"] > t[kind]["last_k"]["llm_tokens"]
         assert t[kind]["last_k_other"]["n"] == t[kind]["last_k_vist"]["n"] == 2
     assert 0 <= t["distant_fact"]["full_exact"]["mean"] <= 1 and t["distant_fact"]["vist_exact"]["n"] == 2
+    d, per = bench["paired"]["far_copy: vist - truncate"], bench["per_window"]["far_copy"]
+    assert d["n"] == 2 and d["mean"] == pytest.approx((sum(per["vist"]) - sum(per["truncate"])) / 2, abs=1e-4)
+    assert "distant_fact_exact: vist - none" in bench["paired"]
     write_json(tmp_path / "bench.json", bench)
     assert f"| last_k_vist | {t['continuation']['last_k_vist']['mean']:.3f} [" in report(tmp_path)
-    again, _ = distill.run(dataclasses.replace(args, init=str(saved), steps=0, e2e_steps=0), lm, tiny_tokenizer,
-                           corpus(), FakeEncoder())  # fmt: skip
-    assert again["final"]["copy_vision_own"]["mean"] == pytest.approx(
-        result["final"]["copy_vision_own"]["mean"], abs=1e-4
+    again, _ = distill.run(dataclasses.replace(args, init=str(saved), steps=0, e2e_steps=0, out=str(tmp_path / "e")),
+                           lm, tiny_tokenizer, corpus(), FakeEncoder())  # fmt: skip
+    assert again["final"]["table"]["copy_vision_own"]["mean"] == pytest.approx(
+        result["final"]["table"]["copy_vision_own"]["mean"], abs=1e-4
     )
     with pytest.raises(ValueError, match="divide"):
         distill.DistillConfig(slots_per_line=5)
     with pytest.raises(ValueError, match="e2e_memory"):
         distill.DistillConfig(e2e_memory="text")
+
+
+def test_the_teacher_stopped_and_resumed_is_the_run_never_stopped(lm, tiny_tokenizer, tmp_path):
+    """Issue 24: 2 x 4 steps with a stop between end where 8 straight steps end, bit for bit."""
+    from gistify_bench.train import teacher as vist_teacher
+
+    flags = [*("--steps", "8", "--lr", "1e-2", "--batch", "2", "--layer", "1", "--xattn-layers", "1,3"),
+             *("--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "2", "--eval-every", "4"),
+             *("--copy-steps", "2", "--cache", str(tmp_path), "--no-progress", "--save-every", "0")]  # fmt: skip
+    straight, t1 = vist_teacher.run(vist_teacher.parse([*flags, "--out", str(tmp_path / "a")]), lm, tiny_tokenizer,
+                                    corpus())  # fmt: skip
+    b = [*flags, "--out", str(tmp_path / "b"), "--resume"]
+    first, _ = vist_teacher.run(vist_teacher.parse([*b, "--stop-at-step", "4"]), lm, tiny_tokenizer, corpus())
+    assert first["stopped"] == 4 and (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed, t2 = vist_teacher.run(vist_teacher.parse(b), lm, tiny_tokenizer, corpus())
+    assert resumed["stopped"] is None and resumed["curve"] == straight["curve"]
+    s1, s2 = t1.trained_state(), t2.trained_state()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(ValueError, match="another configuration"):
+        vist_teacher.run(vist_teacher.parse([*b, "--lr", "5e-3"]), lm, tiny_tokenizer, corpus())
+
+
+def test_the_distillation_stopped_in_each_phase_and_resumed_is_the_run_never_stopped(lm, tiny_tokenizer, tmp_path):
+    """Issue 24: a run stopped in the regression and again in the end-to-end phase, then resumed, ends with the
+    weights and curves of the run never stopped; the frozen reader (the default) keeps its gates."""
+    from safetensors.torch import save_file
+
+    from gistify_bench.train import distill
+    from gistify_bench.train import teacher as vist_teacher
+
+    teacher = vist_teacher.Teacher(lm, vist_teacher.TeacherConfig(layer=1, xattn_layers="1,3", gate=0.5))
+    saved = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(saved))
+    flags = [*("--teacher", str(saved), "--layer", "1", "--xattn-layers", "1,3", "--steps", "6", "--batch", "2"),
+             *("--lr", "3e-3", "--depth", "1", "--distant-tokens", "96", "--proximal-tokens", "24", "--eval-n", "2"),
+             *("--eval-every", "3", "--e2e-steps", "4", "--e2e-batch", "2", "--e2e-lr", "1e-2", "--warmup", "2"),
+             *("--train-windows", "8", "--context-layers", "1", "--save-every", "0", "--loss", "kv"),
+             *("--cache", str(tmp_path), "--no-progress")]  # fmt: skip
+    straight, m1 = distill.run(distill.parse([*flags, "--out", str(tmp_path / "a")]), lm, tiny_tokenizer, corpus(),
+                               FakeEncoder())  # fmt: skip
+    b = [*flags, "--out", str(tmp_path / "b"), "--resume"]
+    for stop in ("4", "8"):  # in the regression, then in the end-to-end phase
+        part, _ = distill.run(distill.parse([*b, "--stop-at-step", stop]), lm, tiny_tokenizer, corpus(), FakeEncoder())
+        assert part["stopped"] == int(stop)
+    resumed, m2 = distill.run(distill.parse(b), lm, tiny_tokenizer, corpus(), FakeEncoder())
+    assert resumed["stopped"] is None
+    assert resumed["regression"] == straight["regression"] and resumed["end_to_end"] == straight["end_to_end"]
+    s1, s2 = m1.trained_state(), m2.trained_state()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert straight["gates"] == straight["gates_before"] == [0.5, 0.5]  # the reader stayed as the teacher left it
+    assert straight["final"]["table"]["copy_none"] == straight["after_regression"]["table"]["copy_none"]

@@ -98,9 +98,14 @@ def from_args(cls: type, args: argparse.Namespace | dict, **overrides: Any):
     return cls(**kwargs)
 
 
-def rerun_command(prog: str, config: Any, skip: tuple[str, ...] = ("threads", "cache", "progress", "out")) -> str:
+# Fields that say how a run is carried out (where it reads and writes, threads, when it stops and resumes), not
+# what it computes: left out of a rerun command, and a resumed run may change them.
+RUN_ONLY = ("threads", "cache", "progress", "out", "resume", "stop_after", "stop_at_step", "save_every", "device")
+
+
+def rerun_command(prog: str, config: Any, skip: tuple[str, ...] = RUN_ONLY) -> str:
     """The command line `python -m prog ...` that reruns the dataclass `config` (the fields in `skip`, which say
-    where a run reads, writes and how many threads it takes, and unset fields, left out)."""
+    where a run reads, writes, how many threads it takes and when it stops, and unset fields, left out)."""
     flags = []
     for key, value in dataclasses.asdict(config).items():
         flag = "--" + key.replace("_", "-")

@@ -45,6 +45,10 @@ class VistConfig:
         (gistify.vist.inject.CrossAttentionConfig; a card written before they existed loads without them).
     features: the encoder features read ("neck" 120-d or "backbone" 384-d).
     local_latents: each latent reads only its own stretch of the image (ResamplerConfig.local; ours).
+    context_layers: blocks of a small causal transformer over a text's memory tokens after the resampler
+        (gistify.vist.context; ours): each token reads the tokens before it across lines and images, as the
+        teacher's states do; 0: none (the resampler's output is the memory).
+    context_window: the most earlier memory tokens each one reads there.
     font, font_size, width: the line layout (Layout.line()'s defaults).
     """
 
@@ -65,6 +69,8 @@ class VistConfig:
     rope: bool = True
     features: str = "neck"
     local_latents: bool = False
+    context_layers: int = 0
+    context_window: int = 256
     font: str = "DejaVuSans.ttf"
     font_size: int = 32
     width: int = 768
@@ -73,10 +79,20 @@ class VistConfig:
         check_choice("VistConfig", "inject", self.inject, INJECTS)
         check_choice("VistConfig", "out_init", self.out_init, OUT_INITS)
         check_choice("VistConfig", "features", self.features, ("neck", "backbone"))
-        for name in ("lines_per_image", "latents", "depth", "heads", "head_dim", "ff_mult", "xattn_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"VistConfig.{name} must be a positive integer, got {value!r}")
+        counts = (
+            "lines_per_image",
+            "latents",
+            "depth",
+            "heads",
+            "head_dim",
+            "ff_mult",
+            "xattn_every",
+            "context_window",
+        )
+        for name in (*counts, "context_layers"):
+            value, least = getattr(self, name), 0 if name == "context_layers" else 1
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"VistConfig.{name} must be an integer >= {least}, got {value!r}")
         if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
             raise ValueError(f"VistConfig.dim must be a positive integer or None, got {self.dim!r}")
         if self.xattn_layers is not None:

@@ -73,6 +73,12 @@ class VistModel(nn.Module):
                 local=c.local_latents or c.slots_per_line is not None,
             )
         )
+        parts = ["resampler"]
+        if c.context_layers:  # context across the text's memory tokens, after the resampler
+            from gistify.vist.context import SlotContext
+
+            self.context = SlotContext(dim, c.context_layers, c.heads, c.context_window)
+            parts.append("context")
         layers = lm.config.num_hidden_layers
         if c.inject == "xattn":
             ids = c.xattn_layers or tuple(range(c.xattn_every - 1, layers, c.xattn_every))
@@ -86,7 +92,7 @@ class VistModel(nn.Module):
         self.register_buffer("token_counts", torch.zeros(lm.config.vocab_size, dtype=torch.int64))
         self.register_buffer("samples", torch.zeros((), dtype=torch.int64))  # |S| of the corpus counted
         self.card: dict = {}  # how the loaded weights were trained (from_pretrained)
-        self.trained_parts = ("resampler", "xattn" if c.inject == "xattn" else "prefix", "pve_head")
+        self.trained_parts = (*parts, "xattn" if c.inject == "xattn" else "prefix", "pve_head")
 
     # -- the encoder ------------------------------------------------------------------------------------------------
 
@@ -193,6 +199,8 @@ class VistModel(nn.Module):
             for b, p in enumerate(pages):
                 filled[b, : len(p.filled)], positions[b, : len(p.positions)] = p.filled, p.positions
             tmask = tmask & filled
+        if self.config.context_layers:
+            tokens = self.context(tokens, tmask)
         return Memory(tokens, tmask, cls, image_mask, images, positions)
 
     def reading(self, memory: Memory | None, rows: int | None = None):

@@ -24,6 +24,7 @@ from typing import Any
 from gistify_bench.eval.measure import machine, reset_peak_rss, rss_mb
 from gistify_bench.eval.reader import Reader
 from gistify_bench.eval.task import CellTask, Example, Measurement, Task, normalize
+from gistify_bench.stats import interval95  # noqa: F401  (re-exported: the tasks import it from here)
 
 NONE = "none"
 
@@ -158,18 +159,6 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "compress_s_per_1k": sum(r["compress_s"] for r in records) / tokens_in * 1000 if tokens_in else None,
         "prefill_s_median": statistics.median(r["prefill_s"] for r in records) if records else None,
     }
-
-
-def interval95(values: list[float], resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    """95% percentile-bootstrap interval of the mean of per-example scores (0/1 accuracy, a fraction of values
-    found, or a perplexity): resampling examples, the unit the tasks draw, seeded so a report is reproducible."""
-    import numpy as np
-
-    if len(values) < 2:
-        return None
-    x = np.asarray(values, dtype=np.float64)
-    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def run(

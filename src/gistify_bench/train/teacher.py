@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from gistify_bench.options import check, option
+from gistify_bench.train.checkpoint import Checkpoint
 from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
 PROG = "gistify_bench.train.teacher"
@@ -71,12 +72,18 @@ class TeacherConfig:
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ give the articles' lines)")
     progress: bool = option(True, "show a progress bar")
     out: str | None = option(None, "where teacher.json and teacher.safetensors go (default ./results/vist/teacher)")
+    resume: bool = option(False, "continue from OUT/checkpoint.pt (weights, optimizer, step) when it exists")
+    stop_after: float = option(0.0, "save a checkpoint and stop after this many minutes (0: run to the end)")
+    stop_at_step: int = option(0, "save a checkpoint and stop after this step (0: run to the end)")
+    save_every: int = option(50, "steps between checkpoints (0: only when stopping and at the end)")
 
     def __post_init__(self):
         check(self)
         for name in ("layer", "r", "batch", "distant_tokens", "proximal_tokens", "eval_n", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.stop_after < 0 or self.stop_at_step < 0 or self.save_every < 0:
+            raise ValueError("stop_after, stop_at_step and save_every must be >= 0")
         if self.steps < 0 or self.copy_steps < 0 or not 0 <= self.copy <= 1 or min(self.lr, self.gate_lr) <= 0:
             raise ValueError("steps and copy_steps must be >= 0, copy in [0, 1], lr and gate_lr positive")
         if not (self.gate == -1 or 0 <= self.gate < 1):
@@ -177,17 +184,24 @@ class Teacher(nn.Module):
         read = self.memory.compress(states, dmask)
         return self.read_nll(batch, tuple(x.roll(1, 0) for x in read) if memory == "other" else read)
 
-    def read_nll(self, batch: dict, read: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like `nll`, reading any memory: read = (tokens (B, S, D), mask (B, S), positions (B, S)) or None."""
-        lm = self.lm[0]
+    def read_logits(self, batch: dict, read: tuple | None, lm: nn.Module | None = None) -> torch.Tensor:
+        """(B, T, V) logits of the proximal window reading `read` = (tokens (B, S, D), mask (B, S), positions
+        (B, S)), or no memory (None); lm: another copy of the frozen LLM (a bfloat16 one for training steps)."""
+        lm = lm if lm is not None else self.lm[0]
         ids, attention = batch["ids"]
         if read is None:
             with torch.no_grad():
-                logits = lm(input_ids=ids, attention_mask=attention).logits
-        else:
-            tokens, mask, positions = read
-            with self.xattn.attach(lm, tokens, mask, positions=positions):
-                logits = lm(input_ids=ids, attention_mask=attention).logits
+                return lm(input_ids=ids, attention_mask=attention).logits
+        tokens, mask, positions = read
+        with self.xattn.attach(lm, tokens, mask, positions=positions):
+            return lm(input_ids=ids, attention_mask=attention).logits
+
+    def read_nll(
+        self, batch: dict, read: tuple | None, lm: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `nll`, reading any memory (see read_logits)."""
+        ids, attention = batch["ids"]
+        logits = self.read_logits(batch, read, lm)
         ce = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
         use = attention[:, 1:].float()
         return (ce * use).sum(1), use.sum(1)
@@ -212,17 +226,10 @@ def _load_init(teacher: Teacher, path: str) -> list[str]:
 
 
 def _table(per_window: dict[str, list[float]]) -> dict:
-    from gistify_bench.eval.runner import interval95
+    """Each arm's per-window values summarised: mean, median, 95% bootstrap interval, count."""
+    from gistify_bench.stats import summary
 
-    out = {}
-    for key, values in per_window.items():
-        out[key] = {
-            "mean": round(sum(values) / len(values), 4),
-            "median": round(sorted(values)[len(values) // 2], 4),
-            "ci95": [round(x, 4) for x in interval95(values) or []],
-            "n": len(values),
-        }
-    return out
+    return {key: summary(values) for key, values in per_window.items()}
 
 
 def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = None) -> tuple[dict, Teacher]:
@@ -271,13 +278,37 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=0.0)
     warmup = max(1, config.steps // 20)
     t0 = time.perf_counter()
-    baseline, base_windows = evaluate(0, ("none",))
-    first, first_windows = evaluate(0)
-    curve = [first | baseline]
-    print(json.dumps(curve[-1]), flush=True)
-    last_windows = first_windows
-    with progress_bar(config.steps, "teacher", enabled=config.progress and config.steps > 0) as advance:
-        for step in range(config.steps):
+    ckpt = Checkpoint.of(config, "vist", "teacher")
+    saved = ckpt.load() if config.resume else None
+    if saved is None:
+        baseline, base_windows = evaluate(0, ("none",))
+        first, last_windows = evaluate(0)
+        curve, start, train_seconds = [first | baseline], 0, 0.0
+        print(json.dumps(curve[-1]), flush=True)
+    else:  # the run so far: weights, optimizer, step and what it measured
+        teacher.load_state_dict(saved["trained"], strict=False)
+        opt.load_state_dict(saved["optimizer"])
+        curve, start, train_seconds = saved["curve"], saved["step"], saved["train_seconds"]
+        base_windows, last_windows = saved["base_windows"], saved["last_windows"]
+        print(f"resumed at step {start} of {config.steps}", flush=True)
+
+    def save(step: int) -> None:
+        ckpt.save(
+            {
+                "trained": teacher.trained_state(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "curve": curve,
+                "train_seconds": train_seconds,
+                "base_windows": base_windows,
+                "last_windows": last_windows,
+            }
+        )
+
+    stopped = None
+    with progress_bar(config.steps - start, "teacher", enabled=config.progress and config.steps > start) as advance:
+        for step in range(start, config.steps):
+            tic = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = group["peak"] * min(1.0, (step + 1) / warmup)
             share = 1.0 if step < config.copy_steps else config.copy
@@ -288,19 +319,32 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            train_seconds += time.perf_counter() - tic
             advance()
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 point, last_windows = evaluate(step + 1)
                 curve.append(point | {"train_loss": round(loss.item(), 4)})
                 print(json.dumps(curve[-1]), flush=True)
+            if ckpt.stop(step + 1) and step + 1 < config.steps:
+                stopped = step + 1
+                break
+            if ckpt.periodic(step + 1):
+                save(step + 1)
+    if config.steps:
+        save(stopped or config.steps)
+    if stopped:
+        print(f"stopped after step {stopped} of {config.steps}; rerun with --resume to continue", flush=True)
     gates = [round(math.tanh(b.gate.item()), 4) for b in teacher.xattn.blocks if b.gate is not None]
+    done = stopped or config.steps
     return {
+        "stopped": stopped,
         "command": command(config),
         "config": asdict(config),
         "init_loaded": loaded,
         "memory_tokens_per_text_token": round(1 / config.r, 4),
         "held_out_windows": {"copy": len(copies), "continuation": len(continuation)},
         "seconds": round(time.perf_counter() - t0),
+        "seconds_per_step": round(train_seconds / max(1, done), 3),  # optimizer steps only: no set-up, no eval
         "curve": curve,
         "final": _table(last_windows | base_windows),
         "gates": gates,

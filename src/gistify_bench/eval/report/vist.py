@@ -126,17 +126,18 @@ def distill_section(folder: Path) -> list[str]:
     lines = []
     for path in runs:
         run = json.loads(path.read_text())
-        curve = " -> ".join(f"{c['error']:.3f} (cos {c['cosine']:.3f}, step {c['step']})" for c in run["regression"])
-        lines += [f"## vist distilled into the teacher's memory: {path.stem} (issue 13, step 4)", "",
-                  f"`{run['command']}`", "",
-                  f"Regression, held-out relative error (cosine): {curve}.", ""]  # fmt: skip
+        lines += [f"## vist distilled into the teacher's memory: {path.stem}", "", f"`{run['command']}`", ""]
+        lines += _regression_lines(run)
+        if not run.get("after_regression"):
+            continue  # stopped during the regression: rerun with --resume
         stages = [("after the regression", run["after_regression"])]
         if run.get("end_to_end"):
             c = run["config"]
             stages.append(
                 (f"after {c['e2e_steps']} end-to-end steps on the {c.get('e2e_memory', 'vision')} memory", run["final"])
             )
-        for title, table in stages:
+        for title, stage in stages:
+            table = stage.get("table", stage)  # runs before issue 24 kept the table alone
             lines += [f"Held out, {title}: NLL per token (mean [95% interval]); "
                       f"{table['text_tokens_per_memory_token']} text tokens per memory token in vist's layout.", "",
                       "| memory | copy, own | copy, another window's | continuation, own | continuation, another's |",
@@ -153,8 +154,42 @@ def distill_section(folder: Path) -> list[str]:
                     lines.append(
                         f"| {label} | " + " | ".join(_cell(table[k]) if k in table else "" for k in keys) + " |"
                     )
+            if "copy_truncate" in table:
+                lines.append(f"| {TRUNCATE} | {_cell(table['copy_truncate'])} | | "
+                             f"{_cell(table['continuation_truncate'])} | |")  # fmt: skip
             lines.append("")
+            if stage.get("paired"):
+                lines += _paired_lines(stage["paired"], "vist")
+        if run.get("gates_before"):
+            lines += [f"Gates (tanh) before: {run['gates_before']}; after: {run['gates']}. Seconds per optimizer step "
+                      f"(set-up and evaluation apart): {run.get('seconds_per_step')}.", ""]  # fmt: skip
     return lines
+
+
+TRUNCATE = "truncation: the distant text's last V tokens as text (V = vist's memory tokens)"
+
+
+def _regression_lines(run: dict) -> list[str]:
+    """The regression's held-out curve, with the constant predictor's error and the target mismatch (issue 24)."""
+    curve = run["regression"]
+    points = " -> ".join(
+        f"{c['error']:.3f} (step {c['step']})" + (f" [train {c['train_loss']:.3f}]" if "train_loss" in c else "")
+        for c in curve
+    )
+    lines = [f"Regression, held-out relative error: {points}."]
+    last = curve[-1]
+    if "constant_error" in last:
+        lines[-1] += f" A constant predictor (the train targets' mean): {last['constant_error']:.3f}."
+        lines[-1] += f" By line of the window: {last['by_line']}; by stretch of the line: {last['by_stretch']}"
+        lines[-1] += f"; by the slot's rarest token: {last.get('by_rarity')}."
+    mismatch = run.get("target_mismatch")
+    if mismatch:
+        lines[-1] += (
+            f" The earlier run's target (states with {mismatch['context_tokens']} tokens of article context) against "
+            f"the one target now (the window alone): relative error {mismatch['relative_error']:.3f} "
+            f"({mismatch['windows']} held-out windows)."
+        )
+    return lines + [""]
 
 
 def bench_section(bench: dict | None) -> list[str]:
@@ -177,6 +212,19 @@ def bench_section(bench: dict | None) -> list[str]:
         fact, exact = t["distant_fact"].get(way), t["distant_fact"].get(way + "_exact")
         row += [_cell(fact) if fact else "", _cell(exact) if exact else ""]
         lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if bench.get("paired"):
+        lines += _paired_lines(bench["paired"], "vist")
+    return lines
+
+
+def _paired_lines(differences: dict, name: str) -> list[str]:
+    """Paired differences on the same windows: mean [95% interval], the share where the first is lower."""
+    lines = [f"Paired differences on the same windows ({name} minus the other; for NLL negative is better, for exact "
+             "answers positive), mean [95% interval], share of windows where the first is lower:", "",
+             "| difference | mean [95%] | first lower | clear of 0 |", "|---|---|---|---|"]  # fmt: skip
+    for key, d in differences.items():
+        lines.append(f"| {key} | {_cell(d)} | {d['a_lower']:.2f} | {'yes' if d['clear_of_zero'] else 'no'} |")
     return lines + [""]
 
 

@@ -119,7 +119,7 @@ def bench_task(model, articles: dict, distant: int = 512, n: int = 16, seed: int
                progress: bool = True, proximal: int = PROXIMAL) -> dict:  # fmt: skip
     """The table of the module's docstring for n windows of each kind."""
     from gistify.progress import track
-    from gistify_bench.eval.runner import interval95
+    from gistify_bench.stats import interval95, paired
 
     if not model.config.slots_per_line:
         raise ValueError("vist-bench needs vist weights that read one memory token per stretch (slots_per_line)")
@@ -189,7 +189,7 @@ def bench_task(model, articles: dict, distant: int = 512, n: int = 16, seed: int
         for way, (nll, hit, extra) in _ways(model, ids, mask, memory, dist, texts, questions, first).items():
             record("distant_fact", way, nll, [e + len(c) for e, c in zip(extra, cloze)], hit)
 
-    table = {}
+    table, differences = {}, {}
     for kind, ways in scores.items():
         table[kind] = {}
         for way, values in ways.items():
@@ -199,12 +199,23 @@ def bench_task(model, articles: dict, distant: int = 512, n: int = 16, seed: int
             if way == base:
                 row["llm_tokens"] = round(sum(tokens[kind][way]) / len(tokens[kind][way]), 1)
             table[kind][way] = row
+        # vist against each control on the same windows (issue 24): the paired difference and its interval
+        for suffix in ("", "_exact"):
+            for control in ("other", "truncate", "none", "reinforce"):
+                a, c = ways.get("vist" + suffix), ways.get(control + suffix)
+                if a and c and len(a) == len(c):
+                    differences[f"{kind}{suffix}: vist - {control}"] = paired(a, c)
+        a, c = ways.get("last_k_vist"), ways.get("last_k_other")
+        if a and c and len(a) == len(c):
+            differences[f"{kind}: last_k_vist - last_k_other"] = paired(a, c)
     return {
         "task": "bench",
         "distant_tokens": distant,
         "proximal_tokens": proximal,
         "windows": {kind: len(ws) for kind, ws in kinds.items()} | {"distant_fact": len(facts)},
         "table": table,
+        "paired": differences,
+        "per_window": scores,
     }
 
 
