@@ -15,8 +15,8 @@ positions. With 4 stretches of a line of about 10 tokens, the LLM reads about 2.
    did), are trained to output each stretch's pooled teacher state. One target everywhere: the states of the
    window's distant text alone, exactly what the teacher reads and what the held-out error scores (issue 24: the
    earlier run trained on states computed with 256+ tokens of article context before each token, a target the
-   vision path cannot see; `target_mismatch` in the result measures how far apart the two are). The data: a
-   fixed pool of `--train-windows` train windows whose targets are computed once and cached. Loss (`--loss`):
+   vision path cannot see; `target_mismatch` in the result measures how far apart the two are). The data: the
+   train articles tiled twice by windows (`pool_windows`), their targets computed once and cached. Loss (`--loss`):
    the squared error after the RMS normalisation and gain the first block applies to its memory, relative to the
    target's norm ("states"), or the error of what every block reads of it, its keys and values ("kv").
    The learning rate is constant after a warm-up (`--schedule constant`), so the run length is chosen from the
@@ -81,7 +81,7 @@ class DistillConfig:
     context_window: int = option(256, "the most earlier memory tokens each one reads there")
     loss: str = option("states", "what the regression matches: the states, or each block's keys and values of them",
                        ("states", "kv"))  # fmt: skip
-    train_windows: int = option(1500, "train windows whose teacher memory is the regression's data (cached)")
+    train_windows: int = option(2000, "most train windows whose teacher memory is the regression's data (cached)")
     steps: int = option(1500, "regression steps")
     batch: int = option(2, "windows per regression step (about 4 images each)")
     lr: float = option(5e-4, "regression learning rate")
@@ -173,9 +173,33 @@ def stack(rows: list[torch.Tensor], layouts: list[Layout]) -> tuple[torch.Tensor
 
 
 def pool_windows(train, n: int, seed: int) -> list:
-    """The regression's train windows: n of the train split's, fixed by the seed."""
-    rng = random.Random(f"distill-pool-{seed}")
-    return sorted(rng.sample(train.windows, min(n, len(train.windows))), key=lambda w: (w.article, w.split))
+    """The regression's train windows: each article tiled twice with windows of the longest distant part that
+    starts at a line (the second tiling offset by half a window), so every line is a target twice, once early and
+    once late in a window, for about twice the teacher passes of the text itself; at most n of them (a sample
+    fixed by the seed)."""
+    by_start: dict[tuple[int, int], object] = {}
+    for w in train.windows:  # per (article, first line): the longest window starting there
+        key = (w.article, w.first)
+        if key not in by_start or w.split > by_start[key].split:
+            by_start[key] = w
+    pool = []
+    for a in range(len(train.texts)):
+        starts = sorted(f for art, f in by_start if art == a)
+        if not starts:
+            continue
+        first = by_start[(a, starts[0])]
+        for cursor in (starts[0], (first.first + first.split) // 2):
+            while True:
+                after = [f for f in starts if f >= cursor]
+                if not after:
+                    break
+                w = by_start[(a, after[0])]
+                pool.append(w)
+                cursor = w.split
+    pool = sorted(set(pool), key=lambda w: (w.article, w.first))
+    if len(pool) > n:
+        pool = sorted(random.Random(f"distill-pool-{seed}").sample(pool, n), key=lambda w: (w.article, w.first))
+    return pool
 
 
 @torch.no_grad()
