@@ -70,7 +70,9 @@ class SlotContext(nn.Module):
         if layers < 1 or window < 1:
             raise ValueError(f"SlotContext needs layers >= 1 and window >= 1, got {layers} and {window}")
         self.window = window
-        self.blocks = nn.ModuleList(ContextBlock(dim, heads) for _ in range(layers))
+        # feed-forward x2, not x4: 2.7M parameters a block at D = 576, so that the resampler and two blocks ship
+        # in bfloat16 under 30 MB
+        self.blocks = nn.ModuleList(ContextBlock(dim, heads, ff_mult=2) for _ in range(layers))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
