@@ -43,12 +43,13 @@ class Speeds:
     def __init__(self, default_tps: float):
         self.default = default_tps
         self.by_model: dict[str, float] = {}
+        self.source: dict[str, str] = {}  # per model: measured (its answers) or probe (the probe at start only)
         self.any: float | None = None
-        self.any_from = "upstream"
+        self.any_from = "upstream"  # the latest figure of any model: from its answers (upstream) or the probe
         self.samples = 0
         self.lock = threading.Lock()
 
-    def observe(self, model: str, prefill_tokens: int, seconds: float, source: str = "upstream") -> float | None:
+    def observe(self, model: str, prefill_tokens: int, seconds: float, source: str = "measured") -> float | None:
         """Record `prefill_tokens` read in `seconds`; the model's new figure, or None when too few to tell."""
         if prefill_tokens < MIN_PREFILL_TOKENS or seconds <= 0:
             return None
@@ -57,7 +58,8 @@ class Speeds:
             old = self.by_model.get(model)
             new = tps if old is None else (1 - ALPHA) * old + ALPHA * tps
             self.by_model[model] = new
-            self.any, self.any_from = new, source
+            self.source[model] = source
+            self.any, self.any_from = new, "probe" if source == "probe" else "upstream"
             self.samples += 1
             return new
 
@@ -65,7 +67,7 @@ class Speeds:
         """(tokens/s, where the figure comes from: measured, upstream, probe or default)."""
         with self.lock:
             if model in self.by_model:
-                return self.by_model[model], "measured"
+                return self.by_model[model], self.source[model]
             if self.any is not None:
                 return self.any, self.any_from
             return self.default, "default"

@@ -271,10 +271,10 @@ class Compressor:
                 method=s.method,
                 scorer=self.scorer,
                 protect=protect,
-                # in JSON a number or a name is a member kept or dropped whole, never cut from its key
-                protect_numbers=s.protect_numbers and prose,
+                # in JSON too: a member that holds a number or an identifier is kept, and so is one inside a string
+                protect_numbers=s.protect_numbers,
                 protect_negations=s.protect_negations,
-                protect_identifiers=s.protect_identifiers and prose,
+                protect_identifiers=s.protect_identifiers,
                 structure="auto",
                 json_minify=not prose,
                 # code and JSON spans are protected: when they alone are over the budget, keep them all (the
