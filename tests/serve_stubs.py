@@ -1,4 +1,5 @@
-"""Helpers for the proxy's tests: a stub upstream that records what it is sent, and a real Redis server.
+"""Helpers for the proxy's tests: the app served in a thread, a stub upstream that records what it is sent, and a
+real Redis server.
 
 The stub speaks the four APIs the proxy compresses (chat completions, completions, responses, Anthropic
 messages), streamed or not, with `usage` in every answer; `prefill_tps` sets the time it waits before its
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -25,6 +27,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving(settings, scorer, http_client=None):
+    """The proxy app under uvicorn on a free port, in a thread; yields its base URL."""
+    import uvicorn
+
+    from gistify.serve.app import create_app
+
+    settings.port = free_port()
+    app = create_app(settings, scorer=scorer, http_client=http_client)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the proxy did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _tokens(body: dict) -> int:

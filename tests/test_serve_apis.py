@@ -10,20 +10,16 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import pytest
-from serve_stubs import RedisServer, Stub, free_port
+from serve_stubs import RedisServer, Stub, free_port, serving
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
 openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
 anthropic = pytest.importorskip("anthropic", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
-from gistify.serve.app import create_app  # noqa: E402
 from gistify.serve.settings import Settings  # noqa: E402
 
 pytestmark = pytest.mark.real
@@ -47,25 +43,6 @@ def scorer():
     torch.set_num_threads(1)
     yield gistify.Scorer.load()
     torch.set_num_threads(threads)
-
-
-@contextmanager
-def serving(settings: Settings, scorer):
-    """The proxy app under uvicorn on a free port, in a thread; yields its base URL."""
-    settings.port = free_port()
-    app = create_app(settings, scorer=scorer)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the proxy did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _settings(upstream: str, **changes) -> Settings:

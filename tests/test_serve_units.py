@@ -45,6 +45,14 @@ def test_json_risk_reads_only_the_strings_that_lost_words():
     assert json_changed_strings(source, {"b": "short"}) == ("", "")
 
 
+def test_a_number_inside_a_kept_identifier_is_not_lost():
+    from gistify.text.fidelity import risk
+
+    source = "Shipping log 7731. The delivery code is BLUE-HERON-58. The van was late."
+    assert risk(source, "Shipping log 7731. code BLUE-HERON-58.")["lost_counts"]["numbers"] == 0
+    assert risk(source, "Shipping log 7731. The van was late.")["lost_counts"]["numbers"] == 1
+
+
 def test_gate_formula_and_its_figures():
     speeds, cost = Speeds(5000), Cost(100, given=True)
     gate = Gate(price_per_mtok=3.0, speeds=speeds, latency_price=36.0, cost=cost)

@@ -352,8 +352,9 @@ class Compressor:
                 result = self._compress(text, question, spans, kind, fallback=self._fallback_keep(n))
                 brief = self._brief(result.risk)
                 fallback = None
-                if result.fell_back:
-                    fallback = "uncompressed" if result.risk.get("score", 0) > self.settings.max_risk else "higher_keep"
+                if result.fell_back:  # the library's fallback ran: sent whole if its last step still did not hold
+                    still = result.risk.get("score", 0) > self.settings.max_risk or result.risk.get("meaning_changed")
+                    fallback = "uncompressed" if still else "higher_keep"
                 sent = text if fallback == "uncompressed" else result.text
         except Exception as e:  # a content the compressor cannot take goes upstream as it came
             log.warning("compression failed, content sent unchanged: %s: %s", type(e).__name__, e)
