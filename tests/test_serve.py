@@ -227,8 +227,11 @@ def test_streaming_chat(proxy):
         model="smollm2", messages=_tool_chat(), max_tokens=16, temperature=0, stream=True
     ) as response:
         assert int(response.headers["x-gistify-tokens-out"]) < int(response.headers["x-gistify-tokens-in"])
-        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        chunks = list(response.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "BLUE-HERON-58" in text
+    reports = [c.model_extra["gistify"] for c in chunks if (c.model_extra or {}).get("gistify")]
+    assert len(reports) == 1 and reports[0]["compressed"] == 1  # the stream ends with the same report
     assert tap.last()["stream"] is True
 
 

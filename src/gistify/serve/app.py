@@ -4,8 +4,9 @@ Starlette routes the requests, httpx (one pooled AsyncClient) talks to the upstr
 keeps the counts. A request's body is parsed, counted and compressed in a worker thread (`policy`, `plans`),
 so the event loop keeps serving other requests while the scorer works; the upstream's answer is passed back
 as it comes, streamed or not, with headers that say what was done (X-Gistify-*) and the `gistify` report: in
-a JSON body next to `usage`, and at the end of a stream (a last chunk before `[DONE]` for chat and
-completions, inside `response.completed` for responses, inside `message_delta` for Anthropic's messages).
+a JSON body next to `usage`, and at the end of a stream (in the chunk that carries the finish_reason for chat
+and completions, or a chunk of its own before `[DONE]` when none does; inside `response.completed` for
+responses; inside `message_delta` for Anthropic's messages).
 
 Compressed: POST /v1/chat/completions, /v1/completions, /v1/responses and Anthropic's /v1/messages; every
 other /v1 request passes unchanged. Each answer's prompt tokens and time to first byte (or llama.cpp's own
@@ -471,14 +472,18 @@ class Proxy:
                     self.metrics.prefill_tps.labels(str(model)).set(tps)
             last_chunk = data
             kind_of = data.get("type")
-            if (kind == "responses" and kind_of == "response.completed" and isinstance(data.get("response"), dict)) \
-                    or (kind == "messages" and kind_of == "message_delta"):  # fmt: skip
-                if kind == "responses":
-                    data["response"]["gistify"] = report_json
-                else:
-                    data["gistify"] = report_json
-                told = True
-                lines[idx] = b"data: " + dumps(data)
+            choices = data.get("choices")
+            finished = isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+            if told:
+                return event + b"\n\n"
+            if kind == "responses" and kind_of == "response.completed" and isinstance(data.get("response"), dict):
+                data["response"]["gistify"] = report_json
+            elif (kind == "messages" and kind_of == "message_delta") or (kind in ("chat", "completion") and finished):
+                data["gistify"] = report_json
+            else:
+                return event + b"\n\n"
+            told = True
+            lines[idx] = b"data: " + dumps(data)
             return b"\n".join(lines) + b"\n\n"
 
         try:
