@@ -82,18 +82,38 @@ def stream_events(path: str, body: dict, text: str) -> list[bytes]:
     whole = answer(path, body, text)
     if path.endswith("/chat/completions"):
         base = {k: whole[k] for k in ("id", "object", "created", "model")} | {"object": "chat.completion.chunk"}
-        chunks = [base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
-                  base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": whole["usage"]}]
+        chunks = [
+            base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
+            base | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": whole["usage"]},
+        ]
         return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
     if path.endswith("/completions"):
         chunks = [whole | {"usage": None}, whole | {"choices": []}]
         return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
     if path.endswith("/responses"):
-        events = [("response.created", {"type": "response.created", "sequence_number": 0,
-                                        "response": whole | {"status": "in_progress", "output": []}}),
-                  ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1,
-                   "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
-                  ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": whole})]
+        events = [
+            (
+                "response.created",
+                {
+                    "type": "response.created",
+                    "sequence_number": 0,
+                    "response": whole | {"status": "in_progress", "output": []},
+                },
+            ),
+            (
+                "response.output_text.delta",
+                {
+                    "type": "response.output_text.delta",
+                    "sequence_number": 1,
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": text,
+                    "logprobs": [],
+                },
+            ),
+            ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": whole}),
+        ]
     else:
         start = whole | {"content": [], "stop_reason": None}
         events = [("message_start", {"type": "message_start", "message": start}),
@@ -132,7 +152,9 @@ class Stub:
 
             def do_GET(self):
                 if self.path.endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "stub", "object": "model"}]}).encode())
+                    self._send(
+                        200, json.dumps({"object": "list", "data": [{"id": "stub", "object": "model"}]}).encode()
+                    )
                 else:
                     self._send(200, b'{"status":"ok"}')
 

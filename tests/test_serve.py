@@ -19,6 +19,7 @@ import threading
 import time
 
 import pytest
+
 import serve_stubs
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")

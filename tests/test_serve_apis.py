@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+
 from serve_stubs import RedisServer, Stub, free_port, serving
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
@@ -25,7 +26,8 @@ from gistify.serve.settings import Settings  # noqa: E402
 pytestmark = pytest.mark.real
 
 ROWS = [
-    {"id": 4100 + i, "city": ["Lyon", "Oslo", "Kyoto", "Lima"][i % 4], "status": ["shipped", "pending", "cancelled"][i % 3],
+    {"id": 4100 + i, "city": ["Lyon", "Oslo", "Kyoto", "Lima"][i % 4],
+     "status": ["shipped", "pending", "cancelled"][i % 3],
      "note": f"The courier left parcel {4100 + i} at the back door, as the customer asked on the phone."}
     for i in range(34)
 ]  # fmt: skip

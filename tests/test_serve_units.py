@@ -8,13 +8,13 @@ import argparse
 import json
 
 import pytest
-from serve_stubs import RedisServer
 
 from gistify.serve.gate import Cost, Gate, Speeds
 from gistify.serve.plans import split_prompt
 from gistify.serve.policy import MORE, Outcome, count_trimmed, is_json, json_changed_strings, structure_spans
 from gistify.serve.settings import Settings, add_arguments, parse_size
 from gistify.serve.store import MemoryStore, RedisStore, open_store
+from serve_stubs import RedisServer
 
 
 def test_structure_spans_and_whole_json():
@@ -299,7 +299,11 @@ def test_plan_responses(tiny_scorer):
     assert new["instructions"].startswith("<short>") and new["input"][0]["content"].startswith("<short>")
     assert new["input"][1] == body["input"][1] and new["input"][3] == body["input"][3]  # the question as it was
     assert new["input"][2]["output"].startswith("<short>\n[g")
-    assert {q for _, q in seen} == {"Which row?"} and report.compressed == 3 and set(report.originals) == {"g1", "g2", "g3"}
+    assert (
+        {q for _, q in seen} == {"Which row?"}
+        and report.compressed == 3
+        and set(report.originals) == {"g1", "g2", "g3"}
+    )
     assert plan_responses({"model": "m", "input": "just a question"}, comp, resolve)[0]["input"] == "just a question"
 
 
@@ -341,8 +345,12 @@ def test_bad_requests_name_the_field_and_metrics_need_the_key(tiny_scorer):
         auth = {"Authorization": "Bearer k"}
         r = client.post("/v1/chat/completions", json={"model": "m", "messages": "hello"}, headers=auth)
         assert r.status_code == 400
-        assert r.json()["error"] == {"message": "missing required field 'messages' (a non-empty list)",
-                                     "type": "invalid_request_error", "param": "messages", "code": "bad_request"}
+        assert r.json()["error"] == {
+            "message": "missing required field 'messages' (a non-empty list)",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "bad_request",
+        }
         r = client.post("/v1/responses", json={"model": "m"}, headers=auth)
         assert r.status_code == 400 and r.json()["error"]["param"] == "input"
         r = client.post("/v1/messages", json={"model": "m", "messages": []}, headers={"x-api-key": "k"})

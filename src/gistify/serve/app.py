@@ -473,7 +473,9 @@ class Proxy:
             last_chunk = data
             kind_of = data.get("type")
             choices = data.get("choices")
-            finished = isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+            finished = isinstance(choices, list) and any(
+                isinstance(c, dict) and c.get("finish_reason") for c in choices
+            )
             if told:
                 return event + b"\n\n"
             if kind == "responses" and kind_of == "response.completed" and isinstance(data.get("response"), dict):
@@ -549,9 +551,9 @@ def create_app(settings: Settings, scorer: Any = None, http_client: httpx.AsyncC
             except Exception as e:  # a bug: one line in the log, OpenAI's format to the client
                 log.exception("internal error on %s %s", request.method, request.url.path)
                 proxy.metrics.errors.labels("internal").inc()
-                response = ProxyError(
-                    500, f"internal error ({type(e).__name__})", "internal", "server_error"
-                ).response(api)
+                response = ProxyError(500, f"internal error ({type(e).__name__})", "internal", "server_error").response(
+                    api
+                )
             proxy.metrics.requests.labels(name, str(response.status_code)).inc()
             report = getattr(request.state, "report", None)
             log.info(

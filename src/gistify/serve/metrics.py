@@ -37,8 +37,9 @@ class Metrics:
         self.messages = Counter(
             "gistify_messages",
             "Message contents (and prompts) seen, by what was done: compressed, cached (same content seen "
-            "before, same result), question (the last user message), short (under --min-tokens), gate (break-even said no), fallback (the fidelity guard raised the budget or kept "
-            "it whole), failed (the compressor failed: sent unchanged), other_role",
+            "before, same result), question (the last user message), short (under --min-tokens), gate (break-even "
+            "said no), fallback (the fidelity guard raised the budget or kept it whole), failed (the compressor "
+            "failed: sent unchanged), other_role",
             ["action"],
             registry=r,
         )

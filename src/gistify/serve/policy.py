@@ -289,7 +289,10 @@ class Compressor:
 
     @staticmethod
     def _brief(report: dict) -> dict:
-        brief = {"score": report.get("score", 0.0), "lost": {k: v for k, v in report.get("lost_counts", {}).items() if v}}
+        brief = {
+            "score": report.get("score", 0.0),
+            "lost": {k: v for k, v in report.get("lost_counts", {}).items() if v},
+        }
         items = [f"{x['kind']}:{x['text']}" for x in report.get("items", [])[:5]]
         if items:
             brief["items"] = items

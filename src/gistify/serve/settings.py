@@ -139,7 +139,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--prefill-tps",
         type=float,
         default=d.prefill_tps,
-        help=f"upstream prefill speed, tokens/s, assumed until the upstream's answers measure it (default {d.prefill_tps:g})",
+        help="upstream prefill speed, tokens/s, assumed until the upstream's answers measure it "
+        f"(default {d.prefill_tps:g})",
     )
     g.add_argument(
         "--latency-price", type=float, default=d.latency_price, help="$ one hour of added latency is worth to you"
@@ -169,15 +170,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where decisions are kept: memory (default, this process) or a Redis URL (redis://host:6379/0) that "
         "replicas share, so that all of them and restarts send the same bytes for a content",
     )
-    p.add_argument(
-        "--cache-entries", type=int, default=d.cache_entries, help="decisions kept in this process's memory"
-    )
+    p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="decisions kept in this process's memory")
     p.add_argument(
         "--retrieve",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="compressed contents carry a handle and the model is offered gistify_retrieve, answered by the "
         "proxy from the original (default on)",
+    )
+    p.add_argument(
+        "--retrieve-rounds",
+        type=int,
+        default=d.retrieve_rounds,
+        help="gistify_retrieve calls answered per request before the answer goes to the client "
+        f"(default {d.retrieve_rounds})",
     )
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for the upstream's answer")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])

@@ -335,8 +335,13 @@ def readme_run(out: Path, argv: list[str]) -> int:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    part("llama.cpp (the README's upstream), the proxy's defaults",
-         [sys.executable, "-m", "gistify.serve.upstream", "--port", str(port)], url + "/health", url + "/v1", [])
+    part(
+        "llama.cpp (the README's upstream), the proxy's defaults",
+        [sys.executable, "-m", "gistify.serve.upstream", "--port", str(port)],
+        url + "/health",
+        url + "/v1",
+        [],
+    )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     stub = [sys.executable, "-m", "gistify_bench.eval.serve_bench", "--stub", "--out", str(out), "--port", str(port),
