@@ -231,6 +231,7 @@ def test_redis_store_is_shared_survives_restarts_and_degrades(redis_server):
     time.sleep(0.3)  # past retry_s: Redis is tried again
     assert b.put("after", {"text": "x"}) == {"text": "x"} and b.healthy
     assert a.get("after") == {"text": "x"}
+    assert a.get("new") == {"text": "n"} and not b.unsynced  # decided while Redis was down: written once back
 
 
 # -- the retrieve tool --------------------------------------------------------------------------------------------

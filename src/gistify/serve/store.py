@@ -9,7 +9,8 @@ decided the same content at the same moment takes the one that won, so all of th
 
 A Redis server that is down, or stops answering, never fails a request: the store warns once, goes on from
 its in-process copy (every decision it has read or made stays there, so contents already seen keep their
-bytes), and tries Redis again after `retry_s`.
+bytes), tries Redis again after `retry_s`, and then writes the decisions it made meanwhile (where another
+replica decided the same content meanwhile, that decision wins, here too, from then on).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class RedisStore(MemoryStore):
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.down_until = 0.0
         self.degraded = 0  # calls answered from memory because Redis was down
+        self.unsynced: dict[str, None] = {}  # keys decided while Redis was down, written once it is back
         self.on_degrade = None  # called with no argument each time a call is answered from memory only
 
     @property
@@ -106,7 +108,32 @@ class RedisStore(MemoryStore):
     def _where(self) -> str:
         return self.url.split("@")[-1]  # never a password in the log
 
+    def _sync(self) -> None:
+        """Write the decisions made while Redis was down; where another replica decided the same content in the
+        meantime, its decision replaces ours (one change of bytes, then the same bytes everywhere again)."""
+        while self.unsynced and self.healthy:
+            key = next(iter(self.unsynced))
+            value = super().get(key)
+            if value is not None:
+                self._shared(key, value)
+            if self.healthy:
+                self.unsynced.pop(key, None)
+
+    def _shared(self, key: str, value: dict) -> dict:
+        """SET NX `value` under `key` in Redis; the value Redis holds afterwards, or `value` when it is down."""
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        won = self._call(lambda: self.client.set(self.prefix + key, raw, nx=True, ex=self.ttl_s or None))
+        if won is None and self.healthy:  # another replica decided first: take its decision
+            theirs = self._call(self.client.get, self.prefix + key)
+            if theirs is not None:
+                value = json.loads(theirs)
+                with self.lock:
+                    self.data[key] = value
+        return value
+
     def get(self, key: str) -> dict | None:
+        if self.unsynced:
+            self._sync()
         local = super().get(key)
         if local is not None:
             return local
@@ -117,13 +144,11 @@ class RedisStore(MemoryStore):
         return super().put(key, value)
 
     def put(self, key: str, value: dict) -> dict:
-        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        ex = self.ttl_s or None
-        won = self._call(lambda: self.client.set(self.prefix + key, raw, nx=True, ex=ex))
-        if won is None and self.healthy:  # another replica decided first: take its decision
-            theirs = self._call(self.client.get, self.prefix + key)
-            if theirs is not None:
-                value = json.loads(theirs)
+        if self.unsynced:
+            self._sync()
+        value = self._shared(key, value)
+        if not self.healthy:
+            self.unsynced[key] = None
         return super().put(key, value)
 
     def close(self) -> None:
