@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from serve_stubs import RedisServer, Stub, free_port, serving
+from serve_stubs import RedisServer, Stub, answer, free_port, serving
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
 openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
@@ -181,40 +181,84 @@ def test_the_gate_measures_its_upstream(scorer):
     assert stats["compressed"] == 1 and stats["tokens_out"] < stats["tokens_in"] and stats["usd_saved"] == 0
 
 
+NOTE_4117 = next(r["note"] for r in ROWS if r["id"] == 4117)
+
+
+def _retrieve_script(path: str, body: dict) -> dict | None:
+    """A model that needs order 4117's note on the second question: when the note it was sent is not whole, it
+    calls gistify_retrieve (query "4117") with the handle it finds in the tool result, then answers from the
+    lines the proxy gives back. Chat completions and Anthropic messages."""
+    anthropic_api = path.endswith("/messages")
+    messages = body["messages"]
+    if anthropic_api:
+        blocks = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+        tool = next(b["content"] for b in blocks if b.get("type") == "tool_result" and b["tool_use_id"] == "t0")
+        got = next((b["content"] for b in blocks if b.get("type") == "tool_result" and b["tool_use_id"] == "r1"), None)
+        asked = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else ""
+    else:
+        tool = next(m["content"] for m in messages if m["role"] == "tool" and m["tool_call_id"] == "t0")
+        got = next((m["content"] for m in messages if m["role"] == "tool" and m["tool_call_id"] == "r1"), None)
+        asked = messages[-1]["content"] if messages[-1]["role"] == "user" else ""
+    if got is not None:
+        text = "note: " + ("whole" if NOTE_4117 in got else "missing")
+    elif "note" not in asked:
+        text = "4102 and others"  # the first question needs no dropped detail
+    elif NOTE_4117 in tool:
+        text = "note: sent whole"
+    else:
+        handle = json.loads(tool)["gistify"].split(":")[0]
+        args = {"handle": handle, "query": "4117"}
+        data = answer(path, body, "")
+        if anthropic_api:
+            use = {"type": "tool_use", "id": "r1", "name": "gistify_retrieve", "input": args}
+            return data | {"stop_reason": "tool_use", "content": [use]}
+        call = {"id": "r1", "type": "function", "function": {"name": "gistify_retrieve", "arguments": json.dumps(args)}}
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        data["choices"][0] |= {"finish_reason": "tool_calls", "message": message}
+        return data
+    return answer(path, body, text)
+
+
 def test_retrieve_is_answered_by_the_proxy(scorer):
-    """The stub calls gistify_retrieve for the handle it finds in the tool result, then answers from what the
-    proxy gave back; the client sees only the final answer."""
-
-    def script(path, body):
-        messages = body["messages"]
-        if messages[-1]["role"] == "tool" and messages[-1]["tool_call_id"] == "r1":
-            detail = "4117" if '"id": 4117' in messages[-1]["content"] else "nothing"
-            return {"id": "x", "object": "chat.completion", "created": 1, "model": "stub",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": f"order {detail}"}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}  # fmt: skip
-        handle = json.loads(messages[0]["content"])["gistify"].split(":")[0]
-        call = {"id": "r1", "type": "function",
-                "function": {"name": "gistify_retrieve", "arguments": json.dumps({"handle": handle})}}  # fmt: skip
-        return {"id": "x", "object": "chat.completion", "created": 1, "model": "stub",
-                "choices": [{"index": 0, "finish_reason": "tool_calls",
-                             "message": {"role": "assistant", "content": None, "tool_calls": [call]}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}  # fmt: skip
-
-    messages = [{"role": "tool", "tool_call_id": "c", "content": TOOL_JSON},
-                {"role": "user", "content": "Which order id comes right after 4116?"}]  # fmt: skip
-    with Stub(script=script) as stub, serving(_settings(stub.url), scorer) as url:
+    """A conversation whose second question needs a detail that compression dropped (order 4117's note, cut to
+    fewer words): the model calls gistify_retrieve, the proxy answers it from the original and asks again, and
+    the client sees only the final answer; with the openai client (chat) and the anthropic client (messages)."""
+    first = "Which orders were cancelled?"
+    second = "What exactly does the note of order 4117 say?"
+    chat = [{"role": "assistant", "content": None, "tool_calls": [
+                {"id": "t0", "type": "function", "function": {"name": "orders", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "t0", "content": TOOL_JSON}]  # fmt: skip
+    turns = [{"role": "user", "content": "Look up the orders."}]
+    with Stub(script=_retrieve_script) as stub, serving(_settings(stub.url), scorer) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
-        r = client.chat.completions.create(model="stub", messages=messages)
+        r1 = client.chat.completions.create(model="stub", messages=[*turns, *chat, {"role": "user", "content": first}])
+        assert r1.choices[0].message.content == "4102 and others" and len(stub.bodies) == 1
+        sent = json.loads(stub.bodies[0][1])["messages"][2]["content"]
+        assert NOTE_4117 not in sent and "4117" in sent  # the note was cut: the detail is gone from what was sent
+        answered = {"role": "assistant", "content": "4102 and others"}
+        history = [*turns, *chat, {"role": "user", "content": first}, answered, {"role": "user", "content": second}]
+        r2 = client.chat.completions.create(model="stub", messages=history)
+        assert r2.choices[0].message.content == "note: whole" and not r2.choices[0].message.tool_calls
+        assert r2.model_extra["gistify"]["retrieved"] == 1 and len(stub.bodies) == 3  # the proxy asked twice
+        again = json.loads(stub.bodies[2][1])["messages"]
+        assert again[-2]["tool_calls"][0]["function"]["name"] == "gistify_retrieve"
+        assert again[-1]["tool_call_id"] == "r1" and NOTE_4117 in again[-1]["content"]
+        assert again[:-2] == json.loads(stub.bodies[1][1])["messages"]  # the conversation, then the call and answer
+
+        claude = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
+        tool = [{"role": "user", "content": "Look up the orders."},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t0", "name": "orders", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t0", "content": TOOL_JSON},
+                                             {"type": "text", "text": first}]},
+                {"role": "assistant", "content": "4102 and others"},
+                {"role": "user", "content": second}]  # fmt: skip
+        m = claude.messages.create(model="stub", max_tokens=16, messages=tool)
+        assert [b.type for b in m.content] == ["text"] and m.content[0].text == "note: whole"
+        assert m.model_extra["gistify"]["retrieved"] == 1
         metrics = httpx.get(url + "/metrics").text
         stats = httpx.get(url + "/stats?format=table").text
-    assert r.choices[0].message.content == "order 4117" and not r.choices[0].message.tool_calls
-    assert r.model_extra["gistify"]["retrieved"] == 1
-    assert len(stub.bodies) == 2  # the proxy asked twice; the client asked once
-    second = json.loads(stub.bodies[1][1])["messages"]
-    assert second[-1]["content"] == TOOL_JSON and second[-2]["tool_calls"][0]["function"]["name"] == "gistify_retrieve"
-    assert "gistify_retrieve_calls_total 1.0" in metrics
-    assert "retrieve calls" in stats and "dollars saved" in stats
+    assert "gistify_retrieve_calls_total 2.0" in metrics
+    assert "retrieve calls                 2" in stats and "dollars saved" in stats
 
 
 # -- replicas sharing a Redis server --------------------------------------------------------------------------
