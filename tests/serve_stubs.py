@@ -5,7 +5,8 @@ The stub speaks the four APIs the proxy compresses (chat completions, completion
 messages), streamed or not, with `usage` in every answer; `prefill_tps` sets the time it waits before its
 first byte (prompt tokens / prefill_tps, prompt tokens counted as characters / 4), so that the proxy's gate
 measures the speed it was given. `script` may answer a chat, responses or messages body itself (to call
-tools, for instance). It runs in a thread of the test process on a free loopback port.
+tools, for instance; a scripted chat answer is streamed too, when asked). It runs in a thread of the test
+process on a free loopback port.
 """
 
 from __future__ import annotations
@@ -128,6 +129,29 @@ def stream_events(path: str, body: dict, text: str) -> list[bytes]:
     return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
 
 
+def chat_chunks(data: dict) -> list[bytes]:
+    """A whole chat answer as OpenAI streams it: a role chunk, the content, each tool call (its id and name, then
+    its arguments in two pieces), the finish_reason with the usage, [DONE]."""
+    base = {"id": data["id"], "object": "chat.completion.chunk", "created": data["created"], "model": data["model"]}
+    choice = data["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict, **more) -> dict:
+        return base | {"choices": [{"index": 0, "delta": delta, **more}]}
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    if message.get("content"):
+        out.append(chunk({"content": message["content"]}))
+    for i, call in enumerate(message.get("tool_calls") or []):
+        name, args = call["function"]["name"], call["function"]["arguments"]
+        out.append(chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                          "function": {"name": name, "arguments": ""}}]}))  # fmt: skip
+        for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
+            out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    out.append(chunk({}, finish_reason=choice["finish_reason"]) | {"usage": data.get("usage")})
+    return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in out] + [b"data: [DONE]\n\n"]
+
+
 class Stub:
     """The stub upstream; `bodies` holds (path, raw body) of every POST, in order."""
 
@@ -166,8 +190,8 @@ class Stub:
                 if stub.prefill_tps:
                     time.sleep(_tokens(body) / stub.prefill_tps)
                 data = stub.script(self.path, body) if stub.script else None
-                if data is None and body.get("stream"):
-                    events = stream_events(self.path, body, stub.text)
+                if body.get("stream") and (data is None or self.path.endswith("/chat/completions")):
+                    events = stream_events(self.path, body, stub.text) if data is None else chat_chunks(data)
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
                     self.send_header("content-length", str(sum(map(len, events))))

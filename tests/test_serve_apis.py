@@ -222,7 +222,8 @@ def _retrieve_script(path: str, body: dict) -> dict | None:
 def test_retrieve_is_answered_by_the_proxy(scorer):
     """A conversation whose second question needs a detail that compression dropped (order 4117's note, cut to
     fewer words): the model calls gistify_retrieve, the proxy answers it from the original and asks again, and
-    the client sees only the final answer; with the openai client (chat) and the anthropic client (messages)."""
+    the client sees only the final answer; with the openai client (chat, whole and streamed) and the anthropic
+    client (messages)."""
     first = "Which orders were cancelled?"
     second = "What exactly does the note of order 4117 say?"
     chat = [{"role": "assistant", "content": None, "tool_calls": [
@@ -244,6 +245,10 @@ def test_retrieve_is_answered_by_the_proxy(scorer):
         assert again[-2]["tool_calls"][0]["function"]["name"] == "gistify_retrieve"
         assert again[-1]["tool_call_id"] == "r1" and NOTE_4117 in again[-1]["content"]
         assert again[:-2] == json.loads(stub.bodies[1][1])["messages"]  # the conversation, then the call and answer
+        chunks = list(client.chat.completions.create(model="stub", messages=history, stream=True))  # streamed
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "note: whole"
+        assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)  # the proxy's call stays hidden
+        assert chunks[-1].model_extra["gistify"]["retrieved"] == 1 and len(stub.bodies) == 5
 
         claude = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
         tool = [{"role": "user", "content": "Look up the orders."},
@@ -257,8 +262,8 @@ def test_retrieve_is_answered_by_the_proxy(scorer):
         assert m.model_extra["gistify"]["retrieved"] == 1
         metrics = httpx.get(url + "/metrics").text
         stats = httpx.get(url + "/stats?format=table").text
-    assert "gistify_retrieve_calls_total 2.0" in metrics
-    assert "retrieve calls                 2" in stats and "dollars saved" in stats
+    assert "gistify_retrieve_calls_total 3.0" in metrics
+    assert "retrieve calls                 3" in stats and "dollars saved" in stats
 
 
 # -- replicas sharing a Redis server --------------------------------------------------------------------------

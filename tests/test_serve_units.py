@@ -247,7 +247,8 @@ def test_retrieve_offer_answer_and_follow_up():
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     offered = retrieve.offer("chat", chat)
     assert offered["tools"][-1]["function"]["name"] == retrieve.NAME and "tools" not in chat
-    assert retrieve.offer("chat", {**chat, "stream": True}) is None
+    assert retrieve.offer("chat", {**chat, "stream": True})["tools"]  # streamed chat: held until the answer shows
+    assert retrieve.offer("messages", {**chat, "stream": True}) is None
     assert retrieve.offer("chat", {**chat, "tool_choice": "none"}) is None
     assert retrieve.offer("completion", chat) is None
     assert retrieve.offer("messages", chat)["tools"][-1]["input_schema"]["required"] == ["handle"]

@@ -17,6 +17,7 @@ policy.py    what is compressed and how (prose, JSON), the fidelity guard, the d
 gate.py      the break-even gate, with the upstream's measured prefill speed and the compressor's measured cost
 store.py     where decisions are kept: in memory, or in Redis shared by replicas (degrades to memory)
 retrieve.py  handles on compressed contents and the gistify_retrieve tool the proxy answers itself
+sse.py       streams: events read as they come, the report added at their end
 stats.py     the savings since start: GET /stats, `gistify serve stats`
 metrics.py   Prometheus counters and histograms, one registry per app
 upstream.py  llama.cpp's OpenAI-compatible server (the xllamacpp wheel) serving the embedded SmolLM2

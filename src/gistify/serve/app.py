@@ -11,7 +11,8 @@ responses; inside `message_delta` for Anthropic's messages).
 Compressed: POST /v1/chat/completions, /v1/completions, /v1/responses and Anthropic's /v1/messages; every
 other /v1 request passes unchanged. Each answer's prompt tokens and time to first byte (or llama.cpp's own
 prompt timings) feed the gate's measure of the upstream's prefill speed. When the model calls the proxy's
-`gistify_retrieve` tool, the proxy answers it and asks again (retrieve.py), invisibly to the client.
+`gistify_retrieve` tool, the proxy answers it and asks again (retrieve.py), invisibly to the client, whole
+or streamed (chat).
 
 Errors are answered in OpenAI's format, {"error": {"message", "type", "param", "code"}} (Anthropic's,
 {"type": "error", "error": {"type", "message"}}, on /v1/messages): 400 for a body that is not JSON or lacks a
@@ -48,6 +49,7 @@ from gistify.serve.metrics import Metrics
 from gistify.serve.plans import PLANNERS, Report
 from gistify.serve.policy import Compressor, Outcome
 from gistify.serve.settings import Settings
+from gistify.serve.sse import Tail, accumulate, chat_delta, data_of, events
 from gistify.serve.stats import Stats, table
 from gistify.serve.store import open_store
 
@@ -396,8 +398,9 @@ class Proxy:
         if upstream.status_code >= 400:
             m.errors.labels("upstream_error").inc()
         if stream and upstream.status_code == 200:
+            streamed_retrieve = offered is not None and kind == "chat"
             return StreamingResponse(
-                self._relay_sse(upstream, kind, report, model, t_sent),
+                self._relay_sse(upstream, kind, report, model, t_sent, *((sent, headers) if streamed_retrieve else ())),
                 status_code=upstream.status_code,
                 headers={**self._copy_headers(upstream), **gistify_headers},
                 background=BackgroundTask(upstream.aclose),
@@ -439,71 +442,69 @@ class Proxy:
             data = json.loads(body)
         return retrieve.strip(kind, data)  # the rounds are spent: the answer without the proxy's calls
 
-    async def _relay_sse(self, upstream: httpx.Response, kind: str, report: Report, model, t_sent: float):
-        """The upstream's stream as it comes, with the `gistify` report added at its end; its first byte and
-        its usage measure the upstream's prefill. A broken upstream ends it (the status is already sent)."""
-        buffer, first, last_chunk, told = b"", None, {}, False
-        report_json = report.as_dict()
+    async def _relay_sse(self, upstream: httpx.Response, kind: str, report: Report, model, t_sent: float,
+                         sent: dict | None = None, headers: dict | None = None):  # fmt: skip
+        """The upstream's stream as it comes, with the `gistify` report added at its end (sse.Tail); its first
+        byte and its usage measure the upstream's prefill. A broken upstream ends it (the status is already sent).
 
-        def rewrite(event: bytes) -> bytes:
-            nonlocal last_chunk, told
-            lines = event.split(b"\n")
-            idx = next((i for i, line in enumerate(lines) if line.startswith(b"data:")), None)
-            if idx is None:
-                return event + b"\n\n"
-            payload = lines[idx][5:].strip()
-            if payload == b"[DONE]":
-                if told or kind not in ("chat", "completion"):
-                    return event + b"\n\n"
-                told = True
-                chunk = {k: last_chunk[k] for k in ("id", "object", "created", "model") if k in last_chunk}
-                extra = b"data: " + dumps({**chunk, "choices": [], "gistify": report_json}) + b"\n\n"
-                return extra + event + b"\n\n"
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                return event + b"\n\n"
-            if not isinstance(data, dict):
-                return event + b"\n\n"
+        With `sent` (a chat request offered gistify_retrieve), the events are held until the answer shows what it
+        is: text, or another tool, and they are relayed from then on; a call of gistify_retrieve (and only it) is
+        read to its end, answered from the original, and the stream of the request asked again is relayed in its
+        place, so the client sees only the final answer."""
+        first = None
+
+        def on_usage(data: dict) -> None:
             n, seconds = prefill_of(data)
-            if n:
-                tps = self.speeds.observe(str(model), n, seconds or (first or time.perf_counter()) - t_sent)
+            if n and first is not None:  # the first round only: later rounds re-read a cached prefix
+                tps = self.speeds.observe(str(model), n, seconds or first - t_sent)
                 if tps:
                     self.metrics.prefill_tps.labels(str(model)).set(tps)
-            last_chunk = data
-            kind_of = data.get("type")
-            choices = data.get("choices")
-            finished = isinstance(choices, list) and any(
-                isinstance(c, dict) and c.get("finish_reason") for c in choices
-            )
-            if told:
-                return event + b"\n\n"
-            if kind == "responses" and kind_of == "response.completed" and isinstance(data.get("response"), dict):
-                data["response"]["gistify"] = report_json
-            elif (kind == "messages" and kind_of == "message_delta") or (kind in ("chat", "completion") and finished):
-                data["gistify"] = report_json
-            else:
-                return event + b"\n\n"
-            told = True
-            lines[idx] = b"data: " + dumps(data)
-            return b"\n".join(lines) + b"\n\n"
 
+        tail = Tail(kind, report.as_dict, on_usage, dumps)
+        rounds = 0
         try:
-            async for chunk in upstream.aiter_raw():
-                if first is None:
-                    first = time.perf_counter()
-                buffer += chunk.replace(b"\r\n", b"\n")
-                out = []
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    out.append(rewrite(event))
-                if out:
-                    yield b"".join(out)
-            if buffer.strip():
-                yield rewrite(buffer.rstrip(b"\n"))
-            if not told and kind in ("chat", "completion"):  # a stream without [DONE]: the report still comes
-                yield b"data: " + dumps({"choices": [], "gistify": report_json}) + b"\n\n"
-        except httpx.HTTPError as e:
+            while True:
+                held, message, state = [], {}, None if sent is not None else "relay"
+                async for event in events(upstream.aiter_raw()):
+                    if first is None and rounds == 0:
+                        first = time.perf_counter()
+                    if state == "relay":
+                        yield tail.event(event)
+                        continue
+                    held.append(event)
+                    delta = chat_delta(data_of(event)[1])
+                    accumulate(message, delta)
+                    calls = message.get("tool_calls") or []
+                    if state is None and calls and calls[0]["function"]["name"]:
+                        state = "retrieve" if calls[0]["function"]["name"] == retrieve.NAME else "relay"
+                    elif state is None and delta.get("content"):
+                        state = "relay"
+                    if state == "relay" or (state == "retrieve" and len(calls) > 1 and
+                                            calls[-1]["function"]["name"] not in ("", retrieve.NAME)):  # fmt: skip
+                        state = "relay"  # text, or the client's own tools: the client gets it all, as it came
+                        yield b"".join(tail.event(e) for e in held)
+                        held = []
+                await upstream.aclose()
+                if state != "retrieve" or rounds >= self.settings.retrieve_rounds:
+                    break
+                data = {"choices": [{"message": {"role": "assistant", **message}}]}
+                nxt, _, n = retrieve.follow_up(kind, sent, data, report.originals)
+                if nxt is None:
+                    break
+                report.retrieved += n
+                self.stats.retrieved(n)
+                self.metrics.retrieve_calls.inc(n)
+                again = await self._send("POST", PATHS[kind], headers, dumps(nxt))
+                if again.status_code != 200:
+                    body = await self._read(again)
+                    log.warning("the upstream answered %d after a gistify_retrieve call: %r", again.status_code,
+                                body[:200])  # fmt: skip
+                    break
+                upstream, sent, rounds = again, nxt, rounds + 1
+            if held:
+                yield b"".join(tail.event(e) for e in held)
+            yield tail.end()
+        except (httpx.HTTPError, ProxyError) as e:
             self.metrics.errors.labels("upstream_unreachable").inc()
             log.warning("upstream stream broke off: %s", type(e).__name__)
 

@@ -11,8 +11,9 @@ it), the proxy answers the call from the original, which is in the request itsel
 handle names it), appends the call and its answer to the conversation, and asks the upstream again, up to
 `--retrieve-rounds` times; the client sees only the final answer. With a `query`, the answer is the lines of
 the original that contain one of its words (the whole original when none does). An answer that calls the
-client's tools as well passes to the client without the proxy's calls. Streamed requests are not offered the
-tool (their answer is already on its way to the client).
+client's tools as well passes to the client without the proxy's calls (streamed: with them). A streamed chat
+request is offered the tool too: its events are held until the answer shows whether it calls it
+(app.Proxy._relay_sse); streamed responses and messages requests are not offered it.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def marked(out: Outcome) -> str:
 
 
 def offer(kind: str, body: dict) -> dict | None:
-    """The body with the retrieve tool added, or None where it may not be offered (streamed, a forced or
-    forbidden tool choice, an API without tools)."""
-    if kind not in TOOLS or body.get("stream"):
+    """The body with the retrieve tool added, or None where it may not be offered (a streamed responses or
+    messages request, a forced or forbidden tool choice, an API without tools)."""
+    if kind not in TOOLS or (body.get("stream") and kind != "chat"):
         return None
     choice = body.get("tool_choice")
     if choice is not None and choice != "auto" and choice != {"type": "auto"}:
