@@ -152,6 +152,8 @@ def test_whole_json_is_compressed_structurally_and_stays_parseable(tiny_scorer):
     assert set(data) <= {"query", "results"}
     sent = json.loads(marked(out))  # the handle rides in a member: still JSON
     assert sent["gistify"].startswith(out.handle) and "gistify_retrieve" in sent["gistify"]
+    theirs = json.loads(marked(Outcome('{"gistify":1}', 40, 20, "compressed", kind="json", handle="gabc")))
+    assert theirs["gistify"] == 1 and theirs["_gistify"].startswith("gabc")  # the client's own key untouched
     array = json.loads(marked(Outcome("[1,2]", 40, 20, "compressed", kind="json", handle="gabc")))
     assert array[:2] == [1, 2] and array[2].startswith("gabc: 20 of 40 tokens kept")
     prose = marked(Outcome("short text", 40, 20, "compressed", handle="gabc"))

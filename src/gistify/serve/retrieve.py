@@ -56,8 +56,9 @@ def marked(out: Outcome) -> str:
         return out.text
     if out.kind == "json":
         data = json.loads(out.text)
-        if isinstance(data, dict):
-            return compact({**data, "gistify": note(out)})
+        if isinstance(data, dict):  # a member of its own, never one of the client's ("gistify" taken: "_gistify")
+            key = next(k for k in ("gistify", "_gistify", "__gistify", "gistify_" + out.handle) if k not in data)
+            return compact({**data, key: note(out)})
         if isinstance(data, list):
             return compact([*data, note(out)])
     return f"{out.text}\n[{note(out)}]"
