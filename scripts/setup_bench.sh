@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The harness's setup and what the whole test suite needs, idempotent, after the main job's (scripts/setup.sh, run
 # first): the `bench` extra (matplotlib, mwparserfromhell, easy-vqa), the `serve-test` extra (the proxy's parts,
-# the openai client, llama.cpp's server from the prebuilt xllamacpp wheel), the `integrations-test` extra
+# the openai and anthropic clients, llama.cpp's server from the prebuilt xllamacpp wheel; Debian's redis-server),
+# the `integrations-test` extra
 # (LangChain, LlamaIndex, Ray Data, their BM25 retrievers), the evaluation data in the cache (Wikipedia and news articles from
 # gensim's test data), a CJK font for rendering tests (Debian, 1.6 MB), and the peers' own environments
 # (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, each with the CPU torch). With it, the whole test
@@ -19,6 +20,17 @@ if ! fc-list 2>/dev/null | grep -qi "wqy"; then
       || echo "setup: could not install fonts-wqy-microhei (CJK text will render as boxes)"
   else
     echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)"
+  fi
+fi
+# Redis for gistify serve's shared store: its tests start their own redis-server on a free port (and fail under
+# CI=true without it)
+if ! command -v redis-server >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; } \
+      || echo "setup: could not install redis-server (the proxy's shared-store tests will skip, or fail under CI)"
+  else
+    echo "setup: install redis-server for the proxy's shared-store tests (apt-get, as root)"
   fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,serve-test,integrations-test]"

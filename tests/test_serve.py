@@ -17,16 +17,15 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
+
+import serve_stubs
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
 openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
-from gistify.serve.app import create_app  # noqa: E402
 from gistify.serve.settings import Settings  # noqa: E402
 from gistify.serve.upstream import embedded_gguf  # noqa: E402
 
@@ -116,28 +115,14 @@ class Tap:
         return json.loads(self.bodies[-1])
 
 
-@contextmanager
 def serving(settings: Settings, scorer, tap: Tap | None = None):
-    """The proxy app under uvicorn on a free port, in a thread; yields its base URL."""
-    settings.port = _free_port()
-    app = create_app(settings, scorer=scorer, http_client=tap.client if tap else None)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the proxy did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serve_stubs.serving(settings, scorer, tap.client if tap else None)
 
 
 def _settings(upstream: str, **changes) -> Settings:
     # compress_ms_per_1k given: no timing at start; latency_price 0: the gate weighs dollars only
-    base = dict(upstream=upstream, min_tokens=64, keep=0.5, compress_ms_per_1k=5000.0, latency_price=0.0)
+    # no probe: the gate weighs dollars only, whatever the upstream's speed
+    base = dict(upstream=upstream, min_tokens=64, keep=0.5, compress_ms_per_1k=5000.0, latency_price=0.0, probe=False)
     return Settings(**(base | changes))
 
 
@@ -180,10 +165,12 @@ def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
     info = r.model_extra["gistify"]  # next to usage
     assert r.usage.prompt_tokens > 0 and info["compressed"] == 1 and info["tokens_in"] == tokens_in
     tool = next(c for c in info["contents"] if c["at"] == "messages[3]")
-    assert tool["action"] == "compressed" and tool["gate"]["compress"] and tool["risk"]["meaning_changed"] is False
+    assert tool["action"] == "compressed" and tool["gate"]["compress"] and tool["risk"]["score"] <= 0.2
     sent = tap.last()
     assert len(sent["messages"]) == 5 and [m["role"] for m in sent["messages"]] == [m["role"] for m in _tool_chat()]
     assert "BLUE-HERON-58" in sent["messages"][3]["content"] and len(sent["messages"][3]["content"]) < len(DOC)
+    assert sent["messages"][3]["content"].endswith(f"[{tool['handle']}: {tool['tokens_out']} of {tool['tokens_in']} "
+                                                   "tokens kept; gistify_retrieve gives the original]")  # fmt: skip
     assert sent["messages"][2]["tool_calls"] == _tool_chat()[2]["tool_calls"]
     # the question, byte for byte
     assert f'"content":{json.dumps(QUESTION)}' in tap.bodies[-1].decode()
@@ -241,8 +228,11 @@ def test_streaming_chat(proxy):
         model="smollm2", messages=_tool_chat(), max_tokens=16, temperature=0, stream=True
     ) as response:
         assert int(response.headers["x-gistify-tokens-out"]) < int(response.headers["x-gistify-tokens-in"])
-        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+        chunks = list(response.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "BLUE-HERON-58" in text
+    reports = [c.model_extra["gistify"] for c in chunks if (c.model_extra or {}).get("gistify")]
+    assert len(reports) == 1 and reports[0]["compressed"] == 1  # the stream ends with the same report
     assert tap.last()["stream"] is True
 
 
@@ -332,10 +322,10 @@ def test_errors(proxy, upstream, scorer):
 
 
 def test_fidelity_guard_falls_back(upstream, scorer):
-    # truncate keeps the head: the place the question names, at the very end, is lost at keep 0.5 and at the
-    # higher keep (0.75), so the guard sends the tool result whole
+    # truncate keeps the head: the place at the very end is lost at keep 0.5 and at the higher keep (0.75), and
+    # with it the risk is over max_risk, so the guard sends the tool result whole
     doc = DOC + "The last stop of the day was the warehouse in Grenoble."
-    settings = _settings(upstream, method="truncate")
+    settings = _settings(upstream, method="truncate", max_risk=0.1)
     with serving(settings, scorer, tap := Tap()) as url:
         raw = _client(url).chat.completions.with_raw_response.create(
             model="smollm2", messages=_tool_chat(doc, "What happened in Grenoble?"), max_tokens=4
@@ -343,7 +333,7 @@ def test_fidelity_guard_falls_back(upstream, scorer):
         assert raw.headers["x-gistify-fallbacks"] == "1"
         tool = next(c for c in raw.parse().model_extra["gistify"]["contents"] if c["at"] == "messages[3]")
         assert tool["action"] == "fallback" and tool["fallback"] == "uncompressed"
-        assert tool["risk"]["question_lost"] == ["Grenoble"]
+        assert "entities:Grenoble" in tool["risk"]["items"] and tool["risk"]["score"] > 0.1
         assert tap.last()["messages"][3]["content"] == doc
         assert 'gistify_fallbacks_total{outcome="uncompressed"} 1.0' in httpx.get(url + "/metrics").text
 
@@ -357,9 +347,28 @@ def test_break_even_gate_skips_when_compressing_does_not_pay(upstream, scorer):
         )
         tool = next(c for c in raw.parse().model_extra["gistify"]["contents"] if c["at"] == "messages[3]")
         assert tool["action"] == "gate" and tool["gate"]["compress"] is False and tool["gate"]["gain_usd"] < 0
+        assert tool["gate"]["reason"].startswith("costs more than it saves")
         assert tap.last()["messages"][3]["content"] == DOC
         text = httpx.get(url + "/metrics").text
         assert 'gistify_gate_decisions_total{decision="skip"} 1.0' in text
+
+
+def test_the_readme_setup_compresses(upstream, scorer):
+    """As the README runs it: the defaults ($3 per million tokens, 36 $/h of latency, the compressor's cost
+    measured at start), the upstream's prefill probed at start (it is on this machine). llama.cpp on a small
+    CPU prefills far slower than the assumed 5,000 tokens/s, and the gate says compressing pays."""
+    settings = Settings(upstream=upstream + "/v1", min_tokens=64)
+    with serving(settings, scorer, tap := Tap()) as url:
+        raw = _client(url).chat.completions.with_raw_response.create(
+            model="smollm2", messages=_tool_chat(DOC * 4), max_tokens=4
+        )
+        assert int(raw.headers["x-gistify-compressed"]) >= 1
+        tool = next(c for c in raw.parse().model_extra["gistify"]["contents"] if c["at"] == "messages[3]")
+        gate = tool["gate"]
+        assert gate["compress"] and gate["prefill_from"] in ("probe", "measured") and gate["prefill_tps"] < 5000
+        assert gate["reason"].startswith("pays in") and gate["compress_from"] == "measured"
+        assert len(tap.last()["messages"][3]["content"]) < len(DOC * 4)
+        assert "gistify_upstream_prefill_tps" in httpx.get(url + "/metrics").text
 
 
 def test_multimodal_parts_pass_untouched(proxy):

@@ -37,9 +37,9 @@ class Metrics:
         self.messages = Counter(
             "gistify_messages",
             "Message contents (and prompts) seen, by what was done: compressed, cached (same content seen "
-            "before, same result), question (the last user message), short (under --min-tokens), structured "
-            "(whole JSON), gate (break-even said no), fallback (the fidelity guard raised the budget or kept "
-            "it whole), failed (the compressor failed: sent unchanged), other_role",
+            "before, same result), question (the last user message), short (under --min-tokens), gate (break-even "
+            "said no), fallback (the fidelity guard raised the budget or kept it whole), failed (the compressor "
+            "failed: sent unchanged), other_role",
             ["action"],
             registry=r,
         )
@@ -88,10 +88,26 @@ class Metrics:
         )
         self.gate_setting = Gauge(
             "gistify_gate_setting",
-            "The gate's inputs: price_per_mtok ($ per million upstream input tokens), prefill_tps (upstream "
-            "prefill tokens/s), latency_price ($ per hour of added latency), compress_ms_per_1k (compressor "
-            "cost, measured at start or given)",
+            "The gate's inputs: price_per_mtok ($ per million upstream input tokens), prefill_tps_default (upstream "
+            "prefill tokens/s assumed before any answer), latency_price ($ per hour of added latency), "
+            "compress_ms_per_1k (compressor cost: measured at start and as it runs, or given)",
             ["name"],
+            registry=r,
+        )
+        self.prefill_tps = Gauge(
+            "gistify_upstream_prefill_tps",
+            "The upstream's prefill speed in tokens/s, measured from its answers (smoothed), by model",
+            ["model"],
+            registry=r,
+        )
+        self.retrieve_calls = Counter(
+            "gistify_retrieve_calls",
+            "gistify_retrieve tool calls the proxy answered from an original (invisible to the client)",
+            registry=r,
+        )
+        self.store_degraded = Counter(
+            "gistify_store_degraded",
+            "Store look-ups answered from this process's memory because the shared store (Redis) was down",
             registry=r,
         )
 

@@ -1,28 +1,32 @@
 """What the proxy compresses, how, and when it had better not.
 
-The rules, in the order a message content meets them:
+The rules, in the order a message content meets them (plans.py finds the contents in each API's requests):
 
 1. The last user message is the question: never compressed, and it steers the compression of the others.
-   Assistant turns (and any role but system, developer, user, tool and function) pass unchanged: they are
-   the model's own words and may carry tool calls. Non-text content parts (images, audio) pass unchanged;
-   each text part is judged on its own.
+   Assistant turns pass unchanged: they are the model's own words and may carry tool calls. Non-text content
+   parts (images, audio) pass unchanged; each text part is judged on its own.
 2. A content of at most `min_tokens` tokens (the scorer's tokenizer) passes unchanged: too little to save.
-3. A content whose whole text is JSON passes unchanged ("structured"): deleting tokens breaks JSON, and the
-   library does not compress structure yet. In prose, fenced code blocks and embedded JSON objects or arrays
-   are protected: given to the library as character spans that it keeps verbatim; the prose is compressed.
-4. The break-even gate (`Gate`) weighs the tokens saved against the compressor's time; "skip" passes it
-   unchanged.
-5. The fidelity guard: the compressed text is checked with `fidelity.risk`. When a negation or number was
-   dropped from a kept clause, a term of the question was lost, or the share of critical items lost exceeds
-   `max_risk`, the content is compressed again at a higher budget (halfway to keeping everything); if that is
-   still risky, it is sent uncompressed. Either way it counts as a fallback.
+3. A content whose whole text is JSON (the most common tool result) goes through the library's
+   structure-aware path (`structure="auto"`, minified first): members and elements are kept or dropped
+   whole, so the result parses and every kept key is intact; an array that lost elements ends with a string
+   that counts them ("… 37 more items"). In prose, fenced code blocks and embedded JSON are protected: given
+   to the library as character spans that it keeps verbatim; the prose is compressed.
+4. The break-even gate (`gate.Gate`) weighs the tokens saved against the compressor's time, at the
+   upstream's measured prefill speed; "gate" passes it unchanged.
+5. The fidelity guard is the library's: `gistify.compress(fallback=..., max_risk=...)` checks its result with
+   its risk report (gistify.text.fidelity) and, over `max_risk`, compresses again halfway to keeping
+   everything; if that is still over, the content is sent uncompressed. Either way it counts as a fallback.
+   In JSON a member or element dropped whole is counted, not a risk (the count says it is gone); what the
+   risk report reads there is the words dropped inside the strings that were kept.
 
-Every decision about a content is remembered under the hash of its text (an LRU cache): a system prompt or
-an earlier turn that recurs in later requests gets the very same bytes, whatever the later question, so the
-upstream's prompt cache keeps hitting. The first question that met the content shaped its compression.
+Every decision is kept in the store (store.py) under the content's hash and the settings' fingerprint: a
+system prompt or an earlier turn that recurs gets the very same bytes, whatever the later question, on every
+replica that shares the store, so the upstream's prompt cache keeps hitting. The first question that met the
+content shaped its compression. A gate "skip" made before the upstream's speed was measured is not kept: the
+next turn decides again on measured figures.
 
-Over 400 lines on purpose: these rules and the cache that makes them deterministic are one decision, read in
-one place; the gate (gate.py) and the risk report (fidelity.py) stand apart because they are pure.
+Each compressed content gets a handle (`g` and 10 hex digits of its hash): with retrieval on, the text sent
+carries it (retrieve.py), and the model may ask for the original back.
 """
 
 from __future__ import annotations
@@ -30,23 +34,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from gistify.serve.fidelity import risk
+from gistify.budget import Budget
 from gistify.serve.gate import Gate, GateDecision
 from gistify.serve.settings import Settings
+from gistify.serve.store import MemoryStore
+from gistify.text.fidelity import risk as risk_report
 
 log = logging.getLogger("gistify.serve")
-COMPRESSIBLE_ROLES = frozenset({"system", "developer", "user", "tool", "function"})
 _FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$")
 _JSON_ATTEMPTS = 256  # decode attempts per content: bounds the cost on text full of brackets
+MORE = "… {n} more items"  # the string that ends an array that lost n elements
 
 
 @dataclass
@@ -56,41 +59,53 @@ class Outcome:
     text: str
     tokens_in: int
     tokens_out: int
-    action: str  # compressed, fallback, short, structured, gate, failed, question, other_role
+    action: str  # compressed, fallback, short, gate, failed, question, other_role
     cached: bool = False
     seconds: float = 0.0
     fallback: str | None = None  # higher_keep or uncompressed
-    risk: dict | None = None  # score, meaning_changed and what was lost, of the text sent
-    gate: GateDecision | None = None
+    risk: dict | None = None  # the library's risk report of the text sent, in brief
+    gate: dict | None = None  # the gate's figures (GateDecision as a dict)
+    kind: str = "prose"  # prose or json
+    handle: str | None = None  # for a compressed content: the key its original is retrieved by
 
     def summary(self) -> dict[str, Any]:
         out = {"action": self.action, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
-        if self.cached:
-            out["cached"] = True
+        if self.kind != "prose":
+            out["kind"] = self.kind
+        for name in ("cached", "fallback", "risk", "gate", "handle"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         if self.seconds:
             out["seconds"] = round(self.seconds, 4)
-        if self.fallback:
-            out["fallback"] = self.fallback
-        if self.risk is not None:
-            out["risk"] = self.risk
-        if self.gate is not None:
-            out["gate"] = asdict(self.gate)
         return out
 
+    def to_store(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("cached", "seconds") and v is not None}
 
-def structure_spans(text: str) -> list[tuple[int, int]] | None:
-    """Character spans to keep verbatim: fenced code blocks and JSON objects or arrays inside prose.
+    @classmethod
+    def from_store(cls, data: dict) -> Outcome:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names}, cached=True)
 
-    None when the whole text is JSON (send it unchanged). Only objects and arrays of at least two members'
-    worth of text (8 characters) count: "[1]" or "{x}" in prose is not worth pinning.
-    """
+
+def is_json(text: str) -> bool:
+    """Whether the whole text (spaces aside) is a JSON object or array."""
     stripped = text.strip()
-    if stripped[:1] in "{[" and stripped[-1:] in "}]":
-        try:
-            json.loads(stripped)
-            return None
-        except (ValueError, RecursionError):
-            pass
+    if stripped[:1] not in "{[" or stripped[-1:] not in "}]":
+        return False
+    try:
+        json.loads(stripped)
+        return True
+    except (ValueError, RecursionError):
+        return False
+
+
+def structure_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of prose to keep verbatim: fenced code blocks and JSON objects or arrays inside it.
+
+    Only objects and arrays of at least two members' worth of text (8 characters) count: "[1]" or "{x}" in
+    prose is not worth pinning. (A content that is JSON as a whole is compressed structurally instead.)
+    """
     spans = [m.span() for m in _FENCE.finditer(text)]
     decoder = json.JSONDecoder()
     pos, attempts = 0, 0
@@ -115,30 +130,82 @@ def structure_spans(text: str) -> list[tuple[int, int]] | None:
     return sorted(spans)
 
 
-class _LRU:
-    """A bounded map from content hash to Outcome; thread-safe."""
+# -- JSON -----------------------------------------------------------------------------------------------------
 
-    def __init__(self, size: int):
-        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
 
-    def get(self, key: str) -> Outcome | None:
-        with self.lock:
-            if key in self.data:
-                self.data.move_to_end(key)
-                return self.data[key]
-        return None
+def _strings(x: Any, out: list[str]) -> list[str]:
+    """The string values (not keys) of a JSON value, in document order."""
+    if isinstance(x, str):
+        out.append(x)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _strings(v, out)
+    elif isinstance(x, list):
+        for v in x:
+            _strings(v, out)
+    return out
 
-    def put(self, key: str, value: Outcome) -> None:
-        with self.lock:
-            self.data[key] = value
-            self.data.move_to_end(key)
-            while len(self.data) > self.size:
-                self.data.popitem(last=False)
+
+def _subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
+
+
+def json_changed_strings(source: Any, output: Any) -> tuple[str, str]:
+    """The kept strings of `output` that lost words, and their originals in `source`, each joined by newlines.
+
+    Elements and members are dropped whole by the structure-aware path, and a long string may lose words;
+    the strings of the output are matched, in order, to the first later source string they are a word
+    subsequence of. What a whole dropped member lost is not in these texts: only what a kept string lost."""
+    src, out = _strings(source, []), _strings(output, [])
+    a, b, j = [], [], 0
+    for s in out:
+        words = s.split()
+        while j < len(src) and not (src[j] == s or _subsequence(words, src[j].split())):
+            j += 1
+        if j == len(src):
+            break
+        if src[j] != s:
+            a.append(src[j])
+            b.append(s)
+        j += 1
+    return "\n".join(a), "\n".join(b)
+
+
+def count_trimmed(source: Any, output: Any) -> Any:
+    """`output` with every array that lost elements ending in a string that counts them (`MORE`).
+
+    Arrays are found by walking both values together through object keys, and through array elements where
+    both arrays have the same length (otherwise which element became which is not known, and the walk stops
+    there)."""
+    if isinstance(source, dict) and isinstance(output, dict):
+        return {k: count_trimmed(source[k], v) if k in source else v for k, v in output.items()}
+    if isinstance(source, list) and isinstance(output, list):
+        if len(output) == len(source):
+            return [count_trimmed(s, o) for s, o in zip(source, output, strict=True)]
+        if len(output) < len(source):
+            return [*output, MORE.format(n=len(source) - len(output))]
+    return output
+
+
+def compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- the compressor ---------------------------------------------------------------------------------------------
+
+
+def content_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def handle_of(text: str) -> str:
+    return "g" + content_key(text)[:10]
 
 
 @dataclass
 class Compressor:
-    """Applies the rules to one content at a time, with the scorer, the gate and the cache.
+    """Applies the rules to one content at a time, with the scorer, the gate and the store.
 
     Thread-safe: contents are counted in parallel, but one compression runs at a time (the scorer is one
     model; two at once would only share the same cores). Callers run it off the event loop.
@@ -148,10 +215,19 @@ class Compressor:
     scorer: Any
     metrics: Any = None
     gate: Gate | None = None
+    store: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        self.cache = _LRU(self.settings.cache_entries)
+        if self.store is None:
+            self.store = MemoryStore(self.settings.cache_entries)
+        s = self.settings
+        budget = f"tokens={s.tokens}" if s.tokens is not None else f"keep={s.keep:g}"
+        shape = (s.method, budget, s.min_tokens, s.protect_numbers, s.protect_negations, s.protect_identifiers,
+                 s.max_risk, s.model or "", "v2")  # fmt: skip
+        # decisions are shared only between proxies that would make the same ones
+        self.fingerprint = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
+        self.budget = Budget(keep=s.keep, tokens=s.tokens)
 
     # -- measuring -----------------------------------------------------------------------------------------
 
@@ -170,128 +246,153 @@ class Compressor:
             text += sentence.format(i=i)
             i += 1
         n = self.count(text)
-        self._compress(text[: len(text) // 4], "What did the team move?", self._budget())  # warm-up
+        self._compress(text[: len(text) // 4], "What did the team move?", [], "prose")  # warm-up
         t0 = time.perf_counter()
-        self._compress(text, "What did the team move?", self._budget())
+        self._compress(text, "What did the team move?", [], "prose")
         return (time.perf_counter() - t0) * 1e6 / n
-
-    def _budget(self, higher: bool = False) -> dict[str, float | int]:
-        s = self.settings
-        if s.tokens is not None:
-            return {"tokens": s.tokens * 2 if higher else s.tokens}
-        return {"keep": (1 + s.keep) / 2 if higher else s.keep}
-
-    def _target(self, n: int) -> int:
-        s = self.settings
-        return min(n, s.tokens) if s.tokens is not None else min(n, math.ceil(n * s.keep))
 
     # -- compressing ---------------------------------------------------------------------------------------
 
-    def _compress(self, text: str, question: str | None, budget: dict, protect=()) -> Any:
+    def _fallback_keep(self, n: int) -> float:
+        """The keep of the guard's second try: halfway from the budget to keeping everything."""
+        return min(1.0, (1 + self.budget.target(n) / max(n, 1)) / 2)
+
+    def _compress(self, text: str, question: str | None, protect: list, kind: str, keep: float | None = None,
+                  fallback: float | None = None) -> Any:  # fmt: skip
         import gistify
 
         s = self.settings
+        budget = {"keep": keep} if keep is not None else {"keep": s.keep, "tokens": s.tokens}
+        prose = kind == "prose"
         try:
             return gistify.compress(
                 text,
                 question=question,
                 method=s.method,
                 scorer=self.scorer,
-                protect=list(protect),
+                protect=protect,
+                # in JSON too: a member that holds a number or an identifier is kept, and so is one inside a string
                 protect_numbers=s.protect_numbers,
                 protect_negations=s.protect_negations,
                 protect_identifiers=s.protect_identifiers,
+                structure="auto",
+                json_minify=not prose,
                 # code and JSON spans are protected: when they alone are over the budget, keep them all (the
-                # message is then over budget, never changed in meaning) rather than fail the compression
+                # content is then over budget, never changed in meaning) rather than fail the compression
                 on_protected_overflow="keep",
+                fallback=fallback,
+                max_risk=s.max_risk,
                 **budget,
             )
         finally:
             self.scorer.forget()  # the scorer keeps every text's statistics; a server sees unbounded texts
 
-    def _risk(self, source: str, result: Any, question: str | None) -> tuple[bool, dict]:
-        r = risk(source, result.text, question)
+    @staticmethod
+    def _brief(report: dict) -> dict:
         brief = {
-            "score": r["score"],
-            "meaning_changed": r["meaning_changed"],
-            "lost": {k: len(v) for k, v in r["lost"].items()},
+            "score": report.get("score", 0.0),
+            "lost": {k: v for k, v in report.get("lost_counts", {}).items() if v},
         }
-        if r["changed"]:
-            brief["changed"] = r["changed"][:5]
-        if r["question_lost"]:
-            brief["question_lost"] = r["question_lost"]
-        return r["meaning_changed"] or r["score"] > self.settings.max_risk, brief
+        items = [f"{x['kind']}:{x['text']}" for x in report.get("items", [])[:5]]
+        if items:
+            brief["items"] = items
+        return brief
 
     def quick(self, text: str) -> Outcome | None:
-        """The outcome when it costs no compression: a short content, or one seen before; else None."""
+        """The outcome when it costs no compression: a short content, or one decided before; else None."""
         n = self.count(text)
         if n <= self.settings.min_tokens:
             return Outcome(text, n, n, "short")
-        hit = self.cache.get(self._key(text))
+        hit = self.store.get(self._key(text))
         if hit is None:
             return None
         self._count_cache("hit")
-        return replace(hit, cached=True, seconds=0.0)
+        return Outcome.from_store(hit)
 
-    @staticmethod
-    def _key(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    def _key(self, text: str) -> str:
+        return f"{self.fingerprint}:{content_key(text)}"
 
-    def content(self, text: str, question: str | None) -> Outcome:
-        """The outcome for one compressible content (rules 2 to 5), from the cache when it was seen before."""
+    def content(self, text: str, question: str | None, model: str | None = None) -> Outcome:
+        """The outcome for one compressible content (rules 2 to 5), from the store when it was decided before."""
         quick = self.quick(text)
         if quick is not None:
             return quick
         key = self._key(text)
-        with self._lock:  # a concurrent request with the same content waits here, then hits the cache
-            hit = self.cache.get(key)
+        with self._lock:  # a concurrent request with the same content waits here, then hits the store
+            hit = self.store.get(key)
             if hit is None:
                 self._count_cache("miss")
-                out = self._decide(text, self.count(text), question)
-                self.cache.put(key, out)
+                out = self._decide(text, self.count(text), question, model)
+                provisional = out.action == "gate" and out.gate["prefill_from"] == "default"
+                if provisional:
+                    return out
+                kept = self.store.put(key, out.to_store())
+                if kept.get("text") != out.text:  # another replica decided first: its bytes, for everyone
+                    return Outcome.from_store(kept)
                 return out
         self._count_cache("hit")
-        return replace(hit, cached=True, seconds=0.0)
+        return Outcome.from_store(hit)
 
     def _count_cache(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.cache.labels(result).inc()
 
-    def _decide(self, text: str, n: int, question: str | None) -> Outcome:
-        spans = structure_spans(text)
-        if spans is None:
-            return Outcome(text, n, n, "structured")
-        decision = self.gate.decide(n, self._target(n)) if self.gate else None
+    def _decide(self, text: str, n: int, question: str | None, model: str | None) -> Outcome:
+        kind = "json" if is_json(text) else "prose"
+        target = self.budget.target(n)
+        decision = self.gate.decide(n, target, model) if self.gate else None
+        gate = asdict(decision) if decision else None
         if decision is not None:
             self._count_gate(decision)
             if not decision.compress:
-                return Outcome(text, n, n, "gate", gate=decision)
+                return Outcome(text, n, n, "gate", gate=gate, kind=kind)
         t0 = time.perf_counter()
         try:
-            result = self._compress(text, question, self._budget(), spans)
-            risky, brief = self._risk(text, result, question)
-            fallback = None
-            if risky:
-                fallback = "higher_keep"
-                result = self._compress(text, question, self._budget(higher=True), spans)
-                risky, brief = self._risk(text, result, question)
-                if risky:
-                    fallback = "uncompressed"
+            if kind == "json":
+                sent, brief, fallback = self._json(text, question, n)
+            else:
+                spans = structure_spans(text)
+                result = self._compress(text, question, spans, kind, fallback=self._fallback_keep(n))
+                brief = self._brief(result.risk)
+                fallback = None
+                if result.fell_back:  # the library's fallback ran: sent whole if its last step still did not hold
+                    still = result.risk.get("score", 0) > self.settings.max_risk or result.risk.get("meaning_changed")
+                    fallback = "uncompressed" if still else "higher_keep"
+                sent = text if fallback == "uncompressed" else result.text
         except Exception as e:  # a content the compressor cannot take goes upstream as it came
             log.warning("compression failed, content sent unchanged: %s: %s", type(e).__name__, e)
             if self.metrics is not None:
                 self.metrics.errors.labels("compress_failed").inc()
-            return Outcome(text, n, n, "failed", seconds=time.perf_counter() - t0, gate=decision)
+            return Outcome(text, n, n, "failed", seconds=time.perf_counter() - t0, gate=gate, kind=kind)
         seconds = time.perf_counter() - t0
+        if self.gate is not None:
+            self.gate.cost.observe(n, seconds)
         if self.metrics is not None:
             self.metrics.compress_seconds.observe(seconds)
             if fallback:
                 self.metrics.fallbacks.labels(fallback).inc()
-        if fallback == "uncompressed":
-            return Outcome(text, n, n, "fallback", seconds=seconds, fallback=fallback, risk=brief, gate=decision)
-        out_n = self.count(result.text)
+        out_n = n if sent == text else self.count(sent)
+        if out_n >= n:  # nothing gained (e.g. a JSON whose members are all protected): send it as it came
+            sent, out_n = text, n
         action = "fallback" if fallback else "compressed"
-        return Outcome(result.text, n, out_n, action, seconds=seconds, fallback=fallback, risk=brief, gate=decision)
+        handle = handle_of(text) if out_n < n else None
+        return Outcome(sent, n, out_n, action, seconds=seconds, fallback=fallback, risk=brief, gate=gate,
+                       kind=kind, handle=handle)  # fmt: skip
+
+    def _json(self, text: str, question: str | None, n: int) -> tuple[str, dict, str | None]:
+        """A whole-JSON content, compressed structurally: (text to send, risk in brief, fallback or None)."""
+        source = json.loads(text)
+        fallback = None
+        for keep in (None, self._fallback_keep(n)):
+            result = self._compress(text, question, [], "json", keep=keep)
+            output = json.loads(result.text)  # the structure-aware path keeps it parseable; a failure is loud
+            before, after = json_changed_strings(source, output)
+            report = risk_report(before, after) if before else {"score": 0.0}
+            brief = self._brief(report)
+            if report["score"] <= self.settings.max_risk:
+                return compact(count_trimmed(source, output)), brief, fallback
+            fallback = "higher_keep"
+        return text, brief, "uncompressed"
 
     def _count_gate(self, d: GateDecision) -> None:
         if self.metrics is None:
@@ -303,136 +404,3 @@ class Compressor:
         m.gate_usd.labels(verdict).inc(d.usd_saved)
         m.gate_prefill_seconds.labels(verdict).inc(d.prefill_s_saved)
         m.gate_compress_seconds.labels(verdict).inc(d.compress_s)
-
-
-# -- requests ------------------------------------------------------------------------------------------------
-
-
-def text_of(content: Any) -> str:
-    """The text of a message content: the string, or its text parts joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
-@dataclass
-class Report:
-    """What the proxy did to one request; its `as_dict` is the `gistify` object of a response."""
-
-    method: str
-    contents: list[dict] = field(default_factory=list)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    seconds: float = 0.0
-
-    def add(self, where: str, outcome: Outcome) -> None:
-        self.tokens_in += outcome.tokens_in
-        self.tokens_out += outcome.tokens_out
-        self.seconds += outcome.seconds
-        self.contents.append({"at": where, **outcome.summary()})
-
-    @property
-    def compressed(self) -> int:
-        return sum(
-            c["action"] in ("compressed", "fallback") and c["tokens_out"] < c["tokens_in"] for c in self.contents
-        )
-
-    @property
-    def fallbacks(self) -> int:
-        return sum(c["action"] == "fallback" for c in self.contents)
-
-    def as_dict(self) -> dict:
-        return {
-            "method": self.method if self.compressed else "none",
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "compressed": self.compressed,
-            "fallbacks": self.fallbacks,
-            "seconds": round(self.seconds, 4),
-            "contents": self.contents,
-        }
-
-
-def _passing(comp: Compressor, text: str, action: str) -> Outcome:
-    n = comp.count(text)
-    return Outcome(text, n, n, action)
-
-
-Resolve = Callable[[str, "str | None"], Outcome]
-
-
-def plan_chat(body: dict, comp: Compressor, resolve: Resolve | None = None) -> tuple[dict, Report]:
-    """The chat request to send upstream (the same object when nothing changed) and what was done.
-
-    `resolve(text, question)` gives each compressible content's outcome (default: `comp.content`); the app
-    first plans with a resolver that only looks (`Compressor.quick`), to find what needs compressing.
-    """
-    resolve = resolve or comp.content
-    report = Report(comp.settings.method)
-    messages = body["messages"]
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
-    question = text_of(messages[last_user].get("content")) if last_user is not None else None
-    changed = False
-    new_messages = []
-    for i, m in enumerate(messages):
-        content = m.get("content")
-        if i == last_user or m.get("role") not in COMPRESSIBLE_ROLES:
-            action = "question" if i == last_user else "other_role"
-            report.add(f"messages[{i}]", _passing(comp, text_of(content), action))
-            new_messages.append(m)
-            continue
-        if isinstance(content, str):
-            out = resolve(content, question)
-            report.add(f"messages[{i}]", out)
-            if out.text != content:
-                m, changed = {**m, "content": out.text}, True
-        elif isinstance(content, list):
-            parts = []
-            for k, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                    out = resolve(part["text"], question)
-                    report.add(f"messages[{i}].content[{k}]", out)
-                    if out.text != part["text"]:
-                        part, changed = {**part, "text": out.text}, True
-                parts.append(part)
-            if parts != content:
-                m = {**m, "content": parts}
-        new_messages.append(m)
-    return ({**body, "messages": new_messages} if changed else body), report
-
-
-def split_prompt(prompt: str) -> tuple[str, str, str]:
-    """(context, blank line, question) of a completion prompt: the question follows the last blank line."""
-    cut = prompt.rfind("\n\n")
-    if cut < 0:
-        return "", "", prompt
-    return prompt[:cut], "\n\n", prompt[cut + 2 :]
-
-
-def plan_completion(body: dict, comp: Compressor, resolve: Resolve | None = None) -> tuple[dict, Report]:
-    """The completion request to send upstream and what was done. A text prompt's last paragraph (after the
-    last blank line) is its question, kept verbatim; what comes before is compressed as one content. Token-id
-    prompts pass unchanged."""
-    resolve = resolve or comp.content
-    report = Report(comp.settings.method)
-    prompt = body["prompt"]
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    out_prompts, changed = [], False
-    for k, p in enumerate(prompts):
-        where = "prompt" if isinstance(prompt, str) else f"prompt[{k}]"
-        if not isinstance(p, str):
-            out_prompts.append(p)
-            continue
-        context, blank, question = split_prompt(p)
-        if context:
-            out = resolve(context, question)
-            report.add(where, out)
-            changed |= out.text != context
-            context = out.text
-        report.add(where + ".question", _passing(comp, question, "question"))
-        out_prompts.append(context + blank + question)
-    if not changed:
-        return body, report
-    return {**body, "prompt": out_prompts[0] if isinstance(prompt, str) else out_prompts}, report

@@ -1,4 +1,5 @@
-"""`gistify serve`: load the scorer (a missing model is a one-line error), then run the proxy under uvicorn."""
+"""`gistify serve`: load the scorer (a missing model is a one-line error), then run the proxy under uvicorn;
+`gistify serve stats`: a running proxy's savings as a table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from gistify.serve.settings import Settings
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the proxy until interrupted (the body of `gistify serve`)."""
+    """Run the proxy until interrupted (the body of `gistify serve`); `gistify serve stats` prints a running
+    proxy's savings instead."""
+    if getattr(args, "action", None) == "stats":
+        import os
+
+        from gistify.serve.stats import main as stats_main
+
+        return stats_main(args.url, args.api_key or os.environ.get("GISTIFY_API_KEY"))
     settings = Settings.from_args(args)
     try:
         import uvicorn

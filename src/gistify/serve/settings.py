@@ -43,13 +43,17 @@ class Settings:
     protect_numbers: bool = True
     protect_negations: bool = True
     protect_identifiers: bool = True
-    max_risk: float = 0.5
+    max_risk: float = 0.2  # the library's default (gistify.compress)
     price_per_mtok: float = 3.0
     prefill_tps: float = 5000.0
     latency_price: float = 36.0
     compress_ms_per_1k: float | None = None  # None: measured at start
     gate: bool = True
+    probe: bool | None = None  # time the upstream's prefill at start; None: only when it is on this machine
+    cache: str | None = None  # where decisions are kept: "memory" (None) or a redis:// URL shared by replicas
     cache_entries: int = 4096
+    retrieve: bool = True  # compressed contents carry a handle; the model may call gistify_retrieve
+    retrieve_rounds: int = 3
     timeout: float = 600.0
     connect_timeout: float = 10.0
     workers: int = 4  # threads that parse and count off the event loop (compressions have their own thread)
@@ -69,6 +73,11 @@ class Settings:
             raise ValueError(f"upstream must be an http(s) URL such as http://127.0.0.1:8081, got {self.upstream!r}")
         if self.prefill_tps <= 0:
             raise ValueError(f"prefill_tps must be positive, got {self.prefill_tps}")
+        if not 0 <= self.max_risk <= 1:
+            raise ValueError(f"max_risk must be in [0, 1], got {self.max_risk}")
+        if self.cache not in (None, "memory") and not self.cache.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cache must be 'memory' or a redis:// URL such as redis://127.0.0.1:6379/0, got "
+                             f"{self.cache!r}")  # fmt: skip
 
     @property
     def upstream_base(self) -> str:
@@ -81,13 +90,19 @@ class Settings:
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["api_key"] = values.get("api_key") or os.environ.get("GISTIFY_API_KEY") or None
         values["upstream_api_key"] = values.get("upstream_api_key") or os.environ.get("GISTIFY_UPSTREAM_API_KEY")
+        if not values.get("upstream"):
+            raise ValueError("gistify serve needs --upstream (the OpenAI-compatible server to forward to)")
         return cls(**values)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `gistify serve`."""
     d = Settings
-    p.add_argument("--upstream", required=True, help="the OpenAI-compatible server to forward to (with or without /v1)")
+    p.add_argument(
+        "action", nargs="?", choices=["stats"], help="stats: print a running proxy's savings (see --url) and exit"
+    )
+    p.add_argument("--url", default=f"http://127.0.0.1:{d.port}", help="with stats: the proxy to ask")
+    p.add_argument("--upstream", help="the OpenAI-compatible server to forward to (with or without /v1); required")
     p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     b = p.add_mutually_exclusive_group()
@@ -115,16 +130,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-risk",
         type=float,
         default=d.max_risk,
-        help=f"fidelity guard: fall back when the share of critical items lost exceeds this (default {d.max_risk})",
+        help="fidelity guard: fall back when the library's risk score (the weighted share of numbers, negations, "
+        f"names and identifiers lost) exceeds this (default {d.max_risk}, the library's)",
     )
     g = p.add_argument_group("break-even gate (compress only when the saving pays for the compressor)")
     g.add_argument("--price-per-mtok", type=float, default=d.price_per_mtok, help="upstream $ per 1M input tokens")
-    g.add_argument("--prefill-tps", type=float, default=d.prefill_tps, help="upstream prefill speed, tokens/s")
+    g.add_argument(
+        "--prefill-tps",
+        type=float,
+        default=d.prefill_tps,
+        help="upstream prefill speed, tokens/s, assumed until the upstream's answers measure it "
+        f"(default {d.prefill_tps:g})",
+    )
     g.add_argument(
         "--latency-price", type=float, default=d.latency_price, help="$ one hour of added latency is worth to you"
     )
     g.add_argument(
-        "--compress-ms-per-1k", type=float, help="compressor cost per 1k tokens (default: measured at start)"
+        "--compress-ms-per-1k",
+        type=float,
+        help="compressor cost per 1k tokens, fixed (default: measured at start, then as it runs)",
+    )
+    g.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the upstream's prefill with one small request at start (default: when the upstream is on "
+        "this machine, where asking costs nothing)",
     )
     g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True, help="apply the gate (default on)")
     p.add_argument(
@@ -134,6 +165,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the scorer's threads (default 1: the proxy shares its cores with its event loop, and on a busy "
         "machine OpenMP's waiting threads made a compression 3x slower with 2 than with 1)",
     )
-    p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="compressed messages remembered")
+    p.add_argument(
+        "--cache",
+        help="where decisions are kept: memory (default, this process) or a Redis URL (redis://host:6379/0) that "
+        "replicas share, so that all of them and restarts send the same bytes for a content",
+    )
+    p.add_argument("--cache-entries", type=int, default=d.cache_entries, help="decisions kept in this process's memory")
+    p.add_argument(
+        "--retrieve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compressed contents carry a handle and the model is offered gistify_retrieve, answered by the "
+        "proxy from the original (default on)",
+    )
+    p.add_argument(
+        "--retrieve-rounds",
+        type=int,
+        default=d.retrieve_rounds,
+        help="gistify_retrieve calls answered per request before the answer goes to the client "
+        f"(default {d.retrieve_rounds})",
+    )
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds to wait for the upstream's answer")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])

@@ -82,6 +82,9 @@ def items(text: str) -> dict[str, list[str]]:
     ident = sorted(urls + [sp for sp in _spans(IDENTIFIER, text) if not in_url.overlaps(*sp)])
     in_ident = _Taken(ident)
     numbers = [sp for sp in _spans(NUMBER, text) if not in_ident.overlaps(*sp)]
+    # a sign glued to a word is a hyphen: "58" of "BLUE-HERON-58", not "-58" (which no count would find again)
+    numbers = [(s + 1, e) if s and text[s] in "-+−" and (text[s - 1].isalnum() or text[s - 1] == "_") else (s, e)
+               for s, e in numbers]  # fmt: skip
     in_either = _Taken(ident + numbers)
     entities = []
     for m in _ENTITY.finditer(text):

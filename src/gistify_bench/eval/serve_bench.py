@@ -2,6 +2,7 @@
 much memory does it hold?
 
     python -m gistify_bench.eval.serve_bench --out docs/results/serve
+    python -m gistify_bench.eval.serve_bench --out docs/results/serve --readme   # the README's request
 
 Two parts, each with its upstream, its own proxy process (`gistify serve`, started as a user would) and the
 same requests sent twice, once straight to the upstream and once through the proxy; the added latency is
@@ -86,8 +87,9 @@ def _stop(proc: subprocess.Popen) -> None:
 # -- the stub upstream --------------------------------------------------------------------------------------
 
 
-def stub_app():
-    """An OpenAI-compatible upstream that answers at once (chat, completions, models, health)."""
+def stub_app(prefill_tps: float = 0.0):
+    """An OpenAI-compatible upstream that answers at once (chat, completions, models, health), or, with
+    `prefill_tps`, after reading the prompt at that speed (prompt tokens counted as characters / 4)."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -102,8 +104,10 @@ def stub_app():
     }
 
     async def chat(request):
-        await request.body()
-        return JSONResponse(answer)
+        n = max(1, len(await request.body()) // 4)
+        if prefill_tps:
+            await asyncio.sleep(n / prefill_tps)
+        return JSONResponse({**answer, "usage": {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1}})
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -297,6 +301,62 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_run(out: Path, argv: list[str]) -> int:
+    """The README's proxy commands as written (llama.cpp upstream, `gistify serve` with its defaults,
+    examples/serve_request.py, `gistify serve stats`), then the same request against the stub upstream
+    answering at 50,000 tokens/s with `--price-per-mtok 0`; the outputs go to readme_run.md."""
+    root = Path(__file__).resolve().parents[3]
+    request = [sys.executable, str(root / "examples" / "serve_request.py")]
+    logs = Path(tempfile.mkdtemp(prefix="serve_readme-"))
+    sections = []
+
+    def part(title: str, upstream_cmd: list[str], health: str, upstream_url: str, extra: list[str]) -> None:
+        up = _start(upstream_cmd, health, logs / "upstream.log")
+        try:
+            port = _free_port()
+            cmd = [sys.executable, "-m", "gistify.cli", "serve", "--upstream", upstream_url, "--port", str(port)]
+            proxy = subprocess.Popen(cmd + extra, stdout=(logs / "proxy.log").open("w"), stderr=subprocess.STDOUT)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                ran = subprocess.run([*request, "--url", url + "/v1"], capture_output=True, text=True, timeout=1200)
+                stats = subprocess.run([sys.executable, "-m", "gistify.cli", "serve", "stats", "--url", url],
+                                       capture_output=True, text=True, timeout=60)  # fmt: skip
+            finally:
+                _stop(proxy)
+        finally:
+            _stop(up)
+        started = [line.split(" INFO ", 1)[-1] for line in (logs / "proxy.log").read_text().splitlines()
+                   if "gistify.serve INFO" in line and " 200 " not in line]  # fmt: skip
+        shown = " ".join(["gistify serve --upstream", upstream_url, *extra])
+        sections.extend([f"## {title}", "", f"`{shown}`, then `python examples/serve_request.py`:", "", "```",
+                         ran.stdout.strip() or ran.stderr.strip()[-2000:], "```", "", "The proxy's log at start:", "",
+                         "```", *started, "```", "", "`gistify serve stats`:", "", "```", stats.stdout.rstrip(), "```",
+                         ""])  # fmt: skip
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    part(
+        "llama.cpp (the README's upstream), the proxy's defaults",
+        [sys.executable, "-m", "gistify.serve.upstream", "--port", str(port)],
+        url + "/health",
+        url + "/v1",
+        [],
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    stub = [sys.executable, "-m", "gistify_bench.eval.serve_bench", "--stub", "--out", str(out), "--port", str(port),
+            "--prefill-tps", "50000"]  # fmt: skip
+    part("a stub upstream that reads 50,000 tokens/s, at $0 per million tokens", stub, url + "/health", url + "/v1",
+         ["--price-per-mtok", "0"])  # fmt: skip
+    load = os.getloadavg()
+    head = ["# gistify serve: the README's request", "",
+            f"Command: `python -m gistify_bench.eval.serve_bench {' '.join(argv)}`. One machine, {os.cpu_count()} "
+            f"shared CPU cores (load average {load[0]:.1f} at the end), loopback only.", ""]  # fmt: skip
+    (out / "readme_run.md").write_text("\n".join(head + sections))
+    print("\n".join(head + sections))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.serve_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for serve_bench.json and README.md")
@@ -306,16 +366,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llama-requests", type=int, default=50, help="0 skips the llama.cpp part")
     p.add_argument("--llama-concurrency", type=int, default=4)
     p.add_argument("--method", default="reinforce")
+    p.add_argument("--readme", action="store_true", help="run the README's proxy request instead (readme_run.md)")
     p.add_argument("--stub", action="store_true", help=argparse.SUPPRESS)  # run the stub upstream
+    p.add_argument("--prefill-tps", type=float, default=0.0, help=argparse.SUPPRESS)  # the stub's prefill speed
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.stub:
         import uvicorn
 
-        uvicorn.run(stub_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        app = stub_app(args.prefill_tps)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return 0
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.readme:
+        return readme_run(out, argv if argv is not None else sys.argv[1:])
     logs = args.logs or Path(tempfile.mkdtemp(prefix="serve_bench-"))
     logs.mkdir(parents=True, exist_ok=True)
     print(f"logs of the upstreams and proxies in {logs}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""A small risk report: what a compressed text lost that can silently change its meaning.
+"""The meaning check: what a compressed text lost that can silently change its meaning.
 
 Deleting words is safe for filler and dangerous for a few kinds of word: a dropped "not" whose clause was
 kept inverts the clause ("the door is not locked" -> "the door is locked"); a dropped number whose label was
@@ -8,8 +8,10 @@ compressed words with the source's (deletion-based compressors keep a subsequenc
 looking at each critical word: kept, dropped with its neighbours (a whole clause gone: information lost, but
 nothing false said), or dropped while its neighbours were kept (meaning changed).
 
-It is a pure function of strings, with no model and no dependency beyond the standard library, so that the
-proxy can call it on every compressed message and the library can later adopt it for its text methods.
+It is a pure function of strings, with no model and no dependency beyond the standard library. It was the
+proxy's own risk report (gistify/serve/fidelity.py); it lives in the library now, beside the risk score
+(fidelity.py), so that the library's fallback can read a changed meaning and the proxy keeps no second report:
+the proxy reads `meaning_changed` in the risk report of the library's result where the library puts it there.
 """
 
 from __future__ import annotations
