@@ -32,6 +32,7 @@ _RUN, _CANDIDATES = 2, 16  # alignment: tokens that confirm a run's restart; occ
 _NEIGHBOURS = 2  # words on each side of a critical word that tell "clause kept" from "clause dropped"
 
 KINDS = ("numbers", "negations", "identifiers", "entities")
+ONE = {"numbers": "number", "negations": "negation", "identifiers": "identifier", "entities": "entity"}
 
 
 def _kind(tokens: list[str], i: int) -> str | None:
@@ -165,7 +166,7 @@ def risk(source: str, compressed: str, question: str | None = None) -> dict:
                 lost[kind].add(t)
             around = _neighbours(src, i)
         if around and any(kept[j] for j in around) and not (kind != "negations" and t.lower() in present):
-            changed.append({"kind": kind.rstrip("s"), "text": t, "context": _context(src, i)})
+            changed.append({"kind": ONE[kind], "text": t, "context": _context(src, i)})
 
     question_lost = []
     if question:

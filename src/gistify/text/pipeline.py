@@ -12,6 +12,7 @@ and are easier to follow in order in one file than split across modules that pas
 
 from __future__ import annotations
 
+import re
 import time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from gistify.progress import progress_bar
 from gistify.result import Compressed
 from gistify.text import tokens as tok
 from gistify.text.fidelity import risk, summary
-from gistify.text.protect import Protect, missing, protected_ranges, protected_words
+from gistify.text.protect import NEGATION_PHRASE, NUMBER, Protect, missing, protected_ranges, protected_words
 from gistify.text.scorer import Scorer
 from gistify.text.structure import Layout, analyse
 from gistify.text.words import Document, assemble, word_costs
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 _MAX_RECOUNTS = 64
 OVERFLOW = ("error", "keep", "trim")
+FALLBACKS = ("auto", "off", "unchanged")  # or a keep fraction
+UNCHANGED = "returned the text unchanged"
 
 
 class ProtectedOverflow(ValueError):
@@ -79,14 +82,14 @@ def compress_text(
     tokenizer: Any = "scorer",
     protect: Protect = (),
     protect_numbers: bool = False,
-    protect_negations: bool = False,
+    protect_negations: bool | None = None,
     protect_identifiers: bool = False,
     progress: bool = False,
     structure: str = "auto",
     json_minify: bool = False,
     on_protected_overflow: str = "error",
-    fallback: str | float | None = None,
-    max_risk: float = 0.2,
+    fallback: str | float | None = "auto",
+    max_risk: float | None = None,
 ) -> Compressed:
     """Compress `text` for `question` with the text method `m` to `keep` (fraction of tokens) or `tokens` (count).
 
@@ -96,7 +99,9 @@ def compress_text(
             "o200k_base", or a Hugging Face tokenizer.
         protect: regular expressions or (start, end) spans that are always kept verbatim;
             `protect_numbers`, `protect_negations` (the negation with the phrase it governs),
-            `protect_identifiers` add common ones.
+            `protect_identifiers` add common ones. `protect_negations` is on by default (None): a dropped "not"
+            inverts a kept clause. Left at its default, the negations that do not fit the budget are protected
+            best-scored first (a note says so) instead of raising ProtectedOverflow; True makes them a demand.
         progress: draw a progress bar on stderr for every stage of a long input.
         structure: "auto" (default): JSON (the whole text parses), chat transcripts and Markdown (fenced code,
             tables, headings, lists) come out well-formed, plain prose as word by word; "off": word by word
@@ -107,50 +112,135 @@ def compress_text(
             ProtectedOverflow (a ValueError) before any scoring; "keep" keeps all of it, over the budget, with a
             note; "trim" protects only what fits (`protect` spans and patterns first, then the options'
             matches, each group best-scored first, a match whole or not at all).
-        fallback: when the risk report's score is over `max_risk`: None (default) returns the result as it
-            is; "unchanged" returns the text unchanged; a number in (0, 1] compresses again at that keep. The
-            result's `fell_back` and notes say so.
-        max_risk: the risk score (0-1, gistify.text.fidelity) over which `fallback` applies.
+        fallback: what to do when the output changed the text's meaning (a negation or a number dropped from a
+            kept clause, a number or name of the question lost: the risk report's `meaning_changed`) or its
+            risk score is over `max_risk`. "auto" (default): compress again at the same budget with the
+            numbers, negations and lost question items protected (to what fits), then at a keep halfway to
+            1, then return the text unchanged, stopping at the first whose meaning holds; "unchanged": the
+            text unchanged at once; a number in (0, 1]: compress again at that keep; "off" (or None): return
+            the raw cut. The result's `fell_back`, `fallback_step` and notes say what was done, and by how many
+            tokens the result is over the budget.
+        max_risk: also fall back when the risk score (0-1, gistify.text.fidelity) is over it. Default None:
+            with "auto" only a changed meaning triggers; with "unchanged" or a keep, 0.2.
     """
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
+    check_options(
+        structure=structure, on_protected_overflow=on_protected_overflow, fallback=fallback, max_risk=max_risk
+    )
     if scorer is not None and model is not None:
         raise ValueError("give either `scorer` or `model`, not both")
-    if on_protected_overflow not in OVERFLOW:
-        raise ValueError(f"on_protected_overflow must be one of {', '.join(map(repr, OVERFLOW))}, got "
-                         f"{on_protected_overflow!r}")  # fmt: skip
-    if fallback is not None and fallback != "unchanged":
-        if isinstance(fallback, bool) or not isinstance(fallback, (int, float)) or not 0 < fallback <= 1:
-            raise ValueError(f"fallback must be None, 'unchanged' or a keep fraction in (0, 1], got {fallback!r}")
-    if isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1:
-        raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
+    fallback = "off" if fallback is None else fallback
+    if max_risk is None and fallback != "auto":
+        max_risk = 0.2  # the explicit fallbacks' threshold since issue 14
+    if structure == "json" or (structure == "auto" and json_minify):
+        analyse(text, structure, json_minify)  # a text that is not the JSON it claims fails before the model loads
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
         scorer = shared_scorer(model)
     counter = _counter(tokenizer, scorer)
+    soft = [NEGATION_PHRASE] if protect_negations is None else []
     run = dict(
         question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,
-        protect_negations=protect_negations, protect_identifiers=protect_identifiers, progress=progress,
-        structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
+        protect_negations=bool(protect_negations), protect_identifiers=protect_identifiers, soft=soft,
+        progress=progress, structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
     )  # fmt: skip
     t0 = time.perf_counter()
     result = _compress(m, text, budget, **run)
-    result.risk = risk(text, result.text)
-    if fallback is None or result.risk["score"] <= max_risk:
+    result.risk = full_risk(text, result.text, question)
+    why = _why(result.risk, max_risk)
+    if fallback == "off" or why is None:
         result.seconds = time.perf_counter() - t0
         return result
-    why = f"the risk {result.risk['score']:.2f} was over max_risk {max_risk:g} ({summary(result.risk)})"
-    if fallback == "unchanged" or fallback >= 1:
-        back = _unchanged(m, text, budget, counter, result.tokens_in, result.target_tokens)
-        back.notes = [*result.notes, f"fell back: {why}; returned the text unchanged"]
-    else:
-        back = _compress(m, text, Budget(keep=float(fallback)), **run)
-        back.notes = [*back.notes, f"fell back: {why}; compressed again at keep={fallback:g}"]
-    back.risk = risk(text, back.text)
-    if back.risk["score"] > max_risk:
-        back.notes.append(f"the fallback's risk is still {back.risk['score']:.2f}")
-    back.fell_back = True
+    tried = []  # each step tried, and why the one before the last did not hold
+    for step, back in _ladder(m, text, budget, result, fallback, run):
+        back.risk = full_risk(text, back.text, question)
+        still = _why(back.risk, max_risk)
+        tried.append(f"{step}{_over(back)}")
+        if still is None or step == UNCHANGED:
+            break
+        tried[-1] += f", but {still}"
+    back.notes = [*back.notes, f"fell back: {why}; " + "; then ".join(tried)]
+    back.fell_back, back.fallback_step = True, step
     back.seconds = time.perf_counter() - t0
     return back
+
+
+def check_options(
+    structure: str = "auto", on_protected_overflow: str = "error", fallback=None, max_risk=None
+) -> None:
+    """The pipeline's options checked alone, so that a command can refuse bad ones before any model loads."""
+    from gistify.text.structure import STRUCTURES
+
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {', '.join(map(repr, STRUCTURES))}, got {structure!r}")
+    if on_protected_overflow not in OVERFLOW:
+        raise ValueError(f"on_protected_overflow must be one of {', '.join(map(repr, OVERFLOW))}, got "
+                         f"{on_protected_overflow!r}")  # fmt: skip
+    if fallback is not None and fallback not in FALLBACKS:
+        if isinstance(fallback, bool) or not isinstance(fallback, (int, float)) or not 0 < fallback <= 1:
+            raise ValueError(
+                f"fallback must be 'auto', 'off', 'unchanged' or a keep fraction in (0, 1], got {fallback!r}"
+            )
+    if max_risk is not None and (
+        isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1
+    ):
+        raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
+
+
+def full_risk(source: str, output: str, question: str | None) -> dict:
+    """The risk report (gistify.text.fidelity) with the meaning check that the proxy also runs
+    (gistify.serve.fidelity: what was dropped from a clause that was kept, and the question's items lost)."""
+    from gistify.serve.fidelity import risk as meaning
+
+    report = risk(source, output)
+    if output != source:
+        m = meaning(source, output, question)
+        report.update(meaning_changed=m["meaning_changed"], changed=m["changed"], question_lost=m["question_lost"])
+    else:
+        report.update(meaning_changed=False, changed=[], question_lost=[])
+    return report
+
+
+def _why(report: dict, max_risk: float | None) -> str | None:
+    """Why a result must fall back, in a few words; None when it need not."""
+    reasons = [
+        f"{c['kind']} {c['text']!r} dropped from a kept clause ({c['context']})"
+        for c in report["changed"]
+        if c["kind"] in ("negation", "number")
+    ][:3]
+    if report["question_lost"]:
+        reasons.append(f"the question's {', '.join(map(repr, report['question_lost']))} lost")
+    if max_risk is not None and report["score"] > max_risk:
+        reasons.append(f"the risk {report['score']:.2f} was over max_risk {max_risk:g} ({summary(report)})")
+    return "; ".join(reasons) or None
+
+
+def _over(r: Compressed) -> str:
+    """How far a fallback's result is from the budget, for its note."""
+    if r.tokens_out <= r.target_tokens:
+        return f" ({r.tokens_out} tokens, within the budget of {r.target_tokens})"
+    return f" ({r.tokens_out} tokens, {r.tokens_out - r.target_tokens} over the budget of {r.target_tokens})"
+
+
+def _ladder(m, text, budget, first, fallback, run):
+    """The fallbacks to try in order, each as (what it did, its result), computed only when reached."""
+    target, n = first.target_tokens, first.tokens_in
+    if fallback == "auto":
+        lost = first.risk["question_lost"]
+        soft = [*run["soft"], NUMBER, NEGATION_PHRASE, *(rf"(?<!\w){re.escape(t)}(?!\w)" for t in lost)]
+        guarded = {**run, "soft": soft}
+        back = _compress(m, text, budget, **guarded)
+        yield "compressed again at the same budget with numbers, negations and the question's items protected", back
+        half = min(1.0, (target / n + 1) / 2) if n else 1.0
+        if half < 1:
+            back = _compress(m, text, Budget(keep=half), **guarded)
+            back.target_tokens, back.budget = target, str(budget)  # the user's budget, which it may exceed
+            yield f"compressed again at keep={half:.2f}", back
+    elif fallback != "unchanged" and fallback < 1:
+        back = _compress(m, text, Budget(keep=float(fallback)), **run)
+        back.target_tokens, back.budget = target, str(budget)
+        yield f"compressed again at keep={fallback:g}", back
+    yield UNCHANGED, _unchanged(m, text, budget, run["counter"], n, target)
 
 
 def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compressed:
@@ -163,7 +253,7 @@ def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compres
 
 def _compress(
     m, text, budget, *, question, scorer, counter, protect, protect_numbers, protect_negations,
-    protect_identifiers, progress, structure, json_minify, overflow,
+    protect_identifiers, soft, progress, structure, json_minify, overflow,
 ) -> Compressed:  # fmt: skip
     t0 = time.perf_counter()
     tokens_in = counter.count(text)
@@ -180,8 +270,11 @@ def _compress(
     if layout.minified and any(not isinstance(p, str) for p in protect):
         raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
     own = protected_ranges(src, protect)
-    ranges = sorted(set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations,
-                                                    protect_identifiers)))  # fmt: skip
+    # hard: what the user asked for (their spans and patterns, the options they turned on); soft: what the
+    # defaults and the fallback add, protected only as far as the budget allows, best-scored first
+    hard = sorted(set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations, protect_identifiers)))
+    soft = sorted(set(protected_ranges(src, soft)) - set(hard))
+    ranges = sorted(set(hard) | set(soft))
     result = dict(
         source=src,
         tokens_in=tokens_in,
@@ -204,13 +297,17 @@ def _compress(
     ucost = ucost.astype(np.int64)
     uprot = _units_of(layout, ranges)
     taken = int(ucost[uprot].sum())
-    if taken > target:  # before any scoring: the user decides
+    taken_hard = int(ucost[_units_of(layout, hard)].sum()) if soft else taken
+    if taken_hard > target:  # before any scoring: the user decides
         if overflow == "error":
-            raise ProtectedOverflow(taken, target)
+            raise ProtectedOverflow(taken_hard, target)
         if overflow == "keep":
+            ranges = hard
+            uprot = _units_of(layout, ranges)
             notes.append(
-                f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept"
+                f"protected content alone takes {taken_hard} tokens, over the budget of {target}: all of it was kept"
             )
+            result["protected"] = ranges
 
     doc = Document(src, words, question, scorer, progress, share=target / tokens_in)
     scores = np.asarray(m.score(doc), dtype=np.float64)
@@ -219,12 +316,21 @@ def _compress(
         raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
     uscore = scores if layout.plain else _unit_scores(layout, scores)
     with progress_bar(3, "selecting", progress) as advance:
-        if taken > target and overflow == "trim":
+        if taken_hard > target and overflow == "trim":
             ranges = _trim(layout, own, ranges, uscore, ucost, target)
             uprot = _units_of(layout, ranges)
             notes.append(
                 f"protected content takes {taken} tokens, over the budget of {target}: only {len(ranges)} "
                 f"protected spans were kept ({int(ucost[uprot].sum())} tokens)"
+            )
+            result["protected"] = ranges
+        elif taken_hard <= target < taken:  # the defaults' protection, to what fits
+            n_soft = len(ranges) - len(hard)
+            ranges = _trim(layout, hard, ranges, uscore, ucost, target)
+            uprot = _units_of(layout, ranges)
+            notes.append(
+                f"the negations (and other items protected by default) take {taken} tokens, over the budget of "
+                f"{target}: {len(ranges) - len(hard)} of {n_soft} were protected, the best-scored"
             )
             result["protected"] = ranges
         ukeep = select_units(layout, uscore, ucost, target, uprot, m.fill_gaps)
