@@ -204,6 +204,7 @@ class Compressor:
                 # code and JSON spans are protected: when they alone are over the budget, keep them all (the
                 # message is then over budget, never changed in meaning) rather than fail the compression
                 on_protected_overflow="keep",
+                fallback="off",  # the proxy runs its own fallback (rule 5), with its metrics
                 **budget,
             )
         finally:

@@ -236,10 +236,11 @@ def _ladder(m, text, budget, first, fallback, run):
             back = _compress(m, text, Budget(keep=half), **guarded)
             back.target_tokens, back.budget = target, str(budget)  # the user's budget, which it may exceed
             yield f"compressed again at keep={half:.2f}", back
-    elif fallback != "unchanged" and fallback < 1:
+    elif fallback != "unchanged" and fallback < 1:  # the keep the user chose, and nothing beyond it
         back = _compress(m, text, Budget(keep=float(fallback)), **run)
         back.target_tokens, back.budget = target, str(budget)
         yield f"compressed again at keep={fallback:g}", back
+        return
     yield UNCHANGED, _unchanged(m, text, budget, run["counter"], n, target)
 
 
