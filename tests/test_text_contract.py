@@ -173,7 +173,7 @@ def test_bad_input_errors(tiny_scorer):
 
 def test_protected_over_budget_is_refused_kept_or_trimmed(tiny_scorer):
     text = "1 2 3 4 5 6 7 8 9 10 11 12 and some words here"
-    kw = dict(tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
+    kw = dict(tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True, fallback="off")
     with pytest.raises(ValueError, match="over the budget of 3.*on_protected_overflow='keep'.*'trim'"):
         gistify.compress(text, **kw)  # the default: say so before compressing, let the user choose
     r = gistify.compress(text, on_protected_overflow="keep", **kw)

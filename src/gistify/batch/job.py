@@ -14,6 +14,7 @@ from typing import Any
 
 from gistify.batch import records
 from gistify.batch.records import Settings
+from gistify.progress import progress_bar
 from gistify.text import DEFAULT_METHOD
 
 
@@ -115,14 +116,14 @@ def compress_batch(
 
         lines = local.run(settings, input, todo, workers=workers, scorer=scorer)
     try:
-        with _Bar(len(todo), progress) as bar:
+        with progress_bar(len(todo), "compressing", progress, unit="records") as advance:
             for line in lines:
                 _count(summary, out.write(line))
                 if summary.done == 1:
                     summary.seconds_to_first = time.perf_counter() - t0
                 if summary.done == (len(todo) + 1) // 2:
                     summary.seconds_to_half = time.perf_counter() - t0
-                bar.advance()
+                advance()
     finally:
         lines.close()
         out.close()
@@ -140,39 +141,3 @@ def _count(summary: Summary, row: dict) -> None:
         summary.compressed += 1
         summary.tokens_in += row["tokens_in"]
         summary.tokens_out += row["tokens_out"]
-
-
-class _Bar:
-    """A rich progress bar on stderr with records/s and the time left; nothing when `show` is false."""
-
-    def __init__(self, total: int, show: bool):
-        self.progress = self.task = None
-        if show and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("compressing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task = self.progress.add_task("compressing", total=total, rate="starting")
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def advance(self) -> None:
-        if self.progress:
-            self.progress.advance(self.task)
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.2f} records/s" if speed else "")
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.stop()

@@ -25,6 +25,7 @@ from gistify.progress import progress_bar
 from gistify.result import Compressed
 from gistify.text import tokens as tok
 from gistify.text.fidelity import risk, summary
+from gistify.text.options import check_options
 from gistify.text.protect import NEGATION_PHRASE, NUMBER, Protect, missing, protected_ranges, protected_words
 from gistify.text.scorer import Scorer
 from gistify.text.structure import Layout, analyse
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from gistify.text.base import TextMethod
 
 _MAX_RECOUNTS = 64
-OVERFLOW = ("error", "keep", "trim")
-FALLBACKS = ("auto", "off", "unchanged")  # or a keep fraction
 UNCHANGED = "returned the text unchanged"
 
 
@@ -138,7 +137,9 @@ def compress_text(
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
         scorer = shared_scorer(model)
     counter = _counter(tokenizer, scorer)
-    soft = [NEGATION_PHRASE] if protect_negations is None else []
+    # negations protected by default, where words are picked one by one: truncation keeps one contiguous piece
+    # (its promise), which cannot invert a clause except at its edge, and the fallback checks that edge
+    soft = [NEGATION_PHRASE] if protect_negations is None and m.fill_gaps else []
     run = dict(
         question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,
         protect_negations=bool(protect_negations), protect_identifiers=protect_identifiers, soft=soft,
@@ -163,28 +164,6 @@ def compress_text(
     back.fell_back, back.fallback_step = True, step
     back.seconds = time.perf_counter() - t0
     return back
-
-
-def check_options(
-    structure: str = "auto", on_protected_overflow: str = "error", fallback=None, max_risk=None
-) -> None:
-    """The pipeline's options checked alone, so that a command can refuse bad ones before any model loads."""
-    from gistify.text.structure import STRUCTURES
-
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {', '.join(map(repr, STRUCTURES))}, got {structure!r}")
-    if on_protected_overflow not in OVERFLOW:
-        raise ValueError(f"on_protected_overflow must be one of {', '.join(map(repr, OVERFLOW))}, got "
-                         f"{on_protected_overflow!r}")  # fmt: skip
-    if fallback is not None and fallback not in FALLBACKS:
-        if isinstance(fallback, bool) or not isinstance(fallback, (int, float)) or not 0 < fallback <= 1:
-            raise ValueError(
-                f"fallback must be 'auto', 'off', 'unchanged' or a keep fraction in (0, 1], got {fallback!r}"
-            )
-    if max_risk is not None and (
-        isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1
-    ):
-        raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
 
 
 def full_risk(source: str, output: str, question: str | None) -> dict:
