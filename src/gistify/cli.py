@@ -75,19 +75,25 @@ def _parse_sets(items: list[str]) -> dict:
 
 def _show(result) -> None:
     """Print the source with what was kept in bold and what was dropped dimmed and struck through; off a
-    terminal (a pipe, a file), dropped text is marked ~~like this~~ instead."""
+    terminal (a pipe, a file), dropped text is marked ~~like this~~ instead. A word kept only in part is
+    followed by [cut]. The summary line goes to stderr (`cmd_compress`), whole, as with the plain output."""
     from rich.console import Console
     from rich.text import Text
 
     console = Console()
     pieces, pos = [], 0
+    cut_ends = {e for _, e in result.cut}
     for s, e in result.kept_spans:
         pieces += [(result.source[pos:s], False), (result.source[s:e], True)]
+        if e in cut_ends:  # a word kept only in part: say where it was cut
+            pieces.append(("[cut]", None))
         pos = e
     pieces.append((result.source[pos:], False))
     t = Text()
     for piece, kept in pieces:
-        if kept or not piece.strip():
+        if kept is None:
+            t.append(piece, style="reverse")
+        elif kept or not piece.strip():
             t.append(piece, style="bold" if kept else "")
         elif console.is_terminal:
             t.append(piece, style="dim strike red")

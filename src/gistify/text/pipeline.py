@@ -315,21 +315,36 @@ def _compress(
             result["protected"] = ranges
         ukeep = select_units(layout, uscore, ucost, target, uprot, m.fill_gaps)
         advance()
-        out, spans, n_out = _fit(layout, ukeep, uscore, ucost, uprot, target, counter, m.fill_gaps)
+        out, spans, n_out, ukeep = _fit(layout, ukeep, uscore, ucost, uprot, target, counter, m.fill_gaps)
         advance()
         if not spans:
             out, spans, n_out, note = _cut(layout, uscore, costs, starts, target, counter)
             notes.append(note)
         elif (why := layout.check(out)) is not None:  # cannot happen by construction: fail loudly
             raise RuntimeError(f"{m.name} broke the {layout.kind} structure: {why}")
+        elif (part := _cut_into(layout, ukeep, uscore, ucost, costs, starts, target, counter, n_out)) is not None:
+            out, spans, n_out, note = part
+            notes.append(note)
         advance()
 
     lost = missing(ranges, spans)
     if lost:  # cannot happen by construction; a loud failure beats a silently changed meaning
         raise RuntimeError(f"protected text was not kept verbatim: {[src[s:e] for s, e in lost]}")
     return Compressed(
-        text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes, **result
-    )
+        text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes,
+        cut=_cut_heads(words, spans), **result,
+    )  # fmt: skip
+
+
+def _cut_heads(words: np.ndarray, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The kept heads of words cut inside: (the word's start, where the kept part ends), for spans ending
+    inside a word."""
+    out = []
+    for _, e in spans:
+        i = int(np.searchsorted(words[:, 1], e, side="left"))  # the first word ending at or after e
+        if i < len(words) and words[i, 0] < e < words[i, 1]:
+            out.append((int(words[i, 0]), e))
+    return out
 
 
 def _units_of(layout: Layout, ranges: list[tuple[int, int]]) -> np.ndarray:
@@ -447,7 +462,57 @@ def _fit(layout, keep, scores, costs, protected, target, counter, fill_gaps):
             else:
                 keep[i] = False
                 keep[up] = False
-    return out, spans, n
+    return out, spans, n, keep
+
+
+def _cut_into(layout, keep, scores, ucost, costs, starts, target, counter, n):
+    """Room left that no whole unit fits, because the next best unit alone is over it (a long word: a base64
+    blob, a hash, a minified line, a URL): fill the room with that unit's head, cut inside it, rather than leave
+    the budget unused. Only when the room is worth it (a quarter of the budget, 8 tokens at least) and the cut
+    keeps the structure whole. Returns (text, spans, tokens, note) or None."""
+    room = target - n
+    if room < max(8, target // 4):
+        return None
+    cand = ~keep & np.isfinite(scores) & (ucost > room)
+    if not layout.plain:
+        cand &= layout.selectable
+        cand &= np.array([all(keep[a] for a in layout.ancestors(int(u))) for u in range(layout.n_units)])
+    if not cand.any():
+        return None
+    u = int(np.flatnonzero(cand)[np.argmax(scores[cand])])
+    text, words = layout.text, layout.words
+    own = np.flatnonzero(layout.unit == u) if not layout.plain else np.array([u])
+    base = layout.word_mask(keep)
+    k = int(np.searchsorted(np.cumsum(costs[own]), room - 1, side="right"))  # whole words of it that fit
+    cut, mask = words.copy(), base.copy()
+    mask[own[:k]] = True
+    if k < len(own):
+        w = int(own[k])
+        inner = starts[(starts > words[w, 0]) & (starts < words[w, 1])]
+        r = max(1, room - int(costs[own[:k]].sum()))
+        for _ in range(_MAX_RECOUNTS):
+            if r < 1 or r > len(inner):
+                r = min(r, len(inner))
+                if r < 1:
+                    break
+            mask[w], cut[w, 1] = True, int(inner[r - 1])
+            out, spans = assemble(text, cut, mask, cut=w)
+            c = counter.count(out)
+            if c <= target and layout.check(out) is None:
+                kept = int(inner[r - 1] - words[w, 0])
+                note = (
+                    f"a word of {int(words[w, 1] - words[w, 0])} characters ({int(costs[w])} tokens) is over what "
+                    f"the budget of {target} left ({room} tokens): kept its first {kept} characters, cut inside it "
+                    f"(the result's `cut`)"
+                )
+                return out, spans, c, note
+            r -= max(1, c - target)
+        return None
+    out, spans = assemble(text, cut, mask)
+    c = counter.count(out)
+    if c <= target and layout.check(out) is None:
+        return out, spans, c, f"a unit over the room the budget left was cut: kept its first {k} words"
+    return None
 
 
 def _cut(layout, scores, costs, starts, target, counter):
@@ -488,7 +553,7 @@ def _cut(layout, scores, costs, starts, target, counter):
         mask[head] = True
         if ends:
             mask[nxt], cut[nxt, 1] = True, ends[-1]
-        out, spans = assemble(text, cut, mask)
+        out, spans = assemble(text, cut, mask, cut=nxt if ends else None)
         n = counter.count(out)
         if spans and n <= target and layout.check(out) is None:
             break
