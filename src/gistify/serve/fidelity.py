@@ -22,7 +22,8 @@ from collections import defaultdict
 # "1,200", "12:30", "a.b.c", "ABC-123"), or one punctuation character.
 _TOKEN = re.compile(r"\w+(?:['’.,:/\-]\w+)*|[^\w\s]")
 _NUMBER = re.compile(r"[-+−]?\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th|[kKmMgG][bB]?|ms|s)?")
-_NEGATIONS = frozenset("not no never none nobody nothing nowhere neither nor without cannot".split())  # and "n't"
+# the negating words ("n't" endings are found apart); "except" and "unless" turn their phrase around too
+_NEGATIONS = frozenset("not no never none nobody nothing nowhere neither nor without except unless cannot".split())
 # snake_case, dotted.names, camelCase and PascalCase with an inner capital, letters mixed with digits.
 _IDENTIFIER = re.compile(
     r"[A-Za-z_]\w*(?:[._:/\-]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*|\d+[A-Za-z_]\w*"
