@@ -20,8 +20,8 @@ no prefix.
 from __future__ import annotations
 
 import dataclasses
-import re
 import importlib
+import re
 from abc import ABC
 from dataclasses import dataclass
 from importlib.metadata import entry_points

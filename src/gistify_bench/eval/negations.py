@@ -8,7 +8,8 @@ questions, with today's defaults and with the raw cut of before (`protect_negati
 
 A negated sentence is *inverted* when its negating word is dropped while a word it governs is kept: a content
 word among the next one to three words after it, up to punctuation ("do NOT [run] the [installer]"), the words
-the reader would read as an affirmation. A dropped sentence is information lost, not meaning changed, and is not counted.
+the reader would read as an affirmation. A dropped sentence is information lost, not meaning changed, and is not
+counted.
 
     python -m gistify_bench.eval.negations                  # the table on stdout (markdown)
     python -m gistify_bench.eval.negations --json out.json  # and every compression's record
@@ -237,7 +238,9 @@ def table(records: list[dict]) -> str:
     for config in CONFIGS:
         for keep in sorted({r["keep"] for r in records}, reverse=True):
             for asked in (False, True):
-                rs = [r for r in records if r["config"] == config and r["keep"] == keep and bool(r["question"]) == asked]
+                rs = [
+                    r for r in records if r["config"] == config and r["keep"] == keep and bool(r["question"]) == asked
+                ]
                 if not rs:
                     continue
                 steps = [r["fallback_step"] or "" for r in rs]
