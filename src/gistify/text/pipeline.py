@@ -236,43 +236,50 @@ def _compress(
     protect_identifiers, soft, progress, structure, json_minify, overflow,
 ) -> Compressed:  # fmt: skip
     t0 = time.perf_counter()
-    tokens_in = counter.count(text)
-    target = budget.target(tokens_in)
-    if target >= tokens_in:
-        notes = (
-            []
-            if budget.keep == 1
-            else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+    # a long input spends seconds here before the scorer's first window: say so, off a terminal too
+    with progress_bar(4, "preparing", progress) as advance:
+        tokens_in = counter.count(text)
+        advance()
+        target = budget.target(tokens_in)
+        if target >= tokens_in:
+            notes = (
+                []
+                if budget.keep == 1
+                else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+            )
+            return _unchanged(m, text, budget, counter, tokens_in, target, notes)
+        layout, notes = analyse(text, structure, json_minify)
+        advance()
+        src = layout.text
+        if layout.minified and any(not isinstance(p, str) for p in protect):
+            raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
+        own = protected_ranges(src, protect)
+        # hard: what the user asked for (their spans and patterns, the options they turned on); soft: what the
+        # defaults and the fallback add, protected only as far as the budget allows, best-scored first
+        hard = sorted(
+            set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations, protect_identifiers))
         )
-        return _unchanged(m, text, budget, counter, tokens_in, target, notes)
-    layout, notes = analyse(text, structure, json_minify)
-    src = layout.text
-    if layout.minified and any(not isinstance(p, str) for p in protect):
-        raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
-    own = protected_ranges(src, protect)
-    # hard: what the user asked for (their spans and patterns, the options they turned on); soft: what the
-    # defaults and the fallback add, protected only as far as the budget allows, best-scored first
-    hard = sorted(set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations, protect_identifiers)))
-    soft = sorted(set(protected_ranges(src, soft)) - set(hard))
-    ranges = sorted(set(hard) | set(soft))
-    result = dict(
-        source=src,
-        tokens_in=tokens_in,
-        target_tokens=target,
-        budget=str(budget),
-        method=m.name,
-        params=m.params(),
-        tokenizer=counter.name,
-        protected=ranges,
-    )
-    if layout.minified and counter.count(src) <= target:
-        notes.append("the minified JSON fits the budget: nothing else was dropped")
-        return Compressed(text=src, kept_spans=[(0, len(src))], tokens_out=counter.count(src),
-                          seconds=time.perf_counter() - t0, notes=notes, **result)  # fmt: skip
+        soft = sorted(set(protected_ranges(src, soft)) - set(hard))
+        ranges = sorted(set(hard) | set(soft))
+        advance()
+        result = dict(
+            source=src,
+            tokens_in=tokens_in,
+            target_tokens=target,
+            budget=str(budget),
+            method=m.name,
+            params=m.params(),
+            tokenizer=counter.name,
+            protected=ranges,
+        )
+        if layout.minified and counter.count(src) <= target:
+            notes.append("the minified JSON fits the budget: nothing else was dropped")
+            return Compressed(text=src, kept_spans=[(0, len(src))], tokens_out=counter.count(src),
+                              seconds=time.perf_counter() - t0, notes=notes, **result)  # fmt: skip
 
-    words = layout.words
-    starts = counter.starts(src)
-    costs = word_costs(starts, words)
+        words = layout.words
+        starts = counter.starts(src)
+        costs = word_costs(starts, words)
     ucost = costs if layout.plain else np.bincount(layout.charge, weights=costs, minlength=layout.n_units)
     ucost = ucost.astype(np.int64)
     uprot = _units_of(layout, ranges)
