@@ -120,7 +120,7 @@ def test_invalid_json_is_refused_before_the_model_loads(tmp_path, capsys, no_mod
         (["--keep", "0.3", "--fallback", "0"], "fallback must be"),
         (["--keep", "0.3", "--max-risk", "3"], "max_risk must be"),
         (["--keep", "0.3", "--protect", "("], "not a valid regular expression"),
-        (["--keep", "0.3", "--tokenizer", "p50k"], "--tokenizer takes"),
+        (["--keep", "0.3", "--tokenizer", "p50k"], "unknown tokenizer"),
         (["--keep", "0.3", "-m", "nope"], "unknown method"),
         (["--keep", "0.3", "--set", "k=0"], "k"),
     ],

@@ -139,7 +139,9 @@ def _check_compress(args, text: str) -> list[str]:
     Budget(keep=args.keep, tokens=args.tokens)
     check_options(args.structure or "auto", args.on_protected_overflow or "error", args.fallback, args.max_risk)
     if args.tokenizer not in ("scorer", *OPENAI_ENCODINGS):
-        raise InputError(f"--tokenizer takes scorer, {', '.join(OPENAI_ENCODINGS)}; got {args.tokenizer!r}")
+        raise InputError(
+            f"unknown tokenizer {args.tokenizer!r}; --tokenizer takes scorer, {', '.join(OPENAI_ENCODINGS)}"
+        )
     for pattern in args.protect or ():
         try:
             re.compile(pattern)
@@ -171,10 +173,14 @@ def cmd_compress(args) -> int:
     for note in notes:  # now, not after minutes of work
         print(f"gistify: note: {note}", file=sys.stderr)
 
-    import gistify
-    from gistify.method import method_class
+    import dataclasses
 
-    gistify.get_method(args.method, **{k: v for k, v in params.items() if _is_field(args.method, k)})
+    import gistify
+    from gistify.api import compressor_class
+
+    cls = compressor_class(args.method)  # an unknown method or a bad --set, before the model loads
+    fields = {f.name for f in dataclasses.fields(cls)}
+    gistify.get_method(args.method, **{k: v for k, v in params.items() if k in fields})
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
@@ -193,7 +199,7 @@ def cmd_compress(args) -> int:
     )
     # only what was asked for (each family takes its own options); an explicit False (--no-protect-negations) counts
     options = {k: v for k, v in options.items() if v is not None}
-    if "progress" in method_class(args.method).options:
+    if "progress" in cls.options:
         options["progress"] = not args.quiet  # a bar on a terminal, plain lines elsewhere (gistify.progress)
     from gistify.text.pipeline import ProtectedOverflow
 
@@ -219,15 +225,6 @@ def cmd_compress(args) -> int:
     for note in result.notes:
         print(f"gistify: note: {note}", file=sys.stderr)
     return EXIT_OK
-
-
-def _is_field(method: str, name: str) -> bool:
-    """Whether --set NAME is one of the method's parameters (the others are the family's options)."""
-    import dataclasses
-
-    from gistify.method import method_class
-
-    return name in {f.name for f in dataclasses.fields(method_class(method))}
 
 
 def cmd_render(args) -> int:

@@ -480,9 +480,12 @@ def _cut_into(layout, keep, scores, ucost, costs, starts, target, counter, n):
     room = target - n
     if room < max(8, target // 4):
         return None
+    if layout.kind not in ("prose", "markdown"):  # a cut JSON string or chat message would not parse
+        return None
     cand = ~keep & np.isfinite(scores) & (ucost > room)
     if not layout.plain:
         cand &= layout.selectable
+        cand[list(layout.fences)] = False  # a fenced block keeps both fences or goes (see _cut)
         cand &= np.array([all(keep[a] for a in layout.ancestors(int(u))) for u in range(layout.n_units)])
     if not cand.any():
         return None
