@@ -201,13 +201,23 @@ def _over(r: Compressed) -> str:
     return f" ({r.tokens_out} tokens, {r.tokens_out - r.target_tokens} over the budget of {r.target_tokens})"
 
 
+def _question_items(text: str, question: str | None, lost: list[str]) -> list[str]:
+    """The numbers, names and identifiers of `question` that `text` holds (the risk report's question items)."""
+    from gistify.serve.fidelity import risk as meaning
+
+    return sorted(set(lost) | set(meaning(text, "", question)["question_lost"])) if question else list(lost)
+
+
 def _ladder(m, text, budget, first, fallback, run):
     """The fallbacks to try in order, each as (what it did, its result), computed only when reached."""
     target, n = first.target_tokens, first.tokens_in
     if fallback == "auto":
         lost = first.risk["question_lost"]
-        soft = [*run["soft"], NUMBER, NEGATION_PHRASE, *(rf"(?<!\w){re.escape(t)}(?!\w)" for t in lost)]
-        guarded = {**run, "soft": soft}
+        # the question's items first (all of them: protecting numbers must not crowd out those the first cut
+        # kept), then negations, then numbers: when they do not all fit, the first are kept (`_trim`)
+        asked = _question_items(text, run["question"], lost)
+        soft = [*(rf"(?<!\w){re.escape(t)}(?!\w)" for t in asked), NEGATION_PHRASE, NUMBER, *run["soft"]]
+        guarded = {**run, "soft": soft, "asked": set(soft[: len(asked)])}
         back = _compress(m, text, budget, **guarded)
         yield "compressed again at the same budget with numbers, negations and the question's items protected", back
         half = min(1.0, (target / n + 1) / 2) if n else 1.0
@@ -233,7 +243,7 @@ def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compres
 
 def _compress(
     m, text, budget, *, question, scorer, counter, protect, protect_numbers, protect_negations,
-    protect_identifiers, soft, progress, structure, json_minify, overflow,
+    protect_identifiers, soft, progress, structure, json_minify, overflow, asked=(),
 ) -> Compressed:  # fmt: skip
     t0 = time.perf_counter()
     # a long input spends seconds here before the scorer's first window: say so, off a terminal too
@@ -259,8 +269,14 @@ def _compress(
         hard = sorted(
             set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations, protect_identifiers))
         )
-        soft = sorted(set(protected_ranges(src, soft)) - set(hard))
-        ranges = sorted(set(hard) | set(soft))
+        tier = {r: 0 for r in hard}  # when not all fit: what the user asked for, then each soft pattern in turn
+        for i, pattern in enumerate(soft, 1):
+            found = protected_ranges(src, [pattern])
+            for j, r in enumerate(found):
+                # a question's item needs one occurrence kept, not every one ("Alabama" 40 times in its article)
+                tier.setdefault(r, i if j == 0 or pattern not in asked else len(soft) + 1)
+        soft = sorted(r for r, t in tier.items() if t > 0)
+        ranges = sorted(tier)
         advance()
         result = dict(
             source=src,
@@ -304,7 +320,7 @@ def _compress(
     uscore = scores if layout.plain else _unit_scores(layout, scores)
     with progress_bar(3, "selecting", progress) as advance:
         if taken_hard > target and overflow == "trim":
-            ranges = _trim(layout, own, ranges, uscore, ucost, target)
+            ranges = _trim(layout, {r: int(r not in own) for r in ranges}, ranges, uscore, ucost, target)
             uprot = _units_of(layout, ranges)
             notes.append(
                 f"protected content takes {taken} tokens, over the budget of {target}: only {len(ranges)} "
@@ -313,7 +329,8 @@ def _compress(
             result["protected"] = ranges
         elif taken_hard <= target < taken:  # the defaults' protection, to what fits
             n_soft = len(ranges) - len(hard)
-            ranges = _trim(layout, hard, ranges, uscore, ucost, target)
+            # a little room left: the kept words, joined, may take a few tokens more than their costs summed
+            ranges = _trim(layout, tier, ranges, uscore, ucost, target - max(1, target // 20))
             uprot = _units_of(layout, ranges)
             notes.append(
                 f"the negations (and other items protected by default) take {taken} tokens, over the budget of "
@@ -373,15 +390,14 @@ def _unit_scores(layout: Layout, scores: np.ndarray) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1), -np.inf)
 
 
-def _trim(layout, own, ranges, uscore, ucost, target) -> list[tuple[int, int]]:
-    """The protected ranges that fit the budget: the user's own first, then the options' matches, each group
+def _trim(layout, tier, ranges, uscore, ucost, target) -> list[tuple[int, int]]:
+    """The protected ranges that fit the budget, by `tier` (range -> 0, 1, ...: the user's own first), each tier
     best-scored first (a range's score: the mean of its units'), a range whole or not at all."""
-    own = set(own)
     kept, keep, used = [], np.zeros(layout.n_units, dtype=bool), 0
 
     def rank(r):
         u = np.flatnonzero(_units_of(layout, [r]))
-        return (r not in own, -float(np.mean(uscore[u])) if len(u) else 0.0, r)
+        return (tier.get(r, 1), -float(np.mean(uscore[u])) if len(u) else 0.0, r)
 
     for r in sorted(ranges, key=rank):
         u = _units_of(layout, [r]) & ~keep
