@@ -248,3 +248,15 @@ def test_methods_verbose_gives_whole_sentences(capsys):
     assert line.rstrip().endswith("(gistify.text.fast).")
     for name, description in gistify.methods().items():
         assert description.endswith((".", "!", "?")), name
+
+
+def test_compress_batch_summary_counts_the_fallbacks(tmp_path, capsys):
+    text = "Take 5 mg in the morning with water and 10 mg at night with food, every day for a week."
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i in range(3)))
+    argv = ["compress-batch", str(src), str(tmp_path / "out.jsonl"), "--keep", "0.5", "-m", "random",
+            "--tokenizer", "cl100k_base", "--set", "seed=1", "--quiet"]  # fmt: skip
+    assert main(argv) == 0  # seed 1 drops a number from a kept clause (test_the_fallback_repairs...)
+    assert "3 compressed records fell back to keep their meaning" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all(any(n.startswith("fell back") for n in r["notes"]) for r in rows)

@@ -26,6 +26,7 @@ class Summary:
     skipped: int = 0  # already in the output when the job started
     compressed: int = 0
     errors: int = 0
+    fell_back: int = 0  # compressed records whose first cut changed the meaning (their notes say what was done)
     tokens_in: int = 0  # of the records compressed in this run
     tokens_out: int = 0
     seconds: float = 0.0  # wall time of this run, startup (scorer loads, Ray) included
@@ -61,6 +62,8 @@ class Summary:
             f"{self.skipped} already done; {self.tokens_in} -> {self.tokens_out} tokens{ratio}; "
             f"{self.seconds:.1f} s, {self.rate:.2f} records/s ({self.engine} engine, {who})"
         ]
+        if self.fell_back:
+            lines.append(f"  {self.fell_back} compressed records fell back to keep their meaning (their notes say how)")
         lines += [f"  error: {e}" for e in self.error_examples]
         if self.errors > len(self.error_examples):
             lines.append(f"  ... and {self.errors - len(self.error_examples)} more (lines with an error field)")
@@ -139,5 +142,6 @@ def _count(summary: Summary, row: dict) -> None:
             summary.error_examples.append(f"id {row.get('id')!r}: {row['error']}")
     else:
         summary.compressed += 1
+        summary.fell_back += any(n.startswith("fell back") for n in row.get("notes", ()))
         summary.tokens_in += row["tokens_in"]
         summary.tokens_out += row["tokens_out"]

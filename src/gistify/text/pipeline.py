@@ -296,6 +296,7 @@ def _compress(
         words = layout.words
         starts = counter.starts(src)
         costs = word_costs(starts, words)
+        advance()
     ucost = costs if layout.plain else np.bincount(layout.charge, weights=costs, minlength=layout.n_units)
     ucost = ucost.astype(np.int64)
     uprot = _units_of(layout, ranges)
