@@ -260,3 +260,9 @@ def test_compress_batch_summary_counts_the_fallbacks(tmp_path, capsys):
     assert "3 compressed records fell back to keep their meaning" in capsys.readouterr().err
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert all(any(n.startswith("fell back") for n in r["notes"]) for r in rows)
+    raw = [*argv[:2], str(tmp_path / "raw.jsonl"), *argv[3:], "--fallback", "off", "--no-protect-negations"]
+    assert main(raw) == 0 and "fell back" not in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "raw.jsonl").read_text().splitlines()]
+    assert rows and not any(n.startswith("fell back") for r in rows for n in r["notes"])
+    assert main([*argv[:2], str(tmp_path / "bad.jsonl"), *argv[3:], "--set", "fallback=sometimes"]) == 2
+    assert "fallback must be" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()

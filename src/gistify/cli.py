@@ -296,7 +296,7 @@ def cmd_compress_batch(args) -> int:
         summary = compress_batch(
             args.input, args.output, keep=args.keep, tokens=args.tokens, method=args.method, workers=args.workers,
             engine=args.engine, ray_address=args.ray_address, model=args.model, tokenizer=args.tokenizer,
-            max_chars=args.max_chars, progress=not args.quiet, **_parse_sets(args.set),
+            max_chars=args.max_chars, progress=not args.quiet, **_parse_sets(args.set), **_meaning(args),
         )  # fmt: skip
     except BatchInputError as e:
         raise InputError(str(e)) from None
@@ -305,6 +305,12 @@ def cmd_compress_batch(args) -> int:
         return 130
     print(summary, file=sys.stderr)
     return EXIT_OK
+
+
+def _meaning(args) -> dict:
+    """compress-batch's --fallback and --[no-]protect-negations, when given (the library's defaults otherwise)."""
+    given = dict(fallback=args.fallback, protect_negations=args.protect_negations)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def registered_commands() -> dict:
@@ -415,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer, cl100k_base or o200k_base")
     cb.add_argument("--max-chars", type=int, default=200_000, help="longer texts are errors (default 200000)")
     cb.add_argument("--quiet", action="store_true", help="no progress on stderr (records/s and time left otherwise)")
+    cb.add_argument(
+        "--fallback", type=_fallback, metavar="auto|off|unchanged|KEEP", help="as for compress (default auto)"
+    )
+    cb.add_argument("--protect-negations", action=argparse.BooleanOptionalAction, help="as for compress (default on)")
     cb.set_defaults(run=cmd_compress_batch)
 
     r = sub.add_parser("render", help="render a text into images (vist's input), with the span each row holds")
