@@ -104,6 +104,16 @@ def _kept(source: list[str], compressed: list[str]) -> list[bool]:
     return kept
 
 
+def _kept_in(source: str, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each source token, whether it lies inside one of the kept spans (sorted [start, end) offsets)."""
+    ends = [e for _, e in spans]
+    kept = []
+    for m in _TOKEN.finditer(source):
+        k = bisect_left(ends, m.end())  # the first span ending at or after the token's end
+        kept.append(k < len(spans) and spans[k][0] <= m.start())
+    return kept
+
+
 def _neighbours(tokens: list[str], i: int) -> list[int]:
     """Indices of up to _NEIGHBOURS word tokens on each side of i, within i's sentence."""
     out = []
@@ -125,8 +135,14 @@ def _context(tokens: list[str], i: int, width: int = 4) -> str:
     return f"{left} [{tokens[i]}] {right}".strip()
 
 
-def risk(source: str, compressed: str, question: str | None = None) -> dict:
+def risk(
+    source: str, compressed: str, question: str | None = None, kept_spans: list[tuple[int, int]] | None = None
+) -> dict:
     """What `compressed` lost of `source`'s numbers, negations, identifiers and names, and how risky that is.
+
+    `kept_spans`, the [start, end) ranges of `source` that `compressed` kept (gistify's results carry them), make
+    the report exact: without them, which source word each compressed word is must be guessed by alignment,
+    and on a long text where a number or word recurs the guess can call a kept clause's number dropped.
 
     Returns a dict:
         lost: per kind, the distinct items of the source that appear nowhere in the compressed text
@@ -144,7 +160,7 @@ def risk(source: str, compressed: str, question: str | None = None) -> dict:
             text says less, not something false).
     """
     src, out = _tokens(source), _tokens(compressed)
-    kept = _kept(src, out)
+    kept = _kept(src, out) if kept_spans is None else _kept_in(source, kept_spans)
     present = {t.lower() for t in out}
     kinds = [_kind(src, i) for i in range(len(src))]
 

@@ -147,14 +147,14 @@ def compress_text(
     )  # fmt: skip
     t0 = time.perf_counter()
     result = _compress(m, text, budget, **run)
-    result.risk = full_risk(text, result.text, question)
+    result.risk = full_risk(text, result, question)
     why = _why(result.risk, max_risk)
     if fallback == "off" or why is None:
         result.seconds = time.perf_counter() - t0
         return result
     tried = []  # each step tried, and why the one before the last did not hold
     for step, back in _ladder(m, text, budget, result, fallback, run):
-        back.risk = full_risk(text, back.text, question)
+        back.risk = full_risk(text, back, question)
         still = _why(back.risk, max_risk)
         tried.append(f"{step}{_over(back)}")
         if still is None or step == UNCHANGED:
@@ -166,14 +166,15 @@ def compress_text(
     return back
 
 
-def full_risk(source: str, output: str, question: str | None) -> dict:
+def full_risk(source: str, result: Compressed, question: str | None) -> dict:
     """The risk report (gistify.text.fidelity) with the meaning check that the proxy also runs
-    (gistify.serve.fidelity: what was dropped from a clause that was kept, and the question's items lost)."""
+    (gistify.serve.fidelity: what was dropped from a clause that was kept, and the question's items lost), made
+    exact by the result's kept spans."""
     from gistify.serve.fidelity import risk as meaning
 
-    report = risk(source, output)
-    if output != source:
-        m = meaning(source, output, question)
+    report = risk(source, result.text)
+    if result.text != source:
+        m = meaning(result.source, result.text, question, kept_spans=result.kept_spans)
         report.update(meaning_changed=m["meaning_changed"], changed=m["changed"], question_lost=m["question_lost"])
     else:
         report.update(meaning_changed=False, changed=[], question_lost=[])
