@@ -164,6 +164,28 @@ def test_progress_lines_off_a_terminal(monkeypatch, capsys):
     assert lines[-1].startswith("gistify: scoring 6/6 windows, done in ")
 
 
+def test_a_stage_of_one_step_says_it_is_alive(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "DELAY", 0.05)
+    monkeypatch.setattr(progress, "PERIOD", 0.05)
+    with progress.stage("loading the scorer", True):
+        time.sleep(0.2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "gistify: loading the scorer, 0:00 elapsed"
+    assert lines[-1] == "gistify: loading the scorer, done in 0:00"
+
+
+def test_a_big_input_is_announced_at_once(tmp_path, monkeypatch, capsys):
+    import gistify.cli
+
+    monkeypatch.setattr(gistify.cli, "BIG", 100)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(INSTALL)
+    argv = ["compress", str(doc), "--keep", "0.5", "-m", "random", "--tokenizer", "cl100k_base"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err.startswith(f"gistify: {len(INSTALL):,} characters to compress")
+    assert main([*argv, "--quiet"]) == 0 and "characters to compress" not in capsys.readouterr().err
+
+
 def test_no_progress_for_short_work_or_when_quiet(monkeypatch, capsys):
     with progress.progress_bar(100, "quick", True) as advance:  # well under DELAY
         for _ in range(100):

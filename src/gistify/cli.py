@@ -24,6 +24,7 @@ from pathlib import Path
 from gistify.text import DEFAULT_METHOD
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+BIG = 200_000  # characters: an input that takes the scorer minutes on a CPU
 COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
 BUILTIN = (
     "compress",
@@ -172,6 +173,8 @@ def cmd_compress(args) -> int:
     notes = _check_compress(args, text)
     for note in notes:  # now, not after minutes of work
         print(f"gistify: note: {note}", file=sys.stderr)
+    if len(text) >= BIG and not args.quiet:  # minutes of work ahead: say so before the imports and the model
+        print(f"gistify: {len(text):,} characters to compress; progress follows on stderr", file=sys.stderr)
 
     import dataclasses
 

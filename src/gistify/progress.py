@@ -46,6 +46,16 @@ def progress_bar(total: int, description: str, enabled: bool, unit: str = "") ->
         yield lambda: bar.advance(task)
 
 
+@contextmanager
+def stage(description: str, enabled: bool) -> Iterator[None]:
+    """One step of unknown length (a model loading): off a terminal, the same plain lines with the time spent."""
+    if not enabled or _is_terminal():
+        yield
+        return
+    with _Lines(1, description, ""):
+        yield
+
+
 def track(items: Iterable[T], total: int, description: str, enabled: bool, unit: str = "") -> Iterator[T]:
     """Yield `items`, advancing a progress bar after each."""
     with progress_bar(total, description, enabled, unit) as advance:
@@ -88,6 +98,10 @@ class _Lines:
     def line(self, final: bool = False) -> str:
         elapsed = time.monotonic() - self.t0
         what = f"{self.description} {self.done}/{self.total}{' ' + self.unit if self.unit else ''}"
+        if self.total == 1:  # a stage of one step: only the time it takes
+            return f"gistify: {self.description}, " + (
+                f"done in {clock(elapsed)}" if final else f"{clock(elapsed)} elapsed"
+            )
         if final:
             return f"gistify: {what}, done in {clock(elapsed)}"
         rate = self.done / elapsed if elapsed > 0 else 0.0

@@ -21,7 +21,7 @@ import numpy as np
 
 from gistify.budget import Budget
 from gistify.method import check_text
-from gistify.progress import progress_bar
+from gistify.progress import progress_bar, stage
 from gistify.result import Compressed
 from gistify.text import tokens as tok
 from gistify.text.fidelity import risk, summary
@@ -135,7 +135,8 @@ def compress_text(
     if structure == "json" or (structure == "auto" and json_minify):
         analyse(text, structure, json_minify)  # a text that is not the JSON it claims fails before the model loads
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
-        scorer = shared_scorer(model)
+        with stage("loading the scorer", progress):
+            scorer = shared_scorer(model)
     counter = _counter(tokenizer, scorer)
     # negations protected by default, where words are picked one by one: truncation keeps one contiguous piece
     # (its promise), which cannot invert a clause except at its edge, and the fallback checks that edge
