@@ -3,11 +3,14 @@
 structure (units: words, or Markdown / JSON / chat elements kept whole) -> count target-tokenizer tokens
 (each unit's cost) -> protected spans, checked against the budget before any scoring -> the method's score per
 word, per unit -> select the best units within the budget -> reassemble in order -> fit to the real token count
--> never empty (cut inside the best unit) -> risk report, and the fallback if asked.
+-> never empty (cut inside the best unit), and a word over what the budget leaves cut inside rather than dropped
+-> risk report with the meaning check -> the fallback ladder when the meaning changed (on by default: same budget
+with more protected, then a keep halfway to 1, then the text unchanged).
 `TextMethod.compress` runs it; `gistify.compress` reaches it through the method object.
 
-A little over 400 lines: the stages above share one selection state (units, costs, protection, the kept mask)
-and are easier to follow in order in one file than split across modules that pass it around.
+About 600 lines: the stages above share one selection state (units, costs, protection, the kept mask) and are
+easier to follow in order in one file than split across modules that pass it around; the options' checks live in
+options.py, so that a command can run them before any model loads.
 """
 
 from __future__ import annotations
