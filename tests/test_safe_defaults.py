@@ -288,3 +288,18 @@ def test_compress_batch_summary_counts_the_fallbacks(tmp_path, capsys):
     assert rows and not any(n.startswith("fell back") for r in rows for n in r["notes"])
     assert main([*argv[:2], str(tmp_path / "bad.jsonl"), *argv[3:], "--set", "fallback=sometimes"]) == 2
     assert "fallback must be" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+
+
+@pytest.mark.real
+def test_the_rest_of_a_clause_that_lost_its_number_goes_at_the_same_budget():
+    """The negation corpus's travel rules at keep 0.3 (the real scorer): the same-budget repair cannot keep
+    "6:30" beside six protected negations, so what was left of "Breakfast is served from [6:30] in the dining
+    car" goes too: less said, nothing false, and the budget kept."""
+    from gistify.text.pipeline import CLEARED
+    from gistify_bench.eval.negations import documents, inverted
+
+    text, items = documents()["travel"]
+    r = gistify.compress(text, "Can tickets be bought on board?", keep=0.3)
+    assert r.fallback_step == CLEARED and r.tokens_out <= r.target_tokens
+    assert not r.risk["meaning_changed"] and not any(inverted(it, r.kept_spans) for it in items)
+    assert "served from" not in r.text and "words kept around dropped numbers or negations" in " ".join(r.notes)

@@ -161,6 +161,8 @@ def risk(
     """
     src, out = _tokens(source), _tokens(compressed)
     kept = _kept(src, out) if kept_spans is None else _kept_in(source, kept_spans)
+    # with kept spans, a change also says where: its kept neighbours' [start, end), what a repair may drop
+    where = [m.span() for m in _TOKEN.finditer(source)] if kept_spans is not None else None
     present = {t.lower() for t in out}
     kinds = [_kind(src, i) for i in range(len(src))]
 
@@ -183,7 +185,10 @@ def risk(
                 lost[kind].add(t)
             around = _neighbours(src, i)
         if around and any(kept[j] for j in around) and not (kind != "negations" and t.lower() in present):
-            changed.append({"kind": ONE[kind], "text": t, "context": _context(src, i)})
+            change = {"kind": ONE[kind], "text": t, "context": _context(src, i)}
+            if where is not None:
+                change["kept_around"] = [where[j] for j in around if kept[j]]
+            changed.append(change)
 
     question_lost = []
     if question:

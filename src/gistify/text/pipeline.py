@@ -15,6 +15,7 @@ options.py, so that a command can run them before any model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from functools import lru_cache
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 
 _MAX_RECOUNTS = 64
 UNCHANGED = "returned the text unchanged"
+# the fallback's negated phrase runs on to a number one to three words after it: "never start the ridge after
+# 13:00", "is no longer valid after 24 hours", so that protecting the one does not cut the other from its clause
+NEGATION_TO_NUMBER = NEGATION_PHRASE + r"(?:(?:[ \t]+[\w'’-]*\w){0,2}[ \t]+" + NUMBER.removeprefix("[-+−]?") + ")?"
+CLEARED = "dropped the rest of the clauses that lost a number or negation, at the same budget"
 
 
 class ProtectedOverflow(ValueError):
@@ -206,6 +211,42 @@ def _over(r: Compressed) -> str:
     return f" ({r.tokens_out} tokens, {r.tokens_out - r.target_tokens} over the budget of {r.target_tokens})"
 
 
+def _clear_around(r: Compressed, text: str, run: dict) -> Compressed | None:
+    """`r` without the kept words next to each negation or number it dropped from a kept clause (the rest of the
+    clause goes too: the text says less, nothing false), at its budget; protected words stay. Prose only, and
+    not where a word was cut or a question item is missing. None when that does not remove every change."""
+    if r.cut or r.risk["question_lost"] or r.source != text:
+        return None
+    layout, _ = analyse(r.source, run["structure"], False)
+    if not layout.plain:
+        return None
+    words = layout.words
+    protected = protected_words(r.protected, words)
+    for _ in range(3):  # a dropped neighbour may itself be a number whose own neighbours were kept
+        around = [a for c in r.risk["changed"] if c["kind"] in ("negation", "number") for a in c.get("kept_around", ())]
+        if not around:
+            return r
+        ends = np.array([e for _, e in r.kept_spans])
+        k = np.searchsorted(ends, words[:, 1], side="left")
+        starts = np.array([s for s, _ in r.kept_spans] + [len(r.source) + 1])
+        keep = (k < len(ends)) & (starts[np.minimum(k, len(ends))] <= words[:, 0])
+        before = int(keep.sum())
+        for s, e in around:
+            first = np.searchsorted(words[:, 1], s, side="right")
+            last = np.searchsorted(words[:, 0], e, side="left")
+            keep[first:last] &= protected[first:last]
+        if int(keep.sum()) == before or not keep.any():
+            return None
+        out, spans = assemble(r.source, words, keep)
+        n = run["counter"].count(out)
+        if n > r.target_tokens:
+            return None
+        note = f"dropped {before - int(keep.sum())} words kept around dropped numbers or negations (their clauses)"
+        r = dataclasses.replace(r, text=out, kept_spans=spans, tokens_out=n, notes=[*r.notes, note])
+        r.risk = full_risk(text, r, run["question"])
+    return r if not any(c["kind"] in ("negation", "number") for c in r.risk["changed"]) else None
+
+
 def _question_items(text: str, question: str | None, lost: list[str]) -> list[str]:
     """The numbers, names and identifiers of `question` that `text` holds (the risk report's question items)."""
     from gistify.serve.fidelity import risk as meaning
@@ -221,10 +262,13 @@ def _ladder(m, text, budget, first, fallback, run):
         # the question's items first (all of them: protecting numbers must not crowd out those the first cut
         # kept), then negations, then numbers: when they do not all fit, the first are kept (`_trim`)
         asked = _question_items(text, run["question"], lost)
-        soft = [*(rf"(?<!\w){re.escape(t)}(?!\w)" for t in asked), NEGATION_PHRASE, NUMBER, *run["soft"]]
+        soft = [*(rf"(?<!\w){re.escape(t)}(?!\w)" for t in asked), NEGATION_TO_NUMBER, NUMBER, *run["soft"]]
         guarded = {**run, "soft": soft, "asked": set(soft[: len(asked)])}
         back = _compress(m, text, budget, **guarded)
         yield "compressed again at the same budget with numbers, negations and the question's items protected", back
+        cleared = _clear_around(back, text, run)  # `back.risk` is the caller's report on the step just taken
+        if cleared is not None:
+            yield CLEARED, cleared
         half = min(1.0, (target / n + 1) / 2) if n else 1.0
         if half < 1:
             back = _compress(m, text, Budget(keep=half), **guarded)
