@@ -231,7 +231,8 @@ def table(records: list[dict]) -> str:
     """The markdown table: per config, keep and question or not."""
     head = (
         "| config | keep | question | compressions | negated sentences judged | inverted | cue kept | "
-        "fallbacks (same budget / higher keep / unchanged) | tokens out / budget | over budget |\n"
+        "fallbacks (same budget: protected / clause dropped; higher keep; unchanged) | tokens out / budget | "
+        "over budget |\n"
         "|---|---|---|---:|---:|---:|---:|---|---:|---:|"
     )
     rows = [head]
@@ -245,6 +246,7 @@ def table(records: list[dict]) -> str:
                     continue
                 steps = [r["fallback_step"] or "" for r in rs]
                 same = sum(s.startswith("compressed again at the same budget") for s in steps)
+                cleared = sum(s.startswith("dropped the rest") for s in steps)
                 higher = sum(s.startswith("compressed again at keep") for s in steps)
                 unchanged = sum(s == "returned the text unchanged" for s in steps)
                 judged = sum(r["negations"] for r in rs)
@@ -252,7 +254,7 @@ def table(records: list[dict]) -> str:
                 rows.append(
                     f"| {config} | {keep:g} | {'each sentence' if asked else 'none'} | {len(rs)} | {judged} | "
                     f"{sum(r['inverted'] for r in rs)} | {sum(r['cue_kept'] for r in rs)} | "
-                    f"{sum(r['fell_back'] for r in rs)} ({same} / {higher} / {unchanged}) | {ratio:.3f} | "
+                    f"{sum(r['fell_back'] for r in rs)} ({same} / {cleared}; {higher}; {unchanged}) | {ratio:.3f} | "
                     f"{sum(r['tokens_out'] > r['target'] for r in rs)} |"
                 )
     return "\n".join(rows)
@@ -263,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=",".join(map(str, KEEPS)), help="comma-separated keeps (default 0.3,0.1)")
     p.add_argument("--method", help="text method (default: gistify's default)")
     p.add_argument("--json", help="also write every record to this file")
+    p.add_argument("--table-from", metavar="JSON", help="print the table of records written by --json, run nothing")
     args = p.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as f:
+            print(table(json.load(f)))
+        return 0
     n = sum(len(items) for _, items in documents().values())
     print(f"{len(DOCS)} documents, {n} negated sentences", file=sys.stderr)
     records = run(tuple(float(k) for k in args.keep.split(",")), args.method)
