@@ -74,8 +74,9 @@ def test_compress_json_and_show(doc, tiny_model_dir, capsys):
         )
         == 0
     )
-    shown = capsys.readouterr().out
-    assert "truncate:" in shown and "~~" in shown  # off a terminal, dropped text is marked ~~so~~
+    shown, err = capsys.readouterr()
+    assert "~~" in shown and "truncate:" not in shown  # off a terminal, dropped text is marked ~~so~~
+    assert err.startswith("truncate: ")  # the summary on stderr, whole (issue 26)
 
 
 def test_stdin(monkeypatch, tiny_model_dir, capsys):

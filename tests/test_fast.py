@@ -53,7 +53,7 @@ def test_a_scorer_without_a_head_falls_back_to_the_full_pass_with_a_note(tiny_to
     full = gistify.compress(text, question, keep=0.3, scorer=scorer, method="reinforce")
     assert fast.method == "reinforce-fast" and fast.text == full.text
     assert any("full pass scored instead of the fast path" in n and "train one" in n for n in fast.notes)
-    assert not full.notes
+    assert not any("fast path" in n for n in full.notes)
     again = gistify.compress(text, question, keep=0.3, scorer=scorer)  # the refusal is remembered, still reported
     assert again.text == fast.text and again.notes == fast.notes and list(scorer._no_fast) == [4]
 

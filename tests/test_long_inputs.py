@@ -80,7 +80,7 @@ def test_progress_through_every_stage(monkeypatch, tiny_model, tiny_tokenizer):
     seen = []
 
     @contextmanager
-    def fake(total, description, enabled):
+    def fake(total, description, enabled, unit=""):
         if enabled:
             seen.append(description)
         yield lambda: None
@@ -88,5 +88,7 @@ def test_progress_through_every_stage(monkeypatch, tiny_model, tiny_tokenizer):
     for module in (gistify.progress, gistify.graph, gistify.text.pipeline):
         monkeypatch.setattr(module, "progress_bar", fake)
     scorer = Scorer(tiny_model, tiny_tokenizer, window=256, context=16)
-    gistify.compress(prose()[:4000], "What do they eat?", keep=0.2, method="reinforce", scorer=scorer, progress=True)
-    assert seen == ["scoring", "graph", "propagation", "selecting"]
+    gistify.compress(
+        prose()[:4000], "What do they eat?", keep=0.2, method="reinforce", scorer=scorer, progress=True, fallback="off"
+    )
+    assert seen == ["preparing", "scoring", "graph", "propagation", "selecting"]

@@ -71,7 +71,8 @@ def survival():
         for method in counts:
             params = {"seed": seed} if method == "random" else {}
             r = gistify.compress(doc, question, keep=0.2, method=method, **params)
-            assert abs(r.tokens_out - r.target_tokens) <= 1
+            # the budget, unless the fidelity fallback had to go over it, which its note says
+            assert abs(r.tokens_out - r.target_tokens) <= 1 or "over the budget" in r.notes[-1]
             counts[method] += answer in r.text
     print(f"\nanswer kept at keep=0.2 over 20 placements: {counts}")
     return counts
@@ -91,6 +92,7 @@ def test_random_keeps_it_about_a_fifth_of_the_time(survival):
 
 def test_real_scorer_and_tokenizers():
     text = prose("ampere.txt")
-    r = gistify.compress(text, "What is the SI unit of electric current?", keep=0.3, tokenizer="o200k_base")
+    q = "What is the SI unit of electric current?"
+    r = gistify.compress(text, q, keep=0.3, tokenizer="o200k_base", fallback="off")  # the raw cut: its budget
     assert r.tokenizer == "o200k_base" and abs(r.tokens_out - r.target_tokens) <= 1
     assert r.method == "reinforce-fast" and r.seconds > 0 and not r.notes  # the default, on its trained head

@@ -173,7 +173,7 @@ def test_bad_input_errors(tiny_scorer):
 
 def test_protected_over_budget_is_refused_kept_or_trimmed(tiny_scorer):
     text = "1 2 3 4 5 6 7 8 9 10 11 12 and some words here"
-    kw = dict(tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True)
+    kw = dict(tokens=3, method="random", scorer=tiny_scorer, protect_numbers=True, fallback="off")
     with pytest.raises(ValueError, match="over the budget of 3.*on_protected_overflow='keep'.*'trim'"):
         gistify.compress(text, **kw)  # the default: say so before compressing, let the user choose
     r = gistify.compress(text, on_protected_overflow="keep", **kw)
@@ -232,11 +232,13 @@ def test_reinforce_tail_share_keeps_the_text_end_verbatim(tiny_scorer):
 
     text = prose()[:3000]
 
+    raw = dict(protect_negations=False, fallback="off")  # the method's own choice, nothing added by the defaults
+
     def run(question=None, **params):
-        return gistify.compress(text, question, keep=0.3, method="reinforce", scorer=tiny_scorer, **params)
+        return gistify.compress(text, question, keep=0.3, method="reinforce", scorer=tiny_scorer, **params, **raw)
 
     whole = run(tail_share=1.0)
-    tail = gistify.compress(text, keep=0.3, method="truncate", side="tail", scorer=tiny_scorer)
+    tail = gistify.compress(text, keep=0.3, method="truncate", side="tail", scorer=tiny_scorer, **raw)
     assert len(whole.kept_spans) == 1 and whole.kept_spans[0][1] == len(text.rstrip())
     assert abs(len(whole.text) - len(tail.text)) <= 20  # the same contiguous end, to a word or two at its start
     half = run(tail_share=0.5)

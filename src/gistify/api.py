@@ -15,6 +15,17 @@ from gistify.result import Compressed
 from gistify.text import DEFAULT_METHOD
 
 
+def compressor_class(method: str | Method) -> type[Method]:
+    """The class of a method that `compress` takes, or a ValueError listing those that compress text."""
+    if isinstance(method, Method):
+        return type(method)
+    try:
+        return method_class(method)
+    except ValueError:
+        known = ", ".join(i for i, c in REGISTRY.items_by_id() if c.compress is not Method.compress)
+        raise ValueError(f"unknown method {method!r}; methods that compress text: {known}") from None
+
+
 def compress(
     text: str,
     question: str | None = None,
@@ -33,14 +44,7 @@ def compress(
             declares in `options`: for text methods `scorer`, `model`, `tokenizer`, `protect`, `protect_*`,
             `structure`, `fallback`, ... (`TextMethod.options`; see `gistify.text.pipeline.compress_text`).
     """
-    if isinstance(method, Method):
-        cls = type(method)
-    else:
-        try:
-            cls = method_class(method)
-        except ValueError:
-            known = ", ".join(i for i, c in REGISTRY.items_by_id() if c.compress is not Method.compress)
-            raise ValueError(f"unknown method {method!r}; methods that compress text: {known}") from None
+    cls = compressor_class(method)
     fields = {f.name for f in dataclasses.fields(cls)}
     params = {k: v for k, v in kwargs.items() if k in fields}
     options = {k: v for k, v in kwargs.items() if k not in fields}

@@ -16,6 +16,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from gistify.text import DEFAULT_METHOD
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
+BIG = 200_000  # characters: an input that takes the scorer minutes on a CPU
 COMMANDS = "gistify.commands"  # the entry-point group of subcommands that live outside the library
 BUILTIN = (
     "compress",
@@ -74,19 +76,25 @@ def _parse_sets(items: list[str]) -> dict:
 
 def _show(result) -> None:
     """Print the source with what was kept in bold and what was dropped dimmed and struck through; off a
-    terminal (a pipe, a file), dropped text is marked ~~like this~~ instead."""
+    terminal (a pipe, a file), dropped text is marked ~~like this~~ instead. A word kept only in part is
+    followed by [cut]. The summary line goes to stderr (`cmd_compress`), whole, as with the plain output."""
     from rich.console import Console
     from rich.text import Text
 
     console = Console()
     pieces, pos = [], 0
+    cut_ends = {e for _, e in result.cut}
     for s, e in result.kept_spans:
         pieces += [(result.source[pos:s], False), (result.source[s:e], True)]
+        if e in cut_ends:  # a word kept only in part: say where it was cut
+            pieces.append(("[cut]", None))
         pos = e
     pieces.append((result.source[pos:], False))
     t = Text()
     for piece, kept in pieces:
-        if kept or not piece.strip():
+        if kept is None:
+            t.append(piece, style="reverse")
+        elif kept or not piece.strip():
             t.append(piece, style="bold" if kept else "")
         elif console.is_terminal:
             t.append(piece, style="dim strike red")
@@ -95,7 +103,6 @@ def _show(result) -> None:
             lead = piece[: len(piece) - len(piece.lstrip())]
             t.append(f"{lead}~~{core}~~{piece[len(lead) + len(core) :]}")
     console.print(t, soft_wrap=True)
-    console.rule(_summary(result))
 
 
 def _summary(r) -> str:
@@ -111,27 +118,75 @@ def _summary(r) -> str:
 
 
 def _fallback(value: str):
-    """--fallback: "unchanged" or a keep fraction."""
-    if value == "unchanged":
+    """--fallback: auto, off, unchanged or a keep fraction."""
+    if value in ("auto", "off", "unchanged"):
         return value
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"takes 'unchanged' or a keep fraction in (0, 1], got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"takes auto, off, unchanged or a keep fraction in (0, 1], got {value!r}"
+        ) from None
+
+
+def _check_compress(args, text: str) -> list[str]:
+    """Everything about `gistify compress`'s input and options that can be checked without a model, checked
+    before anything heavy is imported (torch, transformers, the scorer): a mistake costs a fraction of a
+    second, not a model load. Returns notes for stderr (a file whose content and name disagree)."""
+    from gistify.budget import Budget
+    from gistify.text.options import check_options
+    from gistify.text.tokens import OPENAI_ENCODINGS
+
+    Budget(keep=args.keep, tokens=args.tokens)
+    check_options(args.structure or "auto", args.on_protected_overflow or "error", args.fallback, args.max_risk)
+    if args.tokenizer not in ("scorer", *OPENAI_ENCODINGS):
+        raise InputError(
+            f"unknown tokenizer {args.tokenizer!r}; --tokenizer takes scorer, {', '.join(OPENAI_ENCODINGS)}"
+        )
+    for pattern in args.protect or ():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise InputError(f"--protect {pattern!r} is not a valid regular expression: {e}") from None
+    name = "standard input" if args.file == "-" else args.file
+    try:
+        json.loads(text)
+        why = None
+    except ValueError as e:
+        why = str(e)
+    if args.structure == "json" and why is not None:
+        raise InputError(f"{name} is not valid JSON ({why}), but --structure json was given: fix the file, or "
+                         "drop --structure to compress it as text")  # fmt: skip
+    if args.structure == "markdown" and why is None:
+        return [f"{name} is JSON, but --structure markdown cuts it as Markdown text: its output may not parse; "
+                "drop --structure to keep it valid JSON"]  # fmt: skip
+    if args.structure in (None, "auto") and why is not None and args.file.lower().endswith(".json"):
+        return [f"{name} is named .json but is not valid JSON ({why}): compressed as text, not as JSON"]
+    return []
 
 
 def cmd_compress(args) -> int:
-    from transformers.utils import logging as hf_logging
-
-    import gistify
-    from gistify.method import method_class
-
-    hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
-
     text = _read_text(args.file)
     if not text.strip():
         raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
     params = _parse_sets(args.set)
+    notes = _check_compress(args, text)
+    for note in notes:  # now, not after minutes of work
+        print(f"gistify: note: {note}", file=sys.stderr)
+    if len(text) >= BIG and not args.quiet:  # minutes of work ahead: say so before the imports and the model
+        print(f"gistify: {len(text):,} characters to compress; progress follows on stderr", file=sys.stderr)
+
+    import dataclasses
+
+    import gistify
+    from gistify.api import compressor_class
+
+    cls = compressor_class(args.method)  # an unknown method or a bad --set, before the model loads
+    fields = {f.name for f in dataclasses.fields(cls)}
+    gistify.get_method(args.method, **{k: v for k, v in params.items() if k in fields})
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
     options = dict(
         model=args.model,
         tokenizer=None if args.tokenizer == "scorer" else args.tokenizer,
@@ -145,11 +200,10 @@ def cmd_compress(args) -> int:
         fallback=args.fallback,
         max_risk=args.max_risk,
     )
-    options = {k: v for k, v in options.items() if v}  # only what was asked for: each family takes its own options
-    if args.max_risk == 0:
-        options["max_risk"] = 0.0
-    if sys.stderr.isatty() and "progress" in method_class(args.method).options:
-        options["progress"] = True
+    # only what was asked for (each family takes its own options); an explicit False (--no-protect-negations) counts
+    options = {k: v for k, v in options.items() if v is not None}
+    if "progress" in cls.options:
+        options["progress"] = not args.quiet  # a bar on a terminal, plain lines elsewhere (gistify.progress)
     from gistify.text.pipeline import ProtectedOverflow
 
     try:
@@ -166,6 +220,7 @@ def cmd_compress(args) -> int:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif args.show:
         _show(result)
+        print(_summary(result), file=sys.stderr)
     else:
         sys.stdout.write(result.text + ("\n" if not result.text.endswith("\n") else ""))
         sys.stdout.flush()  # the text before the summary, when both go to one terminal
@@ -244,7 +299,7 @@ def cmd_compress_batch(args) -> int:
         summary = compress_batch(
             args.input, args.output, keep=args.keep, tokens=args.tokens, method=args.method, workers=args.workers,
             engine=args.engine, ray_address=args.ray_address, model=args.model, tokenizer=args.tokenizer,
-            max_chars=args.max_chars, progress=sys.stderr.isatty(), **_parse_sets(args.set),
+            max_chars=args.max_chars, progress=not args.quiet, **_parse_sets(args.set), **_meaning(args),
         )  # fmt: skip
     except BatchInputError as e:
         raise InputError(str(e)) from None
@@ -253,6 +308,12 @@ def cmd_compress_batch(args) -> int:
         return 130
     print(summary, file=sys.stderr)
     return EXIT_OK
+
+
+def _meaning(args) -> dict:
+    """compress-batch's --fallback and --[no-]protect-negations, when given (the library's defaults otherwise)."""
+    given = dict(fallback=args.fallback, protect_negations=args.protect_negations)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def registered_commands() -> dict:
@@ -300,13 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--tokenizer", default="scorer", help="count tokens with: scorer (default), cl100k_base or o200k_base"
     )
+    c.add_argument("--protect", action="append", metavar="REGEX", help="always keep matches of REGEX verbatim")
+    c.add_argument("--protect-numbers", action="store_true", default=None, help="always keep numbers")
     c.add_argument(
-        "--protect", action="append", default=[], metavar="REGEX", help="always keep matches of REGEX verbatim"
+        "--protect-negations",
+        action=argparse.BooleanOptionalAction,
+        help="keep negations with what they negate (default on, as far as the budget allows; "
+        "--protect-negations demands it all, --no-protect-negations turns it off)",
     )
-    c.add_argument("--protect-numbers", action="store_true", help="always keep numbers")
-    c.add_argument("--protect-negations", action="store_true", help="always keep negations (not, never, n't, ...)")
     c.add_argument(
-        "--protect-identifiers", action="store_true", help="always keep identifiers (snake_case, dotted.names, ...)"
+        "--protect-identifiers",
+        action="store_true",
+        default=None,
+        help="always keep identifiers (snake_case, dotted.names, ...)",
     )
     c.add_argument(
         "--on-protected-overflow",
@@ -318,16 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "off", "markdown", "json"],
         help="keep Markdown, JSON and chat transcripts well-formed (auto, the default) or cut word by word (off)",
     )
-    c.add_argument("--json-minify", action="store_true", help="remove the whitespace of JSON input first (lossless)")
+    c.add_argument(
+        "--json-minify", action="store_true", default=None, help="remove the whitespace of JSON input first (lossless)"
+    )
     c.add_argument(
         "--fallback",
         type=_fallback,
-        metavar="unchanged|KEEP",
-        help="when the risk report's score is over --max-risk: return the text unchanged, or compress at KEEP",
+        metavar="auto|off|unchanged|KEEP",
+        help="when the output changed the meaning (a negation or number dropped from a kept clause, the question's "
+        "items lost): auto (default) compresses again with them protected, then at a higher keep, then returns the "
+        "text unchanged; unchanged at once; KEEP: compress at KEEP; off: the raw cut",
     )
     c.add_argument(
-        "--max-risk", type=float, help="the risk score (0-1: share of numbers, negations, names lost) for --fallback"
+        "--max-risk",
+        type=float,
+        help="also fall back when the risk score (0-1: share of numbers, negations, names lost) is over this",
     )
+    c.add_argument("--quiet", action="store_true", help="no progress on stderr (shown on long work by default)")
     out = c.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
     out.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -349,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--model", help="scorer LM (default: the embedded SmolLM2)")
     cb.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer, cl100k_base or o200k_base")
     cb.add_argument("--max-chars", type=int, default=200_000, help="longer texts are errors (default 200000)")
+    cb.add_argument("--quiet", action="store_true", help="no progress on stderr (records/s and time left otherwise)")
+    cb.add_argument(
+        "--fallback", type=_fallback, metavar="auto|off|unchanged|KEEP", help="as for compress (default auto)"
+    )
+    cb.add_argument("--protect-negations", action=argparse.BooleanOptionalAction, help="as for compress (default on)")
     cb.set_defaults(run=cmd_compress_batch)
 
     r = sub.add_parser("render", help="render a text into images (vist's input), with the span each row holds")

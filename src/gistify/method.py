@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from abc import ABC
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -86,8 +87,10 @@ class Method(ABC):
 
     @classmethod
     def description(cls) -> str:
-        """The first line of the class docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        """The first sentence of the class docstring, whole even when it wraps over several lines."""
+        paragraph = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        end = re.search(r"[.!?](?=\s|$)", paragraph)
+        return paragraph[: end.end()] if end else paragraph
 
     def params(self) -> dict[str, Any]:
         """The hyperparameters as a plain dict (for results and reports)."""

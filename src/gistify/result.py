@@ -30,7 +30,11 @@ class Compressed:
     # What the output lost of the source's numbers, negations, named entities and identifiers (text methods:
     # gistify.text.fidelity.risk); empty where a method does not report it.
     risk: dict[str, Any] = field(default_factory=dict)
-    fell_back: bool = False  # the text family's `fallback` replaced a result whose risk was over `max_risk`
+    fell_back: bool = False  # the text family's `fallback` replaced a result that changed the meaning
+    fallback_step: str | None = None  # which fallback gave this result (gistify.text.pipeline's ladder)
+    # [start, end) of the source: units kept only in part, their head cut inside (a word longer than the budget
+    # allows); each is also one of `kept_spans`, or the end of one
+    cut: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def keep_ratio(self) -> float:
@@ -66,6 +70,8 @@ class Compressed:
             "notes": self.notes,
             "risk": self.risk,
             "fell_back": self.fell_back,
+            "fallback_step": self.fallback_step,
+            "cut": [list(s) for s in self.cut],
         }
         if include_source:
             d["source"] = self.source

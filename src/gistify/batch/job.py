@@ -14,6 +14,7 @@ from typing import Any
 
 from gistify.batch import records
 from gistify.batch.records import Settings
+from gistify.progress import progress_bar
 from gistify.text import DEFAULT_METHOD
 
 
@@ -25,6 +26,7 @@ class Summary:
     skipped: int = 0  # already in the output when the job started
     compressed: int = 0
     errors: int = 0
+    fell_back: int = 0  # compressed records whose first cut changed the meaning (their notes say what was done)
     tokens_in: int = 0  # of the records compressed in this run
     tokens_out: int = 0
     seconds: float = 0.0  # wall time of this run, startup (scorer loads, Ray) included
@@ -60,6 +62,8 @@ class Summary:
             f"{self.skipped} already done; {self.tokens_in} -> {self.tokens_out} tokens{ratio}; "
             f"{self.seconds:.1f} s, {self.rate:.2f} records/s ({self.engine} engine, {who})"
         ]
+        if self.fell_back:
+            lines.append(f"  {self.fell_back} compressed records fell back to keep their meaning (their notes say how)")
         lines += [f"  error: {e}" for e in self.error_examples]
         if self.errors > len(self.error_examples):
             lines.append(f"  ... and {self.errors - len(self.error_examples)} more (lines with an error field)")
@@ -86,7 +90,8 @@ def compress_batch(
     """Compress every record of `input` (JSONL or Parquet) into `output`, resuming what a previous run left.
 
     `workers` is the number of local processes, or of Ray actors with `engine="ray"`. `scorer` (local engine,
-    one worker) reuses a loaded `gistify.Scorer`. `params` set the method's fields, as in `gistify.compress`.
+    one worker) reuses a loaded `gistify.Scorer`. `params` set the method's fields and the text pipeline's options
+    (`fallback="off"`, `protect_negations=False`, ...: `OPTIONS`), as in `gistify.compress`.
     """
     import gistify
 
@@ -96,10 +101,10 @@ def compress_batch(
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     if keep is not None or tokens is not None:
         gistify.Budget(keep=keep, tokens=tokens)  # a bad job budget is the job's error, before any work
-    gistify.get_method(method, kind="text", **params)  # likewise an unknown method or parameter
+    params, options = _split(method, params)  # likewise an unknown method, parameter or option
     if os.path.abspath(input) == os.path.abspath(output):
         raise ValueError("the output must be another file than the input (the input is never changed)")
-    settings = Settings(method, keep, tokens, dict(params), model, tokenizer, max_chars)
+    settings = Settings(method, keep, tokens, params, model, tokenizer, max_chars, options=options)
 
     t0 = time.perf_counter()
     entries = records.scan(input)
@@ -115,20 +120,50 @@ def compress_batch(
 
         lines = local.run(settings, input, todo, workers=workers, scorer=scorer)
     try:
-        with _Bar(len(todo), progress) as bar:
+        with progress_bar(len(todo), "compressing", progress, unit="records") as advance:
             for line in lines:
                 _count(summary, out.write(line))
                 if summary.done == 1:
                     summary.seconds_to_first = time.perf_counter() - t0
                 if summary.done == (len(todo) + 1) // 2:
                     summary.seconds_to_half = time.perf_counter() - t0
-                bar.advance()
+                advance()
     finally:
         lines.close()
         out.close()
         summary.seconds = time.perf_counter() - t0
     out.finish()
     return summary
+
+
+# the text pipeline's options a job may set for every record (the others, scorer and tokenizer, are the job's own)
+OPTIONS = ("protect", "protect_numbers", "protect_negations", "protect_identifiers", "structure", "json_minify",
+           "on_protected_overflow", "fallback", "max_risk")  # fmt: skip
+
+
+def _split(method: str, params: dict) -> tuple[dict, dict]:
+    """The method's parameters and the pipeline's options among `params`, both checked (a ValueError names the
+    first that is wrong) before any record is read or any model loads."""
+    import dataclasses
+
+    import gistify
+    from gistify.method import method_class
+    from gistify.text.options import check_options
+
+    fields = {f.name for f in dataclasses.fields(method_class(method, kind="text"))}
+    options = {k: v for k, v in params.items() if k not in fields}
+    params = {k: v for k, v in params.items() if k in fields}
+    gistify.get_method(method, kind="text", **params)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"method {method!r} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(fields))}; "
+            f"the options of a job: {', '.join(OPTIONS)}"
+        )
+    check_options(
+        **{k: options[k] for k in ("structure", "on_protected_overflow", "fallback", "max_risk") if k in options}
+    )
+    return params, options
 
 
 def _count(summary: Summary, row: dict) -> None:
@@ -138,41 +173,6 @@ def _count(summary: Summary, row: dict) -> None:
             summary.error_examples.append(f"id {row.get('id')!r}: {row['error']}")
     else:
         summary.compressed += 1
+        summary.fell_back += any(n.startswith("fell back") for n in row.get("notes", ()))
         summary.tokens_in += row["tokens_in"]
         summary.tokens_out += row["tokens_out"]
-
-
-class _Bar:
-    """A rich progress bar on stderr with records/s and the time left; nothing when `show` is false."""
-
-    def __init__(self, total: int, show: bool):
-        self.progress = self.task = None
-        if show and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("compressing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task = self.progress.add_task("compressing", total=total, rate="starting")
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def advance(self) -> None:
-        if self.progress:
-            self.progress.advance(self.task)
-            speed = self.progress.tasks[0].speed
-            self.progress.update(self.task, rate=f"{speed:.2f} records/s" if speed else "")
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.stop()

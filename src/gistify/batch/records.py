@@ -48,6 +48,7 @@ class Settings:
     tokenizer: str = "scorer"
     max_chars: int = DEFAULT_MAX_CHARS
     threads: int = 1  # torch threads per worker: scale with workers, not threads (see local.py)
+    options: dict[str, Any] = field(default_factory=dict)  # the text pipeline's options (fallback, protect_*, ...)
 
 
 def is_parquet(path: str | os.PathLike) -> bool:

@@ -56,6 +56,7 @@ class Worker:
                 scorer=self.scorer,
                 tokenizer=s.tokenizer,
                 **s.params,
+                **s.options,
             )
         except (ValueError, TypeError) as e:  # the record's budget or parameters: its error, not the job's
             return {"error": str(e)}

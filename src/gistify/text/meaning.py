@@ -24,7 +24,8 @@ from collections import defaultdict
 # "1,200", "12:30", "a.b.c", "ABC-123"), or one punctuation character.
 _TOKEN = re.compile(r"\w+(?:['’.,:/\-]\w+)*|[^\w\s]")
 _NUMBER = re.compile(r"[-+−]?\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th|[kKmMgG][bB]?|ms|s)?")
-_NEGATIONS = frozenset("not no never none nobody nothing nowhere neither nor without cannot".split())  # and "n't"
+# the negating words ("n't" endings are found apart); "except" and "unless" turn their phrase around too
+_NEGATIONS = frozenset("not no never none nobody nothing nowhere neither nor without except unless cannot".split())
 # snake_case, dotted.names, camelCase and PascalCase with an inner capital, letters mixed with digits.
 _IDENTIFIER = re.compile(
     r"[A-Za-z_]\w*(?:[._:/\-]\w+)+|_\w+|[a-z]+[A-Z]\w*|[A-Z][a-z0-9]+[A-Z]\w*|[A-Za-z]+\d\w*|\d+[A-Za-z_]\w*"
@@ -34,6 +35,7 @@ _RUN, _CANDIDATES = 2, 16  # alignment: tokens that confirm a run's restart; occ
 _NEIGHBOURS = 2  # words on each side of a critical word that tell "clause kept" from "clause dropped"
 
 KINDS = ("numbers", "negations", "identifiers", "entities")
+ONE = {"numbers": "number", "negations": "negation", "identifiers": "identifier", "entities": "entity"}
 
 
 def _kind(tokens: list[str], i: int) -> str | None:
@@ -104,6 +106,16 @@ def _kept(source: list[str], compressed: list[str]) -> list[bool]:
     return kept
 
 
+def _kept_in(source: str, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each source token, whether it lies inside one of the kept spans (sorted [start, end) offsets)."""
+    ends = [e for _, e in spans]
+    kept = []
+    for m in _TOKEN.finditer(source):
+        k = bisect_left(ends, m.end())  # the first span ending at or after the token's end
+        kept.append(k < len(spans) and spans[k][0] <= m.start())
+    return kept
+
+
 def _neighbours(tokens: list[str], i: int) -> list[int]:
     """Indices of up to _NEIGHBOURS word tokens on each side of i, within i's sentence."""
     out = []
@@ -125,8 +137,14 @@ def _context(tokens: list[str], i: int, width: int = 4) -> str:
     return f"{left} [{tokens[i]}] {right}".strip()
 
 
-def risk(source: str, compressed: str, question: str | None = None) -> dict:
+def risk(
+    source: str, compressed: str, question: str | None = None, kept_spans: list[tuple[int, int]] | None = None
+) -> dict:
     """What `compressed` lost of `source`'s numbers, negations, identifiers and names, and how risky that is.
+
+    `kept_spans`, the [start, end) ranges of `source` that `compressed` kept (gistify's results carry them), make
+    the report exact: without them, which source word each compressed word is must be guessed by alignment,
+    and on a long text where a number or word recurs the guess can call a kept clause's number dropped.
 
     Returns a dict:
         lost: per kind, the distinct items of the source that appear nowhere in the compressed text
@@ -144,7 +162,9 @@ def risk(source: str, compressed: str, question: str | None = None) -> dict:
             text says less, not something false).
     """
     src, out = _tokens(source), _tokens(compressed)
-    kept = _kept(src, out)
+    kept = _kept(src, out) if kept_spans is None else _kept_in(source, kept_spans)
+    # with kept spans, a change also says where: its kept neighbours' [start, end), what a repair may drop
+    where = [m.span() for m in _TOKEN.finditer(source)] if kept_spans is not None else None
     present = {t.lower() for t in out}
     kinds = [_kind(src, i) for i in range(len(src))]
 
@@ -167,7 +187,10 @@ def risk(source: str, compressed: str, question: str | None = None) -> dict:
                 lost[kind].add(t)
             around = _neighbours(src, i)
         if around and any(kept[j] for j in around) and not (kind != "negations" and t.lower() in present):
-            changed.append({"kind": kind.rstrip("s"), "text": t, "context": _context(src, i)})
+            change = {"kind": ONE[kind], "text": t, "context": _context(src, i)}
+            if where is not None:
+                change["kept_around"] = [where[j] for j in around if kept[j]]
+            changed.append(change)
 
     question_lost = []
     if question:

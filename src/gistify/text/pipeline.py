@@ -3,15 +3,20 @@
 structure (units: words, or Markdown / JSON / chat elements kept whole) -> count target-tokenizer tokens
 (each unit's cost) -> protected spans, checked against the budget before any scoring -> the method's score per
 word, per unit -> select the best units within the budget -> reassemble in order -> fit to the real token count
--> never empty (cut inside the best unit) -> risk report, and the fallback if asked.
+-> never empty (cut inside the best unit), and a word over what the budget leaves cut inside rather than dropped
+-> risk report with the meaning check -> the fallback ladder when the meaning changed (on by default: same budget
+with more protected, then a keep halfway to 1, then the text unchanged).
 `TextMethod.compress` runs it; `gistify.compress` reaches it through the method object.
 
-A little over 400 lines: the stages above share one selection state (units, costs, protection, the kept mask)
-and are easier to follow in order in one file than split across modules that pass it around.
+About 600 lines: the stages above share one selection state (units, costs, protection, the kept mask) and are
+easier to follow in order in one file than split across modules that pass it around; the options' checks live in
+options.py, so that a command can run them before any model loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -20,11 +25,12 @@ import numpy as np
 
 from gistify.budget import Budget
 from gistify.method import check_text
-from gistify.progress import progress_bar
+from gistify.progress import progress_bar, stage
 from gistify.result import Compressed
 from gistify.text import tokens as tok
 from gistify.text.fidelity import risk, summary
-from gistify.text.protect import Protect, missing, protected_ranges, protected_words
+from gistify.text.options import check_options
+from gistify.text.protect import NEGATION_PHRASE, NUMBER, Protect, missing, protected_ranges, protected_words
 from gistify.text.scorer import Scorer
 from gistify.text.structure import Layout, analyse
 from gistify.text.words import Document, assemble, word_costs
@@ -33,7 +39,11 @@ if TYPE_CHECKING:
     from gistify.text.base import TextMethod
 
 _MAX_RECOUNTS = 64
-OVERFLOW = ("error", "keep", "trim")
+UNCHANGED = "returned the text unchanged"
+# the fallback's negated phrase runs on to a number one to three words after it: "never start the ridge after
+# 13:00", "is no longer valid after 24 hours", so that protecting the one does not cut the other from its clause
+NEGATION_TO_NUMBER = NEGATION_PHRASE + r"(?:(?:[ \t]+[\w'’-]*\w){0,2}[ \t]+" + NUMBER.removeprefix("[-+−]?") + ")?"
+CLEARED = "dropped the rest of the clauses that lost a number or negation, at the same budget"
 
 
 class ProtectedOverflow(ValueError):
@@ -79,14 +89,14 @@ def compress_text(
     tokenizer: Any = "scorer",
     protect: Protect = (),
     protect_numbers: bool = False,
-    protect_negations: bool = False,
+    protect_negations: bool | None = None,
     protect_identifiers: bool = False,
     progress: bool = False,
     structure: str = "auto",
     json_minify: bool = False,
     on_protected_overflow: str = "error",
-    fallback: str | float | None = None,
-    max_risk: float = 0.2,
+    fallback: str | float | None = "auto",
+    max_risk: float | None = None,
 ) -> Compressed:
     """Compress `text` for `question` with the text method `m` to `keep` (fraction of tokens) or `tokens` (count).
 
@@ -96,7 +106,9 @@ def compress_text(
             "o200k_base", or a Hugging Face tokenizer.
         protect: regular expressions or (start, end) spans that are always kept verbatim;
             `protect_numbers`, `protect_negations` (the negation with the phrase it governs),
-            `protect_identifiers` add common ones.
+            `protect_identifiers` add common ones. `protect_negations` is on by default (None): a dropped "not"
+            inverts a kept clause. Left at its default, the negations that do not fit the budget are protected
+            best-scored first (a note says so) instead of raising ProtectedOverflow; True makes them a demand.
         progress: draw a progress bar on stderr for every stage of a long input.
         structure: "auto" (default): JSON (the whole text parses), chat transcripts and Markdown (fenced code,
             tables, headings, lists) come out well-formed, plain prose as word by word; "off": word by word
@@ -107,50 +119,167 @@ def compress_text(
             ProtectedOverflow (a ValueError) before any scoring; "keep" keeps all of it, over the budget, with a
             note; "trim" protects only what fits (`protect` spans and patterns first, then the options'
             matches, each group best-scored first, a match whole or not at all).
-        fallback: when the risk report's score is over `max_risk`: None (default) returns the result as it
-            is; "unchanged" returns the text unchanged; a number in (0, 1] compresses again at that keep. The
-            result's `fell_back` and notes say so.
-        max_risk: the risk score (0-1, gistify.text.fidelity) over which `fallback` applies.
+        fallback: what to do when the output changed the text's meaning (a negation or a number dropped from a
+            kept clause, a number or name of the question lost: the risk report's `meaning_changed`) or its
+            risk score is over `max_risk`. "auto" (default): compress again at the same budget with the
+            numbers, negations and lost question items protected (to what fits), then at a keep halfway to
+            1, then return the text unchanged, stopping at the first whose meaning holds; "unchanged": the
+            text unchanged at once; a number in (0, 1]: compress again at that keep; "off" (or None): return
+            the raw cut. The result's `fell_back`, `fallback_step` and notes say what was done, and by how many
+            tokens the result is over the budget.
+        max_risk: also fall back when the risk score (0-1, gistify.text.fidelity) is over it. Default None:
+            with "auto" only a changed meaning triggers; with "unchanged" or a keep, 0.2.
     """
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
+    check_options(
+        structure=structure, on_protected_overflow=on_protected_overflow, fallback=fallback, max_risk=max_risk
+    )
     if scorer is not None and model is not None:
         raise ValueError("give either `scorer` or `model`, not both")
-    if on_protected_overflow not in OVERFLOW:
-        raise ValueError(f"on_protected_overflow must be one of {', '.join(map(repr, OVERFLOW))}, got "
-                         f"{on_protected_overflow!r}")  # fmt: skip
-    if fallback is not None and fallback != "unchanged":
-        if isinstance(fallback, bool) or not isinstance(fallback, (int, float)) or not 0 < fallback <= 1:
-            raise ValueError(f"fallback must be None, 'unchanged' or a keep fraction in (0, 1], got {fallback!r}")
-    if isinstance(max_risk, bool) or not isinstance(max_risk, (int, float)) or not 0 <= max_risk <= 1:
-        raise ValueError(f"max_risk must be a number in [0, 1], got {max_risk!r}")
+    fallback = "off" if fallback is None else fallback
+    if max_risk is None and fallback != "auto":
+        max_risk = 0.2  # the explicit fallbacks' threshold since issue 14
+    if structure == "json" or (structure == "auto" and json_minify):
+        analyse(text, structure, json_minify)  # a text that is not the JSON it claims fails before the model loads
     if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
-        scorer = shared_scorer(model)
+        with stage("loading the scorer", progress):
+            scorer = shared_scorer(model)
     counter = _counter(tokenizer, scorer)
+    # negations protected by default, where words are picked one by one: truncation keeps one contiguous piece
+    # (its promise), which cannot invert a clause except at its edge, and the fallback checks that edge
+    soft = [NEGATION_PHRASE] if protect_negations is None and m.fill_gaps else []
     run = dict(
         question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,
-        protect_negations=protect_negations, protect_identifiers=protect_identifiers, progress=progress,
-        structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
+        protect_negations=bool(protect_negations), protect_identifiers=protect_identifiers, soft=soft,
+        progress=progress, structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
     )  # fmt: skip
     t0 = time.perf_counter()
     result = _compress(m, text, budget, **run)
-    result.risk = risk(text, result.text)
-    if fallback is None or result.risk["score"] <= max_risk:
+    result.risk = full_risk(text, result, question)
+    why = _why(result.risk, max_risk)
+    if fallback == "off" or why is None:
         result.seconds = time.perf_counter() - t0
         return result
-    why = f"the risk {result.risk['score']:.2f} was over max_risk {max_risk:g} ({summary(result.risk)})"
-    if fallback == "unchanged" or fallback >= 1:
-        back = _unchanged(m, text, budget, counter, result.tokens_in, result.target_tokens)
-        back.notes = [*result.notes, f"fell back: {why}; returned the text unchanged"]
-    else:
-        back = _compress(m, text, Budget(keep=float(fallback)), **run)
-        back.notes = [*back.notes, f"fell back: {why}; compressed again at keep={fallback:g}"]
-    back.risk = risk(text, back.text)
-    if back.risk["score"] > max_risk:
-        back.notes.append(f"the fallback's risk is still {back.risk['score']:.2f}")
-    back.fell_back = True
+    tried = []  # each step tried, and why the one before the last did not hold
+    for step, back in _ladder(m, text, budget, result, fallback, run):
+        back.risk = full_risk(text, back, question)
+        still = _why(back.risk, max_risk)
+        tried.append(f"{step}{_over(back)}")
+        if still is None or step == UNCHANGED:
+            break
+        tried[-1] += f", but {still}"
+    back.notes = [*back.notes, f"fell back: {why}; " + "; then ".join(tried)]
+    back.fell_back, back.fallback_step = True, step
     back.seconds = time.perf_counter() - t0
     return back
+
+
+def full_risk(source: str, result: Compressed, question: str | None) -> dict:
+    """The risk report (gistify.text.fidelity) with the meaning check that the proxy also runs
+    (gistify.text.meaning: what was dropped from a clause that was kept, and the question's items lost), made
+    exact by the result's kept spans."""
+    from gistify.text.meaning import risk as meaning
+
+    report = risk(source, result.text)
+    if result.text != source:
+        m = meaning(result.source, result.text, question, kept_spans=result.kept_spans)
+        report.update(meaning_changed=m["meaning_changed"], changed=m["changed"], question_lost=m["question_lost"])
+    else:
+        report.update(meaning_changed=False, changed=[], question_lost=[])
+    return report
+
+
+def _why(report: dict, max_risk: float | None) -> str | None:
+    """Why a result must fall back, in a few words; None when it need not."""
+    reasons = [
+        f"{c['kind']} {c['text']!r} dropped from a kept clause ({c['context']})"
+        for c in report["changed"]
+        if c["kind"] in ("negation", "number")
+    ][:3]
+    if report["question_lost"]:
+        reasons.append(f"the question's {', '.join(map(repr, report['question_lost']))} lost")
+    if max_risk is not None and report["score"] > max_risk:
+        reasons.append(f"the risk {report['score']:.2f} was over max_risk {max_risk:g} ({summary(report)})")
+    return "; ".join(reasons) or None
+
+
+def _over(r: Compressed) -> str:
+    """How far a fallback's result is from the budget, for its note."""
+    if r.tokens_out <= r.target_tokens:
+        return f" ({r.tokens_out} tokens, within the budget of {r.target_tokens})"
+    return f" ({r.tokens_out} tokens, {r.tokens_out - r.target_tokens} over the budget of {r.target_tokens})"
+
+
+def _clear_around(r: Compressed, text: str, run: dict) -> Compressed | None:
+    """`r` without the kept words next to each negation or number it dropped from a kept clause (the rest of the
+    clause goes too: the text says less, nothing false), at its budget; protected words stay. Prose only, and
+    not where a word was cut or a question item is missing. None when that does not remove every change."""
+    if r.cut or r.risk["question_lost"] or r.source != text:
+        return None
+    layout, _ = analyse(r.source, run["structure"], False)
+    if not layout.plain:
+        return None
+    words = layout.words
+    protected = protected_words(r.protected, words)
+    for _ in range(3):  # a dropped neighbour may itself be a number whose own neighbours were kept
+        around = [a for c in r.risk["changed"] if c["kind"] in ("negation", "number") for a in c.get("kept_around", ())]
+        if not around:
+            return r
+        ends = np.array([e for _, e in r.kept_spans])
+        k = np.searchsorted(ends, words[:, 1], side="left")
+        starts = np.array([s for s, _ in r.kept_spans] + [len(r.source) + 1])
+        keep = (k < len(ends)) & (starts[np.minimum(k, len(ends))] <= words[:, 0])
+        before = int(keep.sum())
+        for s, e in around:
+            first = np.searchsorted(words[:, 1], s, side="right")
+            last = np.searchsorted(words[:, 0], e, side="left")
+            keep[first:last] &= protected[first:last]
+        if int(keep.sum()) == before or not keep.any():
+            return None
+        out, spans = assemble(r.source, words, keep)
+        n = run["counter"].count(out)
+        if n > r.target_tokens:
+            return None
+        note = f"dropped {before - int(keep.sum())} words kept around dropped numbers or negations (their clauses)"
+        r = dataclasses.replace(r, text=out, kept_spans=spans, tokens_out=n, notes=[*r.notes, note])
+        r.risk = full_risk(text, r, run["question"])
+    return r if not any(c["kind"] in ("negation", "number") for c in r.risk["changed"]) else None
+
+
+def _question_items(text: str, question: str | None, lost: list[str]) -> list[str]:
+    """The numbers, names and identifiers of `question` that `text` holds (the risk report's question items)."""
+    from gistify.text.meaning import risk as meaning
+
+    return sorted(set(lost) | set(meaning(text, "", question)["question_lost"])) if question else list(lost)
+
+
+def _ladder(m, text, budget, first, fallback, run):
+    """The fallbacks to try in order, each as (what it did, its result), computed only when reached."""
+    target, n = first.target_tokens, first.tokens_in
+    if fallback == "auto":
+        lost = first.risk["question_lost"]
+        # the question's items first (all of them: protecting numbers must not crowd out those the first cut
+        # kept), then negations, then numbers: when they do not all fit, the first are kept (`_trim`)
+        asked = _question_items(text, run["question"], lost)
+        soft = [*(rf"(?<!\w){re.escape(t)}(?!\w)" for t in asked), NEGATION_TO_NUMBER, NUMBER, *run["soft"]]
+        guarded = {**run, "soft": soft, "asked": set(soft[: len(asked)])}
+        back = _compress(m, text, budget, **guarded)
+        yield "compressed again at the same budget with numbers, negations and the question's items protected", back
+        cleared = _clear_around(back, text, run)  # `back.risk` is the caller's report on the step just taken
+        if cleared is not None:
+            yield CLEARED, cleared
+        half = min(1.0, (target / n + 1) / 2) if n else 1.0
+        if half < 1:
+            back = _compress(m, text, Budget(keep=half), **guarded)
+            back.target_tokens, back.budget = target, str(budget)  # the user's budget, which it may exceed
+            yield f"compressed again at keep={half:.2f}", back
+    elif fallback != "unchanged" and fallback < 1:  # the keep the user chose, and nothing beyond it
+        back = _compress(m, text, Budget(keep=float(fallback)), **run)
+        back.target_tokens, back.budget = target, str(budget)
+        yield f"compressed again at keep={fallback:g}", back
+        return
+    yield UNCHANGED, _unchanged(m, text, budget, run["counter"], n, target)
 
 
 def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compressed:
@@ -163,54 +292,75 @@ def _unchanged(m, text, budget, counter, tokens_in, target, notes=()) -> Compres
 
 def _compress(
     m, text, budget, *, question, scorer, counter, protect, protect_numbers, protect_negations,
-    protect_identifiers, progress, structure, json_minify, overflow,
+    protect_identifiers, soft, progress, structure, json_minify, overflow, asked=(),
 ) -> Compressed:  # fmt: skip
     t0 = time.perf_counter()
-    tokens_in = counter.count(text)
-    target = budget.target(tokens_in)
-    if target >= tokens_in:
-        notes = (
-            []
-            if budget.keep == 1
-            else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+    # a long input spends seconds here before the scorer's first window: say so, off a terminal too
+    with progress_bar(4, "preparing", progress) as advance:
+        tokens_in = counter.count(text)
+        advance()
+        target = budget.target(tokens_in)
+        if target >= tokens_in:
+            notes = (
+                []
+                if budget.keep == 1
+                else [f"the budget ({budget}) is not below the text's {tokens_in} tokens: returned unchanged"]
+            )
+            return _unchanged(m, text, budget, counter, tokens_in, target, notes)
+        layout, notes = analyse(text, structure, json_minify)
+        advance()
+        src = layout.text
+        if layout.minified and any(not isinstance(p, str) for p in protect):
+            raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
+        own = protected_ranges(src, protect)
+        # hard: what the user asked for (their spans and patterns, the options they turned on); soft: what the
+        # defaults and the fallback add, protected only as far as the budget allows, best-scored first
+        hard = sorted(
+            set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations, protect_identifiers))
         )
-        return _unchanged(m, text, budget, counter, tokens_in, target, notes)
-    layout, notes = analyse(text, structure, json_minify)
-    src = layout.text
-    if layout.minified and any(not isinstance(p, str) for p in protect):
-        raise ValueError("with json_minify, protect takes regular expressions, not (start, end) spans")
-    own = protected_ranges(src, protect)
-    ranges = sorted(set(own) | set(protected_ranges(src, (), protect_numbers, protect_negations,
-                                                    protect_identifiers)))  # fmt: skip
-    result = dict(
-        source=src,
-        tokens_in=tokens_in,
-        target_tokens=target,
-        budget=str(budget),
-        method=m.name,
-        params=m.params(),
-        tokenizer=counter.name,
-        protected=ranges,
-    )
-    if layout.minified and counter.count(src) <= target:
-        notes.append("the minified JSON fits the budget: nothing else was dropped")
-        return Compressed(text=src, kept_spans=[(0, len(src))], tokens_out=counter.count(src),
-                          seconds=time.perf_counter() - t0, notes=notes, **result)  # fmt: skip
+        tier = {r: 0 for r in hard}  # when not all fit: what the user asked for, then each soft pattern in turn
+        for i, pattern in enumerate(soft, 1):
+            found = protected_ranges(src, [pattern])
+            for j, r in enumerate(found):
+                # a question's item needs one occurrence kept, not every one ("Alabama" 40 times in its article)
+                tier.setdefault(r, i if j == 0 or pattern not in asked else len(soft) + 1)
+        soft = sorted(r for r, t in tier.items() if t > 0)
+        ranges = sorted(tier)
+        advance()
+        result = dict(
+            source=src,
+            tokens_in=tokens_in,
+            target_tokens=target,
+            budget=str(budget),
+            method=m.name,
+            params=m.params(),
+            tokenizer=counter.name,
+            protected=ranges,
+        )
+        if layout.minified and counter.count(src) <= target:
+            notes.append("the minified JSON fits the budget: nothing else was dropped")
+            return Compressed(text=src, kept_spans=[(0, len(src))], tokens_out=counter.count(src),
+                              seconds=time.perf_counter() - t0, notes=notes, **result)  # fmt: skip
 
-    words = layout.words
-    starts = counter.starts(src)
-    costs = word_costs(starts, words)
+        words = layout.words
+        starts = counter.starts(src)
+        costs = word_costs(starts, words)
+        advance()
     ucost = costs if layout.plain else np.bincount(layout.charge, weights=costs, minlength=layout.n_units)
     ucost = ucost.astype(np.int64)
     uprot = _units_of(layout, ranges)
     taken = int(ucost[uprot].sum())
-    if taken > target:  # before any scoring: the user decides
+    taken_hard = int(ucost[_units_of(layout, hard)].sum()) if soft else taken
+    if taken_hard > target:  # before any scoring: the user decides
         if overflow == "error":
-            raise ProtectedOverflow(taken, target)
+            raise ProtectedOverflow(taken_hard, target)
         if overflow == "keep":
+            ranges = hard
+            uprot = _units_of(layout, ranges)
             notes.append(
-                f"protected content alone takes {taken} tokens, over the budget of {target}: all of it was kept"
+                f"protected content alone takes {taken_hard} tokens, over the budget of {target}: all of it was kept"
             )
+            result["protected"] = ranges
 
     doc = Document(src, words, question, scorer, progress, share=target / tokens_in)
     scores = np.asarray(m.score(doc), dtype=np.float64)
@@ -219,31 +369,56 @@ def _compress(
         raise RuntimeError(f"{m.name}.score returned shape {scores.shape} or NaN; expected ({len(words)},) numbers")
     uscore = scores if layout.plain else _unit_scores(layout, scores)
     with progress_bar(3, "selecting", progress) as advance:
-        if taken > target and overflow == "trim":
-            ranges = _trim(layout, own, ranges, uscore, ucost, target)
+        if taken_hard > target and overflow == "trim":
+            ranges = _trim(layout, {r: int(r not in own) for r in ranges}, ranges, uscore, ucost, target)
             uprot = _units_of(layout, ranges)
             notes.append(
                 f"protected content takes {taken} tokens, over the budget of {target}: only {len(ranges)} "
                 f"protected spans were kept ({int(ucost[uprot].sum())} tokens)"
             )
             result["protected"] = ranges
+        elif taken_hard <= target < taken:  # the defaults' protection, to what fits
+            n_soft = len(ranges) - len(hard)
+            # a little room left: the kept words, joined, may take a few tokens more than their costs summed
+            ranges = _trim(layout, tier, ranges, uscore, ucost, target - max(1, target // 20))
+            uprot = _units_of(layout, ranges)
+            notes.append(
+                f"the negations (and other items protected by default) take {taken} tokens, over the budget of "
+                f"{target}: {len(ranges) - len(hard)} of {n_soft} were protected, the best-scored"
+            )
+            result["protected"] = ranges
         ukeep = select_units(layout, uscore, ucost, target, uprot, m.fill_gaps)
         advance()
-        out, spans, n_out = _fit(layout, ukeep, uscore, ucost, uprot, target, counter, m.fill_gaps)
+        out, spans, n_out, ukeep = _fit(layout, ukeep, uscore, ucost, uprot, target, counter, m.fill_gaps)
         advance()
         if not spans:
             out, spans, n_out, note = _cut(layout, uscore, costs, starts, target, counter)
             notes.append(note)
         elif (why := layout.check(out)) is not None:  # cannot happen by construction: fail loudly
             raise RuntimeError(f"{m.name} broke the {layout.kind} structure: {why}")
+        elif (part := _cut_into(layout, ukeep, uscore, ucost, costs, starts, target, counter, n_out)) is not None:
+            out, spans, n_out, note = part
+            notes.append(note)
         advance()
 
     lost = missing(ranges, spans)
     if lost:  # cannot happen by construction; a loud failure beats a silently changed meaning
         raise RuntimeError(f"protected text was not kept verbatim: {[src[s:e] for s, e in lost]}")
     return Compressed(
-        text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes, **result
-    )
+        text=out, kept_spans=spans, tokens_out=n_out, seconds=time.perf_counter() - t0, notes=notes,
+        cut=_cut_heads(words, spans), **result,
+    )  # fmt: skip
+
+
+def _cut_heads(words: np.ndarray, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The kept heads of words cut inside: (the word's start, where the kept part ends), for spans ending
+    inside a word."""
+    out = []
+    for _, e in spans:
+        i = int(np.searchsorted(words[:, 1], e, side="left"))  # the first word ending at or after e
+        if i < len(words) and words[i, 0] < e < words[i, 1]:
+            out.append((int(words[i, 0]), e))
+    return out
 
 
 def _units_of(layout: Layout, ranges: list[tuple[int, int]]) -> np.ndarray:
@@ -265,15 +440,14 @@ def _unit_scores(layout: Layout, scores: np.ndarray) -> np.ndarray:
     return np.where(n > 0, total / np.maximum(n, 1), -np.inf)
 
 
-def _trim(layout, own, ranges, uscore, ucost, target) -> list[tuple[int, int]]:
-    """The protected ranges that fit the budget: the user's own first, then the options' matches, each group
+def _trim(layout, tier, ranges, uscore, ucost, target) -> list[tuple[int, int]]:
+    """The protected ranges that fit the budget, by `tier` (range -> 0, 1, ...: the user's own first), each tier
     best-scored first (a range's score: the mean of its units'), a range whole or not at all."""
-    own = set(own)
     kept, keep, used = [], np.zeros(layout.n_units, dtype=bool), 0
 
     def rank(r):
         u = np.flatnonzero(_units_of(layout, [r]))
-        return (r not in own, -float(np.mean(uscore[u])) if len(u) else 0.0, r)
+        return (tier.get(r, 1), -float(np.mean(uscore[u])) if len(u) else 0.0, r)
 
     for r in sorted(ranges, key=rank):
         u = _units_of(layout, [r]) & ~keep
@@ -361,7 +535,60 @@ def _fit(layout, keep, scores, costs, protected, target, counter, fill_gaps):
             else:
                 keep[i] = False
                 keep[up] = False
-    return out, spans, n
+    return out, spans, n, keep
+
+
+def _cut_into(layout, keep, scores, ucost, costs, starts, target, counter, n):
+    """Room left that no whole unit fits, because the next best unit alone is over it (a long word: a base64
+    blob, a hash, a minified line, a URL): fill the room with that unit's head, cut inside it, rather than leave
+    the budget unused. Only when the room is worth it (a quarter of the budget, 8 tokens at least) and the cut
+    keeps the structure whole. Returns (text, spans, tokens, note) or None."""
+    room = target - n
+    if room < max(8, target // 4):
+        return None
+    if layout.kind not in ("prose", "markdown"):  # a cut JSON string or chat message would not parse
+        return None
+    cand = ~keep & np.isfinite(scores) & (ucost > room)
+    if not layout.plain:
+        cand &= layout.selectable
+        cand[list(layout.fences)] = False  # a fenced block keeps both fences or goes (see _cut)
+        cand &= np.array([all(keep[a] for a in layout.ancestors(int(u))) for u in range(layout.n_units)])
+    if not cand.any():
+        return None
+    u = int(np.flatnonzero(cand)[np.argmax(scores[cand])])
+    text, words = layout.text, layout.words
+    own = np.flatnonzero(layout.unit == u) if not layout.plain else np.array([u])
+    base = layout.word_mask(keep)
+    k = int(np.searchsorted(np.cumsum(costs[own]), room - 1, side="right"))  # whole words of it that fit
+    cut, mask = words.copy(), base.copy()
+    mask[own[:k]] = True
+    if k < len(own):
+        w = int(own[k])
+        inner = starts[(starts > words[w, 0]) & (starts < words[w, 1])]
+        r = max(1, room - int(costs[own[:k]].sum()))
+        for _ in range(_MAX_RECOUNTS):
+            if r < 1 or r > len(inner):
+                r = min(r, len(inner))
+                if r < 1:
+                    break
+            mask[w], cut[w, 1] = True, int(inner[r - 1])
+            out, spans = assemble(text, cut, mask, cut=w)
+            c = counter.count(out)
+            if c <= target and layout.check(out) is None:
+                kept = int(inner[r - 1] - words[w, 0])
+                note = (
+                    f"a word of {int(words[w, 1] - words[w, 0])} characters ({int(costs[w])} tokens) is over what "
+                    f"the budget of {target} left ({room} tokens): kept its first {kept} characters, cut inside it "
+                    f"(the result's `cut`)"
+                )
+                return out, spans, c, note
+            r -= max(1, c - target)
+        return None
+    out, spans = assemble(text, cut, mask)
+    c = counter.count(out)
+    if c <= target and layout.check(out) is None:
+        return out, spans, c, f"a unit over the room the budget left was cut: kept its first {k} words"
+    return None
 
 
 def _cut(layout, scores, costs, starts, target, counter):
@@ -402,7 +629,7 @@ def _cut(layout, scores, costs, starts, target, counter):
         mask[head] = True
         if ends:
             mask[nxt], cut[nxt, 1] = True, ends[-1]
-        out, spans = assemble(text, cut, mask)
+        out, spans = assemble(text, cut, mask, cut=nxt if ends else None)
         n = counter.count(out)
         if spans and n <= target and layout.check(out) is None:
             break

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-NUMBER = r"[-+−]?(?<![\w.])\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th)?(?!\w)"
-NEGATION = r"(?i)\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|without|cannot|\w+n['’]t)\b"
+# with the suffixes the risk report's numbers take (gistify.text.meaning): "1960s", "5ms", "16GB", "2nd"
+NUMBER = r"[-+−]?(?<![\w.])\d(?:[\d,.:/]*\d)?(?:%|st|nd|rd|th|[kKmMgG][bB]?|ms|s)?(?!\w)"
+# "except" and "unless" turn their phrase around too: "delete every file except the logs"
+NEGATION = r"(?i)\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|without|except|unless|cannot|\w+n['’]t)\b"
 # What `protect_negations` keeps: the negation with what it governs, so "do NOT delete the files" cannot come
 # out as "NOT" or "do delete": an auxiliary just before it (do, is, can, should, ...), the negation, and up to
 # NEGATED_WORDS words after it on the same line, stopping at punctuation ("isn't working", "never at night").

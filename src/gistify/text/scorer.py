@@ -111,7 +111,7 @@ class Scorer:
         self_info = np.zeros(n, dtype=np.float32)
         hidden = torch.zeros(n, self.model.config.hidden_size)
         windows = range(0, n, self.window)
-        for s in track(windows, len(windows), "scoring", progress):
+        for s in track(windows, len(windows), "scoring", progress, unit="windows"):
             e = min(n, s + self.window)
             lead = ids[max(0, s - self.context) : s] if s else ([bos] if bos is not None else [])
             h, u = self._window(torch.tensor([lead + ids[s:e]]), layer, fast)

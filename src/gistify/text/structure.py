@@ -34,9 +34,9 @@ from json.decoder import scanstring
 
 import numpy as np
 
+from gistify.text.options import STRUCTURES  # the one list, also checked before any model loads
 from gistify.text.words import segment
 
-STRUCTURES = ("auto", "off", "markdown", "json")
 LONG_STRING = 8  # a JSON string of fewer words is kept whole or dropped whole (an enum, a name, a date)
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _LITERAL = re.compile(r"true|false|null|NaN|-?Infinity")

@@ -115,15 +115,21 @@ def _separator(gap: str) -> str:
     return max(reversed(runs), key=lambda r: r.count("\n"))
 
 
-def assemble(text: str, words: np.ndarray, keep: np.ndarray) -> tuple[str, list[tuple[int, int]]]:
+def assemble(
+    text: str, words: np.ndarray, keep: np.ndarray, cut: int | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """The compressed text and its kept spans, as [start, end) character offsets into `text`.
 
-    Adjacent kept words form one span, with the original whitespace between them.
+    Adjacent kept words form one span, with the original whitespace between them; `cut`, a word whose span in
+    `words` was shortened (its head kept), ends its span, so the rest of the word is not brought back.
     """
     idx = np.flatnonzero(keep)
     if len(idx) == 0:
         return "", []
-    breaks = np.flatnonzero(np.diff(idx) > 1)
+    gap = np.diff(idx) > 1
+    if cut is not None:
+        gap |= idx[:-1] == cut
+    breaks = np.flatnonzero(gap)
     firsts = np.concatenate([[idx[0]], idx[breaks + 1]])
     lasts = np.concatenate([idx[breaks], [idx[-1]]])
     spans = [(int(words[a, 0]), int(words[b, 1])) for a, b in zip(firsts, lasts)]

@@ -35,6 +35,7 @@ class Compression:
     tokens_in: int
     tokens_out: int
     seconds: float
+    fell_back: bool | None = None  # a gistify method's fidelity fallback replaced the first cut (None: not known)
 
 
 # A compressor: (context, question, keep) -> Compression. In-library methods and peers both fit.
@@ -49,7 +50,7 @@ def gistify_compressor(method: str, reader: Reader, scorer=None, **params) -> Co
         r = gistify.compress(
             context, question, keep=keep, method=method, scorer=scorer, tokenizer=reader.tokenizer, **params
         )
-        return Compression(r.text, r.tokens_in, r.tokens_out, r.seconds)
+        return Compression(r.text, r.tokens_in, r.tokens_out, r.seconds, r.fell_back)
 
     return run
 
@@ -116,6 +117,8 @@ def run_cell(
                     "keep_ratio": c.tokens_out / max(1, c.tokens_in),
                     "compress_s": c.seconds,
                 }
+                if c.fell_back is not None:
+                    rec["fell_back"] = c.fell_back
                 if baseline is not None and ex.id in baseline and rec.get("prediction") is not None:
                     rec["agreement"] = float(normalize(rec["prediction"]) == normalize(baseline[ex.id]["prediction"]))
                 f.write(json.dumps(rec) + "\n")
@@ -154,6 +157,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "agreement": mean("agreement"),
         "survival": mean("survival"),
         "keep_ratio": mean("keep_ratio"),
+        "fell_back": mean("fell_back"),  # the share of examples where the fidelity fallback replaced the cut
         "tokens_in": mean("tokens_in"),
         "tokens_out": mean("tokens_out"),
         "compress_s_per_1k": sum(r["compress_s"] for r in records) / tokens_in * 1000 if tokens_in else None,
