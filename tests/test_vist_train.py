@@ -729,3 +729,11 @@ def test_the_distillation_stopped_in_each_phase_and_resumed_is_the_run_never_sto
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert straight["gates"] == straight["gates_before"] == [0.5, 0.5]  # the reader stayed as the teacher left it
     assert straight["final"]["table"]["copy_none"] == straight["after_regression"]["table"]["copy_none"]
+    # the vision path alone: a checkpoint that a later run starts from, refused as a model
+    part = m2.save(tmp_path / "vision.safetensors", {"llm": None}, dtype=torch.float32, parts=("resampler", "context"))
+    with pytest.raises(VistWeightsError, match="training checkpoint"):
+        VistModel.from_pretrained(part, lm=lm, tokenizer=tiny_tokenizer, encoder=FakeEncoder())
+    start = [*flags, "--out", str(tmp_path / "c"), "--init", str(part), "--steps", "0", "--e2e-steps", "0"]
+    again, m3 = distill.run(distill.parse(start), lm, tiny_tokenizer, corpus(), FakeEncoder())
+    assert torch.equal(m3.context.blocks[0].qkv.weight, m2.context.blocks[0].qkv.weight)
+    assert again["final"]["table"]["copy_vision_own"] == straight["final"]["table"]["copy_vision_own"]

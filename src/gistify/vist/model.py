@@ -143,12 +143,16 @@ class VistModel(nn.Module):
 
     # -- trainable parts --------------------------------------------------------------------------------------------
 
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        state = {f"{p}.{k}": v for p in self.trained_parts for k, v in getattr(self, p).state_dict().items()}
+    def trained_state(self, parts: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """The trained parts' weights (`parts`: a subset of trained_parts), with the corpus counts PVE reads."""
+        parts = self.trained_parts if parts is None else parts
+        state = {f"{p}.{k}": v for p in parts for k, v in getattr(self, p).state_dict().items()}
         return state | {"token_counts": self.token_counts, "samples": self.samples}
 
-    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        for part in self.trained_parts:
+    def load_trained(self, state: dict[str, torch.Tensor], parts: tuple[str, ...] | None = None) -> None:
+        """Load the trained parts (`parts`: only these, e.g. a checkpoint of the vision path whose blocks are a
+        teacher's, loaded apart); a part that does not fit this configuration is an error."""
+        for part in self.trained_parts if parts is None else parts:
             prefix = part + "."
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             module = getattr(self, part)
@@ -243,8 +247,15 @@ class VistModel(nn.Module):
 
     # -- saving and loading -----------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path, card: dict | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
-        """Write the trained parts (floats as `dtype`) to `path` and the card (with the config) next to it."""
+    def save(
+        self,
+        path: str | Path,
+        card: dict | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        parts: tuple[str, ...] | None = None,
+    ) -> Path:
+        """Write the trained parts (floats as `dtype`; `parts`: only these) to `path` and the card (with the config
+        and the parts saved) next to it."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -255,10 +266,11 @@ class VistModel(nn.Module):
             k: (v.float() if k in buffers else v.to(dtype))
             if v.is_floating_point()
             else (v.to(torch.int32) if k == "token_counts" else v)
-            for k, v in self.trained_state().items()
+            for k, v in self.trained_state(parts).items()
         }
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
         full = {"config": self.config.to_dict(), "weights_dtype": str(dtype).removeprefix("torch."), **(card or {})}
+        full["parts"] = list(self.trained_parts if parts is None else parts)
         card_path(path).write_text(json.dumps(full, indent=2) + "\n")
         return path
 
@@ -291,6 +303,12 @@ class VistModel(nn.Module):
 
             lm, tokenizer = load(info.get("llm"))
         model = cls(lm.to(dtype), tokenizer, config, encoder)
+        parts = info.get("parts")
+        if parts and set(parts) != set(model.trained_parts):  # a training checkpoint of some parts only
+            raise VistWeightsError(
+                f"{path} holds only vist's {', '.join(parts)}: a training checkpoint (gistify_bench.train.distill "
+                "--init), not a model; load the vist.safetensors its run wrote"
+            )
         model.load_trained(load_file(str(path)))
         model.card = info
         return model.eval()

@@ -337,10 +337,11 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     pool = pool_windows(train, config.train_windows, config.seed)
     train.ensure(pool)
     model.resampler.set_feature_stats(*train.feature_stats())
-    if config.init:
+    if config.init:  # a whole vist.safetensors, or a checkpoint of the vision path alone (its blocks: the teacher's)
         from safetensors.torch import load_file
 
-        model.load_trained(load_file(config.init))
+        state = load_file(config.init)
+        model.load_trained(state, tuple(p for p in model.trained_parts if any(k.startswith(p + ".") for k in state)))
     targets = cached_targets(config, teacher, train, pool)
     target_seconds = time.perf_counter() - t0
     print(f"{len(pool)} train windows' targets in {target_seconds:.0f} s", flush=True)
@@ -713,6 +714,10 @@ def main(argv=None) -> int:
     if result["stopped"] is None:
         card = {"trained_by": result["command"], "held_out": result["final"]["table"], "llm": None}
         model.save(out / "vist.safetensors", card, dtype=torch.bfloat16)  # VistModel.from_pretrained(out / ...)
+        # the vision path alone (its blocks are the teacher's, committed apart): small enough to commit, and what
+        # a later run starts from (--init)
+        vision = tuple(p for p in ("resampler", "context") if p in model.trained_parts)
+        model.save(out / "vision.safetensors", {"trained_by": result["command"], "llm": None}, parts=vision)
     return 0
 
 
