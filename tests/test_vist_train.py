@@ -737,3 +737,33 @@ def test_the_distillation_stopped_in_each_phase_and_resumed_is_the_run_never_sto
     again, m3 = distill.run(distill.parse(start), lm, tiny_tokenizer, corpus(), FakeEncoder())
     assert torch.equal(m3.context.blocks[0].qkv.weight, m2.context.blocks[0].qkv.weight)
     assert again["final"]["table"]["copy_vision_own"] == straight["final"]["table"]["copy_vision_own"]
+
+
+@pytest.mark.real
+def test_the_committed_teacher_and_vision_checkpoint_load_into_vist():
+    """Issue 24: the weights a later run starts from are in the repository (bfloat16, under 30 MB each): the
+    teacher's blocks (the distillation's default teacher) and the vision path of the last run, on the embedded
+    SmolLM2, in the configuration their card records."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from gistify.models import load
+    from gistify.vist.config import card_path
+    from gistify_bench.train import distill
+    from gistify_bench.train.teacher import Teacher, TeacherConfig, _load_init
+
+    vision = (
+        Path(__file__).resolve().parents[1] / "docs" / "results" / "vist" / "checkpoints" / "vision-issue24.safetensors"
+    )
+    for path in (distill.COMMITTED_TEACHER, vision):
+        assert path.is_file() and path.stat().st_size < 30e6, path
+    lm, tokenizer = load()
+    teacher = Teacher(lm.float(), TeacherConfig())
+    assert _load_init(teacher, str(distill.COMMITTED_TEACHER)) == ["xattn"]
+    card = json.loads(card_path(vision).read_text())
+    model = VistModel(lm, tokenizer, VistConfig.from_dict(card["config"]))
+    state = load_file(str(vision))
+    model.load_trained(state, tuple(card["parts"]))
+    assert card["parts"] == ["resampler", "context"] and model.config.context_layers == 2
+    assert torch.equal(model.context.blocks[0].qkv.weight, state["context.blocks.0.qkv.weight"].float())

@@ -126,6 +126,8 @@ def distill_section(folder: Path) -> list[str]:
     lines = []
     for path in runs:
         run = json.loads(path.read_text())
+        if "regression" not in run:
+            continue  # not a distillation's result (a weights card, say)
         lines += [f"## vist distilled into the teacher's memory: {path.stem}", "", f"`{run['command']}`", ""]
         lines += _regression_lines(run)
         if not run.get("after_regression"):
