@@ -30,6 +30,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc, url: str, seconds: float, what: str) -> None:
+    """Poll `url` until it answers 200; fail the test when `proc` exits or `seconds` pass first."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read()[-2000:] if getattr(proc, "stderr", None) else ""
+            pytest.fail(f"{what} exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not become healthy in {seconds:.0f} s")
+        time.sleep(0.3)
+
+
 @contextmanager
 def serving(settings, scorer, http_client=None):
     """The proxy app under uvicorn on a free port, in a thread; yields its base URL."""

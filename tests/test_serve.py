@@ -66,18 +66,7 @@ def upstream():
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp's server exited with {proc.returncode}: {' '.join(cmd)}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("llama.cpp's server did not become healthy in 120 s")
-            time.sleep(0.3)
+        serve_stubs.wait_healthy(proc, url + "/health", 120, f"llama.cpp's server ({' '.join(cmd)})")
         yield url
     finally:
         proc.terminate()

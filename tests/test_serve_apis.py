@@ -10,11 +10,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from serve_stubs import RedisServer, Stub, answer, free_port, serving
+from serve_stubs import RedisServer, Stub, answer, free_port, serving, wait_healthy
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
 openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
@@ -278,17 +277,8 @@ def _start_proxy(upstream: str, cache: str, model_dir) -> tuple[subprocess.Popen
            "--latency-price", "0", "--no-probe", "--max-risk", "1", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"gistify serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "gistify serve did not start in 180 s"
-        time.sleep(0.3)
+    wait_healthy(proc, url + "/healthz", 180, "gistify serve")
+    return proc, url
 
 
 def _stop(proc: subprocess.Popen) -> None:
