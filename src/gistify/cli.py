@@ -13,15 +13,15 @@ over to its family (text pipeline, batch, serve, rendering, models), and one par
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import json
 import os
-import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from gistify.text import DEFAULT_METHOD
+from gistify.text.options import TextOptions
+from gistify.text.options import add_arguments as add_options
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT, EXIT_MODEL = 0, 1, 2, 3
 BIG = 200_000  # characters: an input that takes the scorer minutes on a CPU
@@ -59,19 +59,6 @@ def _read_text(path: str) -> str:
         raise InputError(
             f"{where} is not UTF-8 text (invalid byte at offset {e.start}); convert it first, e.g. iconv -t utf-8"
         ) from None
-
-
-def _parse_sets(items: list[str]) -> dict:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set takes NAME=VALUE, got {item!r}")
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value  # a bare word such as side=tail
-    return params
 
 
 def _show(result) -> None:
@@ -117,50 +104,29 @@ def _summary(r) -> str:
     return line
 
 
-def _fallback(value: str):
-    """--fallback: auto, off, unchanged or a keep fraction."""
-    if value in ("auto", "off", "unchanged"):
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"takes auto, off, unchanged or a keep fraction in (0, 1], got {value!r}"
-        ) from None
-
-
-def _check_compress(args, text: str) -> list[str]:
+def _check_compress(args, text: str) -> tuple[TextOptions, list[str]]:
     """Everything about `gistify compress`'s input and options that can be checked without a model, checked
     before anything heavy is imported (torch, transformers, the scorer): a mistake costs a fraction of a
-    second, not a model load. Returns notes for stderr (a file whose content and name disagree)."""
-    from gistify.budget import Budget
-    from gistify.text.options import check_options
-    from gistify.text.tokens import OPENAI_ENCODINGS
+    second, not a model load. Returns the options, and notes for stderr (a file whose content and name
+    disagree)."""
+    options = TextOptions.from_args(args)  # each option checked: a ValueError names the first that is wrong
+    return options, _check_structure(args, options, text)
 
-    Budget(keep=args.keep, tokens=args.tokens)
-    check_options(args.structure or "auto", args.on_protected_overflow or "error", args.fallback, args.max_risk)
-    if args.tokenizer not in ("scorer", *OPENAI_ENCODINGS):
-        raise InputError(
-            f"unknown tokenizer {args.tokenizer!r}; --tokenizer takes scorer, {', '.join(OPENAI_ENCODINGS)}"
-        )
-    for pattern in args.protect or ():
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise InputError(f"--protect {pattern!r} is not a valid regular expression: {e}") from None
+
+def _check_structure(args, options, text: str) -> list[str]:
     name = "standard input" if args.file == "-" else args.file
     try:
         json.loads(text)
         why = None
     except ValueError as e:
         why = str(e)
-    if args.structure == "json" and why is not None:
+    if options.structure == "json" and why is not None:
         raise InputError(f"{name} is not valid JSON ({why}), but --structure json was given: fix the file, or "
                          "drop --structure to compress it as text")  # fmt: skip
-    if args.structure == "markdown" and why is None:
+    if options.structure == "markdown" and why is None:
         return [f"{name} is JSON, but --structure markdown cuts it as Markdown text: its output may not parse; "
                 "drop --structure to keep it valid JSON"]  # fmt: skip
-    if args.structure in (None, "auto") and why is not None and args.file.lower().endswith(".json"):
+    if options.structure == "auto" and why is not None and args.file.lower().endswith(".json"):
         return [f"{name} is named .json but is not valid JSON ({why}): compressed as text, not as JSON"]
     return []
 
@@ -169,47 +135,29 @@ def cmd_compress(args) -> int:
     text = _read_text(args.file)
     if not text.strip():
         raise InputError(f"{'standard input' if args.file == '-' else args.file} is empty (or only whitespace)")
-    params = _parse_sets(args.set)
-    notes = _check_compress(args, text)
+    options, notes = _check_compress(args, text)
     for note in notes:  # now, not after minutes of work
         print(f"gistify: note: {note}", file=sys.stderr)
     if len(text) >= BIG and not args.quiet:  # minutes of work ahead: say so before the imports and the model
         print(f"gistify: {len(text):,} characters to compress; progress follows on stderr", file=sys.stderr)
 
-    import dataclasses
-
     import gistify
     from gistify.api import compressor_class
 
-    cls = compressor_class(args.method)  # an unknown method or a bad --set, before the model loads
+    cls = compressor_class(options.method)  # an unknown method or a bad --set, before the model loads
     fields = {f.name for f in dataclasses.fields(cls)}
-    gistify.get_method(args.method, **{k: v for k, v in params.items() if k in fields})
+    gistify.get_method(options.method, **{k: v for k, v in options.params.items() if k in fields})
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the model loads in about a second: no "Loading weights" bar
-    options = dict(
-        model=args.model,
-        tokenizer=None if args.tokenizer == "scorer" else args.tokenizer,
-        protect=args.protect,
-        protect_numbers=args.protect_numbers,
-        protect_negations=args.protect_negations,
-        protect_identifiers=args.protect_identifiers,
-        structure=args.structure,
-        json_minify=args.json_minify,
-        on_protected_overflow=args.on_protected_overflow,
-        fallback=args.fallback,
-        max_risk=args.max_risk,
-    )
     # only what was asked for (each family takes its own options); an explicit False (--no-protect-negations) counts
-    options = {k: v for k, v in options.items() if v is not None}
+    kwargs = options.compress_kwargs()
     if "progress" in cls.options:
-        options["progress"] = not args.quiet  # a bar on a terminal, plain lines elsewhere (gistify.progress)
+        kwargs["progress"] = not args.quiet  # a bar on a terminal, plain lines elsewhere (gistify.progress)
     from gistify.text.pipeline import ProtectedOverflow
 
     try:
-        result = gistify.compress(
-            text, args.question, keep=args.keep, tokens=args.tokens, method=args.method, **options, **params
-        )
+        result = gistify.compress(text, args.question, keep=options.keep, tokens=options.tokens, **kwargs)
     except ProtectedOverflow as e:
         raise InputError(
             f"the protected content alone takes {e.taken} tokens, over the budget of {e.target}: raise --tokens or "
@@ -253,8 +201,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    import dataclasses
-
     from gistify.method import REGISTRY, methods
 
     for name, description in methods().items():
@@ -296,10 +242,10 @@ def cmd_compress_batch(args) -> int:
     from gistify.batch import BatchInputError, compress_batch
 
     try:
+        options = TextOptions.from_args(args)
         summary = compress_batch(
-            args.input, args.output, keep=args.keep, tokens=args.tokens, method=args.method, workers=args.workers,
-            engine=args.engine, ray_address=args.ray_address, model=args.model, tokenizer=args.tokenizer,
-            max_chars=args.max_chars, progress=not args.quiet, **_parse_sets(args.set), **_meaning(args),
+            args.input, args.output, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
+            max_chars=args.max_chars, progress=not args.quiet, options=options,
         )  # fmt: skip
     except BatchInputError as e:
         raise InputError(str(e)) from None
@@ -308,12 +254,6 @@ def cmd_compress_batch(args) -> int:
         return 130
     print(summary, file=sys.stderr)
     return EXIT_OK
-
-
-def _meaning(args) -> dict:
-    """compress-batch's --fallback and --[no-]protect-negations, when given (the library's defaults otherwise)."""
-    given = dict(fallback=args.fallback, protect_negations=args.protect_negations)
-    return {k: v for k, v in given.items() if v is not None}
 
 
 def registered_commands() -> dict:
@@ -348,59 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress a text for a question under a token budget")
     c.add_argument("file", help="a UTF-8 text file, or - for standard input (never modified)")
     c.add_argument("-q", "--question", help="the question the compressed text must still answer")
-    b = c.add_mutually_exclusive_group(required=True)
-    b.add_argument("--keep", type=float, help="fraction of tokens to keep, in (0, 1]")
-    b.add_argument("--tokens", type=int, help="number of tokens to keep")
-    c.add_argument(
-        "-m", "--method", default=DEFAULT_METHOD, help=f"text method (see `gistify methods`); default {DEFAULT_METHOD}"
-    )
-    c.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter, e.g. --set seed=3"
-    )
-    c.add_argument("--model", help="scorer LM: embedded name, local path or hub id (default: the embedded SmolLM2)")
-    c.add_argument(
-        "--tokenizer", default="scorer", help="count tokens with: scorer (default), cl100k_base or o200k_base"
-    )
-    c.add_argument("--protect", action="append", metavar="REGEX", help="always keep matches of REGEX verbatim")
-    c.add_argument("--protect-numbers", action="store_true", default=None, help="always keep numbers")
-    c.add_argument(
-        "--protect-negations",
-        action=argparse.BooleanOptionalAction,
-        help="keep negations with what they negate (default on, as far as the budget allows; "
-        "--protect-negations demands it all, --no-protect-negations turns it off)",
-    )
-    c.add_argument(
-        "--protect-identifiers",
-        action="store_true",
-        default=None,
-        help="always keep identifiers (snake_case, dotted.names, ...)",
-    )
-    c.add_argument(
-        "--on-protected-overflow",
-        choices=["error", "keep", "trim"],
-        help="when protected content alone is over the budget: error (default), keep it all, or trim it to fit",
-    )
-    c.add_argument(
-        "--structure",
-        choices=["auto", "off", "markdown", "json"],
-        help="keep Markdown, JSON and chat transcripts well-formed (auto, the default) or cut word by word (off)",
-    )
-    c.add_argument(
-        "--json-minify", action="store_true", default=None, help="remove the whitespace of JSON input first (lossless)"
-    )
-    c.add_argument(
-        "--fallback",
-        type=_fallback,
-        metavar="auto|off|unchanged|KEEP",
-        help="when the output changed the meaning (a negation or number dropped from a kept clause, the question's "
-        "items lost): auto (default) compresses again with them protected, then at a higher keep, then returns the "
-        "text unchanged; unchanged at once; KEEP: compress at KEEP; off: the raw cut",
-    )
-    c.add_argument(
-        "--max-risk",
-        type=float,
-        help="also fall back when the risk score (0-1: share of numbers, negations, names lost) is over this",
-    )
+    add_options(c, "compress", budget_required=True)
     c.add_argument("--quiet", action="store_true", help="no progress on stderr (shown on long work by default)")
     out = c.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true", help="show the source with the dropped text struck through")
@@ -412,22 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cb.add_argument("input", help="JSONL or .parquet: records with id, text, optional question, keep or tokens")
     cb.add_argument("output", help="JSONL or .parquet: one line per id; records already in it are skipped")
-    bb = cb.add_mutually_exclusive_group()
-    bb.add_argument("--keep", type=float, help="fraction of tokens to keep (a record's keep or tokens overrides)")
-    bb.add_argument("--tokens", type=int, help="number of tokens to keep per record")
-    cb.add_argument("-m", "--method", default=DEFAULT_METHOD, help="text method (see `gistify methods`)")
-    cb.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a method parameter")
+    add_options(cb, "compress-batch")  # a record's own keep or tokens overrides the job's
     cb.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (default 1)")
     cb.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes or Ray Data")
     cb.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray instance for the job)")
-    cb.add_argument("--model", help="scorer LM (default: the embedded SmolLM2)")
-    cb.add_argument("--tokenizer", default="scorer", help="count tokens with: scorer, cl100k_base or o200k_base")
     cb.add_argument("--max-chars", type=int, default=200_000, help="longer texts are errors (default 200000)")
     cb.add_argument("--quiet", action="store_true", help="no progress on stderr (records/s and time left otherwise)")
-    cb.add_argument(
-        "--fallback", type=_fallback, metavar="auto|off|unchanged|KEEP", help="as for compress (default auto)"
-    )
-    cb.add_argument("--protect-negations", action=argparse.BooleanOptionalAction, help="as for compress (default on)")
     cb.set_defaults(run=cmd_compress_batch)
 
     r = sub.add_parser("render", help="render a text into images (vist's input), with the span each row holds")

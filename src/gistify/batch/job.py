@@ -15,7 +15,7 @@ from typing import Any
 from gistify.batch import records
 from gistify.batch.records import Settings
 from gistify.progress import progress_bar
-from gistify.text import DEFAULT_METHOD
+from gistify.text.options import TextOptions
 
 
 @dataclass
@@ -74,37 +74,35 @@ def compress_batch(
     input: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    keep: float | None = None,
-    tokens: int | None = None,
-    method: str = DEFAULT_METHOD,
     workers: int = 1,
     engine: str = "local",
     ray_address: str | None = None,
-    model: str | None = None,
-    tokenizer: str = "scorer",
     max_chars: int = records.DEFAULT_MAX_CHARS,
     scorer: Any = None,
     progress: bool = False,
-    **params: Any,
+    options: TextOptions | None = None,
+    **kwargs: Any,
 ) -> Summary:
     """Compress every record of `input` (JSONL or Parquet) into `output`, resuming what a previous run left.
 
     `workers` is the number of local processes, or of Ray actors with `engine="ray"`. `scorer` (local engine,
-    one worker) reuses a loaded `gistify.Scorer`. `params` set the method's fields and the text pipeline's options
-    (`fallback="off"`, `protect_negations=False`, ...: `OPTIONS`), as in `gistify.compress`.
+    one worker) reuses a loaded `gistify.Scorer`. The job's budget, method and options are `options`, or
+    keywords as `gistify.compress` takes them (`kwargs`: `keep=0.3`, `method=...`, `model=...`, the method's
+    fields, the pipeline's options `fallback="off"`, `protect_negations=False`, ...: TextOptions). A record's own
+    `keep` or `tokens` overrides the job's.
     """
-    import gistify
-
     if engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {engine!r}; use local or ray")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
-    if keep is not None or tokens is not None:
-        gistify.Budget(keep=keep, tokens=tokens)  # a bad job budget is the job's error, before any work
-    params, options = _split(method, params)  # likewise an unknown method, parameter or option
+    if options is not None and kwargs:
+        raise ValueError(f"give the job's options either as `options` or as keywords, not both: {', '.join(kwargs)}")
+    # every option, the budget, the method and its parameters checked before any record is read or any model loads
+    options = options or TextOptions.from_kwargs(**kwargs)
+    options.check_method()
     if os.path.abspath(input) == os.path.abspath(output):
         raise ValueError("the output must be another file than the input (the input is never changed)")
-    settings = Settings(method, keep, tokens, params, model, tokenizer, max_chars, options=options)
+    settings = Settings(options, max_chars)
 
     t0 = time.perf_counter()
     entries = records.scan(input)
@@ -134,36 +132,6 @@ def compress_batch(
         summary.seconds = time.perf_counter() - t0
     out.finish()
     return summary
-
-
-# the text pipeline's options a job may set for every record (the others, scorer and tokenizer, are the job's own)
-OPTIONS = ("protect", "protect_numbers", "protect_negations", "protect_identifiers", "structure", "json_minify",
-           "on_protected_overflow", "fallback", "max_risk")  # fmt: skip
-
-
-def _split(method: str, params: dict) -> tuple[dict, dict]:
-    """The method's parameters and the pipeline's options among `params`, both checked (a ValueError names the
-    first that is wrong) before any record is read or any model loads."""
-    import dataclasses
-
-    import gistify
-    from gistify.method import method_class
-    from gistify.text.options import check_options
-
-    fields = {f.name for f in dataclasses.fields(method_class(method, kind="text"))}
-    options = {k: v for k, v in params.items() if k not in fields}
-    params = {k: v for k, v in params.items() if k in fields}
-    gistify.get_method(method, kind="text", **params)
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"method {method!r} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(fields))}; "
-            f"the options of a job: {', '.join(OPTIONS)}"
-        )
-    check_options(
-        **{k: options[k] for k in ("structure", "on_protected_overflow", "fallback", "max_risk") if k in options}
-    )
-    return params, options
 
 
 def _count(summary: Summary, row: dict) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gistify.text import DEFAULT_METHOD
+from gistify.text.options import TextOptions
 
 RESULT_FIELDS = ("tokens_in", "tokens_out", "kept_spans", "method", "budget", "notes", "error")
 DEFAULT_MAX_CHARS = 200_000
@@ -40,15 +40,9 @@ class Settings:
     """What every record is compressed with, unless the record carries its own budget. Picklable: each worker
     and each Ray actor gets a copy."""
 
-    method: str = DEFAULT_METHOD
-    keep: float | None = None
-    tokens: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    tokenizer: str = "scorer"
+    text: TextOptions = field(default_factory=TextOptions)  # the budget, the method and the pipeline's options
     max_chars: int = DEFAULT_MAX_CHARS
     threads: int = 1  # torch threads per worker: scale with workers, not threads (see local.py)
-    options: dict[str, Any] = field(default_factory=dict)  # the text pipeline's options (fallback, protect_*, ...)
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
@@ -185,7 +179,7 @@ def check(record: dict, settings: Settings) -> Task | str:
     if keep is not None and tokens is not None:
         return "give the record either keep or tokens, not both"
     if keep is None and tokens is None:
-        keep, tokens = settings.keep, settings.tokens
+        keep, tokens = settings.text.keep, settings.text.tokens
         if keep is None and tokens is None:
             return "no budget: give the job --keep or --tokens, or the record a keep or tokens field"
     return Task(text, question or None, keep, tokens)

@@ -24,13 +24,15 @@ class Worker:
         torch.set_num_threads(max(1, settings.threads))
         self.settings = settings
         self.reader = Reader(path)
-        method = gistify.get_method(settings.method, kind="text", **settings.params)
-        if scorer is None and (settings.tokenizer == "scorer" or getattr(method, "needs_scorer", True)):
+        text = settings.text
+        method = gistify.get_method(text.method, kind="text", **text.params)
+        if scorer is None and (text.tokenizer == "scorer" or getattr(method, "needs_scorer", True)):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            scorer = gistify.Scorer.load(settings.model)
+            scorer = gistify.Scorer.load(text.model)
         self.scorer = scorer  # None when neither the method nor the token count needs the LM
+        self.kwargs = text.compress_kwargs(scorer)  # the method, its parameters, the options asked for
         self._compress = gistify.compress
 
     def line(self, locator: tuple[int, int]) -> str:
@@ -45,19 +47,8 @@ class Worker:
         return [self.line(tuple(loc)) for loc in locators]
 
     def _run(self, task: Task) -> dict:
-        s = self.settings
         try:
-            r = self._compress(
-                task.text,
-                task.question,
-                keep=task.keep,
-                tokens=task.tokens,
-                method=s.method,
-                scorer=self.scorer,
-                tokenizer=s.tokenizer,
-                **s.params,
-                **s.options,
-            )
+            r = self._compress(task.text, task.question, keep=task.keep, tokens=task.tokens, **self.kwargs)
         except (ValueError, TypeError) as e:  # the record's budget or parameters: its error, not the job's
             return {"error": str(e)}
         return {

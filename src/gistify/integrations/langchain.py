@@ -27,30 +27,12 @@ try:
     from langchain_core.documents.compressor import BaseDocumentCompressor
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError("gistify.integrations.langchain needs LangChain: pip install 'gistify[langchain]'") from e
-from pydantic import ConfigDict, Field, PrivateAttr
 
-from gistify.integrations.passages import PassageCompression
-from gistify.text import DEFAULT_METHOD
+from gistify.integrations.passages import PassageCompression, options_model
 
 
-class GistifyCompressor(PassageCompression, BaseDocumentCompressor):
+class GistifyCompressor(PassageCompression, options_model(), BaseDocumentCompressor):
     """Compress retrieved documents for the query under a token budget (`keep` or `tokens`)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    keep: float | None = None
-    tokens: int | None = None
-    joint: bool = True
-    method: str = DEFAULT_METHOD
-    params: dict[str, Any] = Field(default_factory=dict)
-    model: str | None = None
-    tokenizer: str = "scorer"
-    keep_empty: bool = False
-    scorer: Any = Field(default=None, exclude=True)
-    _loaded: Any = PrivateAttr(default=None)
-
-    def model_post_init(self, context: Any) -> None:
-        self._validate()
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Any = None

@@ -15,37 +15,19 @@ would cost the prompt what compression saved. A node the budget took everything 
 
 from __future__ import annotations
 
-from typing import Any
-
 try:
-    from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import NodeWithScore, QueryBundle
 except ImportError as e:  # pragma: no cover - depends on the extra
     raise ImportError("gistify.integrations.llamaindex needs LlamaIndex: pip install 'gistify[llamaindex]'") from e
 
-from gistify.integrations.passages import PassageCompression
-from gistify.text import DEFAULT_METHOD
+from gistify.integrations.passages import PassageCompression, options_model
 
 KEY = "gistify"
 
 
-class GistifyPostprocessor(PassageCompression, BaseNodePostprocessor):
+class GistifyPostprocessor(PassageCompression, options_model(), BaseNodePostprocessor):
     """Compress retrieved nodes for the query under a token budget (`keep` or `tokens`)."""
-
-    keep: float | None = None
-    tokens: int | None = None
-    joint: bool = True
-    method: str = DEFAULT_METHOD
-    params: dict[str, Any] = Field(default_factory=dict)
-    model: str | None = None
-    tokenizer: str = "scorer"
-    keep_empty: bool = False
-    scorer: Any = Field(default=None, exclude=True)
-    _loaded: Any = PrivateAttr(default=None)
-
-    def model_post_init(self, context: Any) -> None:
-        self._validate()
 
     @classmethod
     def class_name(cls) -> str:

@@ -17,11 +17,14 @@ With `joint=False` each passage is compressed on its own with the budget (`keep`
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from gistify.text import DEFAULT_METHOD
+from gistify.text.options import TextOptions
+from gistify.text.tokens import TokenCounter, counter
 
 SEPARATOR = "\n\n"
 _WHITESPACE = re.compile(r"\s+")
@@ -52,22 +55,23 @@ def compress_passages(
     texts: list[str],
     question: str | None,
     *,
-    keep: float | None = None,
-    tokens: int | None = None,
     joint: bool = True,
-    method: str = DEFAULT_METHOD,
     scorer: Any = None,
-    tokenizer: str = "scorer",
-    **params: Any,
+    options: TextOptions | None = None,
+    **kwargs: Any,
 ) -> list[Passage]:
-    """The passages compressed for `question`, in the same order (an empty passage stays empty)."""
+    """The passages compressed for `question`, in the same order (an empty passage stays empty). The budget,
+    method and options are `options`, or keywords as `gistify.compress` takes them (`keep=0.3`, `tokens=300`,
+    `method=...`, `tokenizer=...`, the method's fields, the pipeline's options: TextOptions)."""
     import gistify
 
+    opts = options or TextOptions.from_kwargs(**kwargs)
+    keep, tokens, method = opts.keep, opts.tokens, opts.method
     budget = str(gistify.Budget(keep=keep, tokens=tokens))
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"passage {i} is not text (got {type(t).__name__})")
-    kw = dict(method=method, scorer=scorer, tokenizer=tokenizer, **params)
+    kw = opts.compress_kwargs(scorer)
     if not joint:
         out = []
         for t in texts:
@@ -84,14 +88,18 @@ def compress_passages(
         starts.append(pos)
         pos += len(t) + len(SEPARATOR)
     r = gistify.compress(SEPARATOR.join(texts), question, keep=keep, tokens=tokens, **kw)
+    # each passage counted on its own with the tokenizer of the budget (the scorer compress loaded, if none given)
+    if scorer is None and opts.tokenizer == "scorer":
+        from gistify.text.pipeline import shared_scorer
+
+        scorer = shared_scorer(opts.model)
+    count = counter(opts.tokenizer, scorer)
     out = []
     for t, o in zip(texts, starts):
         spans = [(max(s, o) - o, min(e, o + len(t)) - o) for s, e in r.kept_spans if s < o + len(t) and e > o]
         spans = [(s, e) for s, e in spans if t[s:e].strip()]
         text = _join(t, spans)
-        out.append(
-            Passage(text, _count(t, scorer, tokenizer), _count(text, scorer, tokenizer), spans, budget, r.method)
-        )
+        out.append(Passage(text, _count(t, count), _count(text, count), spans, budget, r.method))
     return out
 
 
@@ -107,25 +115,49 @@ def _join(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(pieces)
 
 
-def _count(text: str, scorer: Any, tokenizer: str) -> int:
-    """Tokens of `text` with the tokenizer of the budget: gistify.compress at keep=1 counts and returns at
-    once, without scoring."""
-    import gistify
+def _count(text: str, count: TokenCounter) -> int:
+    return count.count(text) if text.strip() else 0
 
-    if not text.strip():
-        return 0
-    return gistify.compress(text, keep=1.0, method="truncate", scorer=scorer, tokenizer=tokenizer).tokens_in
+
+@cache
+def options_model(cls: type = TextOptions) -> type:
+    """A pydantic model with a field for each TextOptions field (its default and help) and the wrappers' own
+    (`joint`, `keep_empty`, `scorer`): the base of the LangChain and LlamaIndex wrappers (both are pydantic
+    models), so that they take every option by its name. Values are checked by TextOptions itself (`options`)."""
+    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model
+
+    class Wrapper(BaseModel):
+        model_config = ConfigDict(arbitrary_types_allowed=True)
+
+        joint: bool = Field(default=True, description="one budget for all the passages (False: each its own)")
+        keep_empty: bool = Field(default=False, description="keep a passage the budget took everything from")
+        scorer: Any = Field(default=None, exclude=True, description="a loaded gistify.Scorer to share")
+        _loaded: Any = PrivateAttr(default=None)
+
+    option_fields = {}
+    for f in dataclasses.fields(cls):
+        default = {"default_factory": f.default_factory} if f.default is dataclasses.MISSING else {"default": f.default}
+        option_fields[f.name] = (Any, Field(description=f.metadata["help"], **default))
+    return create_model("GistifyOptions", __base__=Wrapper, **option_fields)
 
 
 class PassageCompression:
-    """What both framework wrappers share, as a mixin of their pydantic models (which declare the fields `keep`,
-    `tokens`, `joint`, `method`, `params`, `model`, `tokenizer`, `scorer` and the private `_loaded`)."""
+    """What both framework wrappers share, as a mixin of their pydantic models (whose fields `options_model`
+    declares)."""
+
+    def model_post_init(self, context: Any) -> None:
+        self._validate()
+
+    def options(self) -> TextOptions:
+        """The wrapper's text options, each checked (a ValueError names the first that is wrong)."""
+        return TextOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TextOptions)})
 
     def _validate(self) -> None:
-        import gistify
+        from gistify.budget import Budget
 
-        gistify.Budget(keep=self.keep, tokens=self.tokens)  # a bad budget fails here, not at the first query
-        gistify.get_method(self.method, kind="text", **self.params)
+        options = self.options()
+        Budget(keep=options.keep, tokens=options.tokens)  # a bad budget fails here, not at the first query
+        options.check_method()
 
     def _scorer(self):
         if self.scorer is not None:
@@ -137,7 +169,4 @@ class PassageCompression:
         return self._loaded
 
     def _compress(self, texts: list[str], query: str | None) -> list:
-        return compress_passages(
-            texts, query, keep=self.keep, tokens=self.tokens, joint=self.joint, method=self.method,
-            scorer=self._scorer(), tokenizer=self.tokenizer, **self.params,
-        )  # fmt: skip
+        return compress_passages(texts, query, joint=self.joint, scorer=self._scorer(), options=self.options())

@@ -45,6 +45,8 @@ from gistify.serve.gate import Gate, GateDecision
 from gistify.serve.settings import Settings
 from gistify.serve.store import MemoryStore
 from gistify.text.fidelity import risk as risk_report
+from gistify.text.options import TextOptions
+from gistify.text.tokens import counter
 
 log = logging.getLogger("gistify.serve")
 _FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?^[ \t]*\1[ \t]*$")
@@ -222,18 +224,17 @@ class Compressor:
         if self.store is None:
             self.store = MemoryStore(self.settings.cache_entries)
         s = self.settings
-        budget = f"tokens={s.tokens}" if s.tokens is not None else f"keep={s.keep:g}"
-        shape = (s.method, budget, s.min_tokens, s.protect_numbers, s.protect_negations, s.protect_identifiers,
-                 s.max_risk, s.model or "", "v2")  # fmt: skip
-        # decisions are shared only between proxies that would make the same ones
+        # decisions are shared only between proxies that would make the same ones: every text option counts
+        shape = (sorted((f.name, repr(getattr(s, f.name))) for f in fields(TextOptions)), s.min_tokens, "v3")
         self.fingerprint = hashlib.sha256(repr(shape).encode()).hexdigest()[:12]
         self.budget = Budget(keep=s.keep, tokens=s.tokens)
+        self.counter = counter(s.tokenizer, self.scorer)  # the tokens the budget is counted in
 
     # -- measuring -----------------------------------------------------------------------------------------
 
     def count(self, text: str) -> int:
-        """Tokens of `text` by the scorer's tokenizer (the one the budget is counted in)."""
-        return len(self.scorer.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+        """Tokens of `text` by the tokenizer the budget is counted in (the scorer's by default)."""
+        return self.counter.count(text) if text else 0
 
     def measure(self, tokens: int = 1000) -> float:
         """The compressor's cost in ms per 1k tokens, timed on a made-up text after one warm-up run."""
@@ -263,27 +264,17 @@ class Compressor:
 
         s = self.settings
         budget = {"keep": keep} if keep is not None else {"keep": s.keep, "tokens": s.tokens}
-        prose = kind == "prose"
+        options = s.compress_kwargs(self.scorer)  # the method, its parameters and the options set (TextOptions)
+        # in JSON too: a member that holds a number or an identifier is kept (the protect_* settings), and so is
+        # one inside a string; the content's own code and JSON spans join the patterns given
+        options["protect"] = [*s.protect, *protect]
+        options["json_minify"] = kind != "prose"
+        # code and JSON spans are protected: when they alone are over the budget, keep them all (the content is
+        # then over budget, never changed in meaning) rather than fail the compression
+        options["on_protected_overflow"] = "keep"
+        options["fallback"] = fallback
         try:
-            return gistify.compress(
-                text,
-                question=question,
-                method=s.method,
-                scorer=self.scorer,
-                protect=protect,
-                # in JSON too: a member that holds a number or an identifier is kept, and so is one inside a string
-                protect_numbers=s.protect_numbers,
-                protect_negations=s.protect_negations,
-                protect_identifiers=s.protect_identifiers,
-                structure="auto",
-                json_minify=not prose,
-                # code and JSON spans are protected: when they alone are over the budget, keep them all (the
-                # content is then over budget, never changed in meaning) rather than fail the compression
-                on_protected_overflow="keep",
-                fallback=fallback,
-                max_risk=s.max_risk,
-                **budget,
-            )
+            return gistify.compress(text, question=question, **options, **budget)
         finally:
             self.scorer.forget()  # the scorer keeps every text's statistics; a server sees unbounded texts
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from gistify.text import DEFAULT_METHOD
+from gistify.text.options import TextOptions
+from gistify.text.options import add_arguments as add_text_options
 
 _SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$")
 
@@ -25,25 +27,29 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
 
 
-@dataclass
-class Settings:
-    """Everything `gistify serve` can be told; the defaults are the command's."""
+def _proxy_default(name: str, value: Any) -> Any:
+    """A text option whose default the proxy changes: the field as TextOptions declares it, with `value`."""
+    base = TextOptions.__dataclass_fields__[name]
+    return field(default=value, metadata=base.metadata)
 
+
+@dataclass
+class Settings(TextOptions):
+    """Everything `gistify serve` can be told; the defaults are the command's. The text options are TextOptions'
+    fields (the budget, the method and its parameters, the protections, ...), with the proxy's own defaults below."""
+
+    # a server sees what nobody reviews before it goes upstream: numbers, negations and identifiers kept whole
+    protect_numbers: bool = _proxy_default("protect_numbers", True)
+    protect_negations: bool | None = _proxy_default("protect_negations", True)
+    protect_identifiers: bool = _proxy_default("protect_identifiers", True)
+    max_risk: float | None = _proxy_default("max_risk", 0.2)  # the explicit fallbacks' threshold (gistify.compress)
     upstream: str = "http://127.0.0.1:8081"
     host: str = "127.0.0.1"
     port: int = 8080
-    keep: float | None = None  # with neither keep nor tokens: keep 0.5
-    tokens: int | None = None
-    method: str = DEFAULT_METHOD
     min_tokens: int = 256
     api_key: str | None = None
     upstream_api_key: str | None = None
     max_body: int = 20 << 20
-    model: str | None = None  # the scorer: embedded name or path (default: the embedded SmolLM2)
-    protect_numbers: bool = True
-    protect_negations: bool = True
-    protect_identifiers: bool = True
-    max_risk: float = 0.2  # the library's default (gistify.compress)
     price_per_mtok: float = 3.0
     prefill_tps: float = 5000.0
     latency_price: float = 36.0
@@ -61,20 +67,19 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self):
-        if self.keep is not None and self.tokens is not None:
-            raise ValueError("give either keep or tokens, not both")
         if self.keep is None and self.tokens is None:
             self.keep = 0.5
-        if self.keep is not None and not 0 < self.keep <= 1:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
-        if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"tokens must be at least 1, got {self.tokens}")
+        super().__post_init__()  # the text options, each checked
+        for f in fields(TextOptions):
+            fixed = f.metadata["fixed"].get("serve")
+            if fixed and getattr(self, f.name) != TextOptions.__dataclass_fields__[f.name].default:
+                raise ValueError(f"the proxy takes no {f.name}: {fixed}")
         if not re.match(r"^https?://[^/\s]+", self.upstream):
             raise ValueError(f"upstream must be an http(s) URL such as http://127.0.0.1:8081, got {self.upstream!r}")
         if self.prefill_tps <= 0:
             raise ValueError(f"prefill_tps must be positive, got {self.prefill_tps}")
-        if not 0 <= self.max_risk <= 1:
-            raise ValueError(f"max_risk must be in [0, 1], got {self.max_risk}")
+        if self.max_risk is None:
+            raise ValueError("max_risk must be a number in [0, 1] for the proxy, got None")
         if self.cache not in (None, "memory") and not self.cache.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"cache must be 'memory' or a redis:// URL such as redis://127.0.0.1:6379/0, got "
                              f"{self.cache!r}")  # fmt: skip
@@ -86,13 +91,14 @@ class Settings:
         return base[: -len("/v1")] if base.endswith("/v1") else base
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Settings:
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        values["api_key"] = values.get("api_key") or os.environ.get("GISTIFY_API_KEY") or None
-        values["upstream_api_key"] = values.get("upstream_api_key") or os.environ.get("GISTIFY_UPSTREAM_API_KEY")
-        if not values.get("upstream"):
+    def from_args(cls, args: argparse.Namespace, **more: Any) -> Settings:
+        keys = dict(
+            api_key=args.api_key or os.environ.get("GISTIFY_API_KEY") or None,
+            upstream_api_key=args.upstream_api_key or os.environ.get("GISTIFY_UPSTREAM_API_KEY"),
+        )
+        if not args.upstream:
             raise ValueError("gistify serve needs --upstream (the OpenAI-compatible server to forward to)")
-        return cls(**values)
+        return super().from_args(args, **keys, **more)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,10 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", help="the OpenAI-compatible server to forward to (with or without /v1); required")
     p.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
-    b = p.add_mutually_exclusive_group()
-    b.add_argument("--keep", type=float, help="fraction of each compressed message's tokens to keep (default 0.5)")
-    b.add_argument("--tokens", type=int, help="tokens to keep of each compressed message")
-    p.add_argument("-m", "--method", default=d.method, help=f"text method (see `gistify methods`; default {d.method})")
+    add_text_options(p, "serve", defaults=Settings())  # the budget, the method, the protections, max_risk, ...
     p.add_argument(
         "--min-tokens", type=int, default=d.min_tokens, help=f"compress only contents longer (default {d.min_tokens})"
     )
@@ -118,21 +121,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="send this key upstream instead of the client's Authorization; or GISTIFY_UPSTREAM_API_KEY",
     )
     p.add_argument("--max-body", type=parse_size, default=d.max_body, help="largest request body (default 20MB)")
-    p.add_argument("--model", help="scorer LM: embedded name or local path (default: the embedded SmolLM2)")
-    for what in ("numbers", "negations", "identifiers"):
-        p.add_argument(
-            f"--protect-{what}",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help=f"always keep {what} verbatim (default on)",
-        )
-    p.add_argument(
-        "--max-risk",
-        type=float,
-        default=d.max_risk,
-        help="fidelity guard: fall back when the library's risk score (the weighted share of numbers, negations, "
-        f"names and identifiers lost) exceeds this (default {d.max_risk}, the library's)",
-    )
     g = p.add_argument_group("break-even gate (compress only when the saving pays for the compressor)")
     g.add_argument("--price-per-mtok", type=float, default=d.price_per_mtok, help="upstream $ per 1M input tokens")
     g.add_argument(

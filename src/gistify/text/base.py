@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from gistify.method import Method
+from gistify.text.options import pipeline_options
 from gistify.text.pipeline import compress_text
 from gistify.text.words import Document
 
@@ -25,10 +26,7 @@ class TextMethod(Method):
     """Base of the text methods: a method returns one score per word, higher = keep."""
 
     kind: ClassVar[str] = "text"
-    options: ClassVar[tuple[str, ...]] = (
-        "scorer", "model", "tokenizer", "protect", "protect_numbers", "protect_negations", "protect_identifiers",
-        "progress", "structure", "json_minify", "on_protected_overflow", "fallback", "max_risk",
-    )  # fmt: skip
+    options: ClassVar[tuple[str, ...]] = ("scorer", "progress", *pipeline_options())  # TextOptions' fields
     needs_scorer: ClassVar[bool] = False  # whether `score` reads the scorer LM (Document.stats)
     fill_gaps: ClassVar[bool] = True  # see words.select
 

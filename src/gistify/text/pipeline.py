@@ -29,8 +29,8 @@ from gistify.progress import progress_bar, stage
 from gistify.result import Compressed
 from gistify.text import tokens as tok
 from gistify.text.fidelity import risk, summary
-from gistify.text.options import check_options
-from gistify.text.protect import NEGATION_PHRASE, NUMBER, Protect, missing, protected_ranges, protected_words
+from gistify.text.options import TextOptions, pipeline_options
+from gistify.text.protect import NEGATION_PHRASE, NUMBER, missing, protected_ranges, protected_words
 from gistify.text.scorer import Scorer
 from gistify.text.structure import Layout, analyse
 from gistify.text.words import Document, assemble, word_costs
@@ -64,19 +64,6 @@ def shared_scorer(model: str | None) -> Scorer:
     return Scorer.load(model)
 
 
-def _counter(tokenizer: Any, scorer: Scorer | None) -> tok.TokenCounter:
-    if isinstance(tokenizer, tok.TokenCounter):
-        return tokenizer
-    if tokenizer == "scorer":
-        return tok.from_hf(scorer.tokenizer, scorer.name)
-    if tokenizer in tok.OPENAI_ENCODINGS:
-        return tok.openai(tokenizer)
-    if isinstance(tokenizer, str):
-        known = ", ".join(map(repr, tok.OPENAI_ENCODINGS))
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; use 'scorer', {known}, or a tokenizer object")
-    return tok.from_hf(tokenizer)
-
-
 def compress_text(
     m: TextMethod,
     text: str,
@@ -85,74 +72,42 @@ def compress_text(
     keep: float | None = None,
     tokens: int | None = None,
     scorer: Scorer | None = None,
-    model: str | None = None,
-    tokenizer: Any = "scorer",
-    protect: Protect = (),
-    protect_numbers: bool = False,
-    protect_negations: bool | None = None,
-    protect_identifiers: bool = False,
     progress: bool = False,
-    structure: str = "auto",
-    json_minify: bool = False,
-    on_protected_overflow: str = "error",
-    fallback: str | float | None = "auto",
-    max_risk: float | None = None,
+    **options: Any,
 ) -> Compressed:
     """Compress `text` for `question` with the text method `m` to `keep` (fraction of tokens) or `tokens` (count).
 
     Args:
-        scorer: the scoring LM (default: the embedded SmolLM2, or `model`, a name, path or hub id).
-        tokenizer: how tokens are counted for the budget and the result: "scorer", "cl100k_base",
-            "o200k_base", or a Hugging Face tokenizer.
-        protect: regular expressions or (start, end) spans that are always kept verbatim;
-            `protect_numbers`, `protect_negations` (the negation with the phrase it governs),
-            `protect_identifiers` add common ones. `protect_negations` is on by default (None): a dropped "not"
-            inverts a kept clause. Left at its default, the negations that do not fit the budget are protected
-            best-scored first (a note says so) instead of raising ProtectedOverflow; True makes them a demand.
+        scorer: the scoring LM (default: the embedded SmolLM2, or the option `model`, a name, path or hub id).
         progress: draw a progress bar on stderr for every stage of a long input.
-        structure: "auto" (default): JSON (the whole text parses), chat transcripts and Markdown (fenced code,
-            tables, headings, lists) come out well-formed, plain prose as word by word; "off": word by word
-            always; "json" or "markdown": that structure only (see gistify.text.structure).
-        json_minify: with JSON input, remove the whitespace between its tokens first (lossless); the result's
-            `source` and `kept_spans` are then the minified text's.
-        on_protected_overflow: when the protected content alone is over the budget: "error" (default) raises
-            ProtectedOverflow (a ValueError) before any scoring; "keep" keeps all of it, over the budget, with a
-            note; "trim" protects only what fits (`protect` spans and patterns first, then the options'
-            matches, each group best-scored first, a match whole or not at all).
-        fallback: what to do when the output changed the text's meaning (a negation or a number dropped from a
-            kept clause, a number or name of the question lost: the risk report's `meaning_changed`) or its
-            risk score is over `max_risk`. "auto" (default): compress again at the same budget with the
-            numbers, negations and lost question items protected (to what fits), then at a keep halfway to
-            1, then return the text unchanged, stopping at the first whose meaning holds; "unchanged": the
-            text unchanged at once; a number in (0, 1]: compress again at that keep; "off" (or None): return
-            the raw cut. The result's `fell_back`, `fallback_step` and notes say what was done, and by how many
-            tokens the result is over the budget.
-        max_risk: also fall back when the risk score (0-1, gistify.text.fidelity) is over it. Default None:
-            with "auto" only a changed meaning triggers; with "unchanged" or a keep, 0.2.
+        options: the pipeline's options, fields of `gistify.text.options.TextOptions` (which says what each does):
+            `model`, `tokenizer`, `protect`, `protect_numbers`, `protect_negations`, `protect_identifiers`,
+            `structure`, `json_minify`, `on_protected_overflow`, `fallback`, `max_risk`.
     """
     text = check_text(text)
     budget = Budget(keep=keep, tokens=tokens)
-    check_options(
-        structure=structure, on_protected_overflow=on_protected_overflow, fallback=fallback, max_risk=max_risk
-    )
-    if scorer is not None and model is not None:
+    unknown = sorted(set(options) - set(pipeline_options()))
+    if unknown:
+        raise ValueError(f"compress_text has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(pipeline_options())}")  # fmt: skip
+    o = TextOptions(**options)
+    if scorer is not None and o.model is not None:
         raise ValueError("give either `scorer` or `model`, not both")
-    fallback = "off" if fallback is None else fallback
-    if max_risk is None and fallback != "auto":
-        max_risk = 0.2  # the explicit fallbacks' threshold since issue 14
-    if structure == "json" or (structure == "auto" and json_minify):
-        analyse(text, structure, json_minify)  # a text that is not the JSON it claims fails before the model loads
-    if scorer is None and (m.needs_scorer or tokenizer == "scorer"):
+    fallback = "off" if o.fallback is None else o.fallback
+    max_risk = 0.2 if o.max_risk is None and fallback != "auto" else o.max_risk  # explicit fallbacks' since issue 14
+    if o.structure == "json" or (o.structure == "auto" and o.json_minify):
+        analyse(text, o.structure, o.json_minify)  # a text that is not the JSON it claims fails before the model loads
+    if scorer is None and (m.needs_scorer or o.tokenizer == "scorer"):
         with stage("loading the scorer", progress):
-            scorer = shared_scorer(model)
-    counter = _counter(tokenizer, scorer)
+            scorer = shared_scorer(o.model)
+    counter = tok.counter(o.tokenizer, scorer)
     # negations protected by default, where words are picked one by one: truncation keeps one contiguous piece
     # (its promise), which cannot invert a clause except at its edge, and the fallback checks that edge
-    soft = [NEGATION_PHRASE] if protect_negations is None and m.fill_gaps else []
+    soft = [NEGATION_PHRASE] if o.protect_negations is None and m.fill_gaps else []
     run = dict(
-        question=question, scorer=scorer, counter=counter, protect=protect, protect_numbers=protect_numbers,
-        protect_negations=bool(protect_negations), protect_identifiers=protect_identifiers, soft=soft,
-        progress=progress, structure=structure, json_minify=json_minify, overflow=on_protected_overflow,
+        question=question, scorer=scorer, counter=counter, protect=o.protect, protect_numbers=o.protect_numbers,
+        protect_negations=bool(o.protect_negations), protect_identifiers=o.protect_identifiers, soft=soft,
+        progress=progress, structure=o.structure, json_minify=o.json_minify, overflow=o.on_protected_overflow,
     )  # fmt: skip
     t0 = time.perf_counter()
     result = _compress(m, text, budget, **run)

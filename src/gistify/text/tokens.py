@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-OPENAI_ENCODINGS = ("cl100k_base", "o200k_base")
+from gistify.text.options import OPENAI_ENCODINGS  # declared with the options, which must not import numpy
 
 
 @dataclass
@@ -55,6 +55,24 @@ def from_hf(tokenizer: Any, name: str | None = None) -> TokenCounter:
     """A counter over a Hugging Face tokenizer (its Rust backend when it has one)."""
     backend = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
     return TokenCounter(name or getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, backend)
+
+
+def counter(tokenizer: Any = "scorer", scorer: Any = None) -> TokenCounter:
+    """The one way every surface counts tokens (the pipeline, the proxy, the integrations): "scorer" (the
+    scorer's own tokenizer; `scorer` must be given), "cl100k_base", "o200k_base", a Hugging Face tokenizer or a
+    TokenCounter."""
+    if isinstance(tokenizer, TokenCounter):
+        return tokenizer
+    if tokenizer == "scorer":
+        if scorer is None:
+            raise ValueError("counting with the scorer's tokenizer needs a scorer")
+        return from_hf(scorer.tokenizer, getattr(scorer, "name", None))
+    if tokenizer in OPENAI_ENCODINGS:
+        return openai(tokenizer)
+    if isinstance(tokenizer, str):
+        known = ", ".join(map(repr, OPENAI_ENCODINGS))
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; use 'scorer', {known}, or a tokenizer object")
+    return from_hf(tokenizer)
 
 
 @cache
