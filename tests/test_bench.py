@@ -157,7 +157,7 @@ def test_goal_check_compares_with_both_peers_and_the_uncompressed_score():
 
 
 def test_unknown_task_lists_known():
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     with pytest.raises(ValueError, match="needle-single-1k"):
         get_task("nope")
@@ -167,7 +167,7 @@ def test_unknown_task_lists_known():
 @pytest.mark.parametrize("kind", ["single", "multikey", "multivalue"])
 def test_needle_examples_on_real_prose(kind):
     from gistify.models import load
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task(f"needle-{kind}-1k")
     examples = task.examples(2, seed=5)
@@ -204,7 +204,7 @@ def test_needle_dev_split_shares_no_article_with_the_benchmark():
 def test_cloze_qa_examples_are_checked():
     import re
 
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task("qa-1k")
     for ex in task.examples(3, seed=2):
@@ -221,7 +221,7 @@ def test_cloze_qa_examples_are_checked():
 
 @pytest.mark.real
 def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenizer):
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task("lm-1k")
     (ex,) = task.examples(1, seed=3)
@@ -234,7 +234,7 @@ def test_lm_task_scores_perplexity_of_the_continuation(tiny_model, tiny_tokenize
 
 @pytest.mark.real
 def test_icl_examples_and_scoring():
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task("icl-topics")
     (ex,) = task.examples(1, seed=4)
@@ -248,7 +248,7 @@ def test_icl_examples_and_scoring():
 
 
 def test_peak_rss_measure():
-    from gistify_bench.eval.measure import reset_peak_rss, rss_mb
+    from gistify_bench.machine import reset_peak_rss, rss_mb
 
     assert reset_peak_rss()
     before = rss_mb()
@@ -290,7 +290,7 @@ def test_dataclass_configs_make_the_command_line():
 
 def test_trainer_configs_validate_and_reproduce_their_command():
     from gistify_bench.train import controller, oracle, vlm
-    from gistify_bench.train import vist as vist_train
+    from gistify_bench.train.vist import loop as vist_train  # its VistTrainConfig is config.py's
 
     c = vist_train.parse(["--steps", "7", "--no-pve", "--local", "--copy", "0.5", "--inject", "prefix"])
     assert (c.steps, c.pve, c.local, c.copy, c.inject) == (7, False, True, 0.5, "prefix") and c.out is None
@@ -324,9 +324,10 @@ def test_output_root_is_resolved_and_the_default_is_documented(tmp_path, monkeyp
 
 
 def test_measurements_write_one_document_under_their_family(tmp_path):
+    from gistify_bench.eval.registry import get_task, tasks_of
     from gistify_bench.eval.report import vist as vist_report
     from gistify_bench.eval.runner import measure, run
-    from gistify_bench.eval.task import Measurement, get_task, register, tasks_of
+    from gistify_bench.eval.task import Measurement, register
 
     class Echo(Measurement):
         family = "vist"

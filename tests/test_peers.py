@@ -7,8 +7,9 @@ import pytest
 from conftest import prose
 from gistify_bench.eval.peers import kv_presses, lingua
 from gistify_bench.eval.reader import Reader
+from gistify_bench.eval.registry import get_task
 from gistify_bench.eval.runner import Compression, run_cell
-from gistify_bench.eval.task import Example, Task, get_task
+from gistify_bench.eval.task import Example, Task
 
 pytestmark = pytest.mark.real
 

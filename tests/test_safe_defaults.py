@@ -296,7 +296,7 @@ def test_the_rest_of_a_clause_that_lost_its_number_goes_at_the_same_budget():
     "6:30" beside six protected negations, so what was left of "Breakfast is served from [6:30] in the dining
     car" goes too: less said, nothing false, and the budget kept."""
     from gistify.text.pipeline import CLEARED
-    from gistify_bench.eval.negations import documents, inverted
+    from gistify_bench.benches.negations import documents, inverted
 
     text, items = documents()["travel"]
     r = gistify.compress(text, "Can tickets be bought on board?", keep=0.3)

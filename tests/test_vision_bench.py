@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gistify_bench.eval.flops import VICUNA_7B, Decoder, llava_table
+from gistify_bench.benches.flops import VICUNA_7B, Decoder, llava_table
 from gistify_bench.eval.report.vision import accuracy_tables, checks
 
 

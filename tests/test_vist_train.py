@@ -1,5 +1,5 @@
 """vist's training and inference (gistify/vist/pve.py, gistify/vist/model.py, gistify_bench/train/vist/,
-gistify_bench/vist/) and its benchmarks (gistify_bench/eval/tasks/vist_*.py): PVE prefers matching pairs, frequency
+gistify_bench/vist/) and its benchmarks (gistify_bench/benches/vist_*.py): PVE prefers matching pairs, frequency
 masking masks frequent tokens, the feature queue, a tiny training run on real prose that lowers the loss and
 resumes exactly, per-line cached features equal what inference computes, the inference API and
 `compress(method="vist")`. Tiny random Llama, tiny resampler; the encoder is a fake that draws features from each
@@ -22,10 +22,9 @@ from gistify.vist.encoder import Encoded
 from gistify.vist.memory import group_lines
 from gistify.vist.model import VistModel
 from gistify.vist.pve import FeatureQueue, PVEConfig, importance, mask_positions, pve_loss, token_counts
+from gistify_bench.benches import vist_cost, vist_icl, vist_lm, vist_runs
+from gistify_bench.eval.cells import write_json
 from gistify_bench.eval.report.vist import report
-from gistify_bench.eval.runner import write_json
-from gistify_bench.eval.tasks import vist_cost, vist_icl, vist_lm, vist_runs
-from gistify_bench.train import vist as vist_train
 from gistify_bench.train.vist import loop
 from gistify_bench.vist import corpus as vist_corpus
 
@@ -65,7 +64,7 @@ TINY = dict(lines_per_image=4, latents=4, dim=32, depth=1, heads=2, head_dim=8, 
 
 
 def tiny_args(out, *extra):
-    return vist_train.parse(
+    return loop.parse(
         [
             *("--out", str(out), "--distant-tokens", "96", "--proximal-tokens", "24", "--batch", "4"),
             *("--lines-per-image", "4", "--latents", "4", "--dim", "32", "--depth", "1", "--heads", "2"),
@@ -167,7 +166,7 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
     enc = FakeEncoder()
     run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
     args = tiny_args(tmp_path / "a", *run)
-    card = vist_train.train(args, lm, tiny_tokenizer, enc, corpus())
+    card = loop.train(args, lm, tiny_tokenizer, enc, corpus())
 
     def losses(state=None):
         """LM and PVE (in-batch negatives) losses of one fixed batch of training windows."""
@@ -198,16 +197,16 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
         (b / "features" / f.name).write_bytes(f.read_bytes())
     enc2 = FakeEncoder()
     run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
-    stopped = vist_train.train(tiny_args(b, *run, "--stop-after", "5"), lm, tiny_tokenizer, enc2, corpus())
+    stopped = loop.train(tiny_args(b, *run, "--stop-after", "5"), lm, tiny_tokenizer, enc2, corpus())
     assert stopped == {"stopped": 5} and enc2.calls == 0
-    vist_train.train(tiny_args(b, *run), lm, tiny_tokenizer, enc2, corpus())
+    loop.train(tiny_args(b, *run), lm, tiny_tokenizer, enc2, corpus())
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "a", b))
     assert ca["step"] == cb["step"] == 20
     assert all(torch.equal(ca["trained"][k], cb["trained"][k]) for k in ca["trained"])
     assert torch.equal(ca["queue"]["features"], cb["queue"]["features"])
     assert [h["lm"] for h in ca["history"]] == [h["lm"] for h in cb["history"]]
     with pytest.raises(ValueError, match="another configuration"):
-        vist_train.train(tiny_args(b, *run, "--mask", "random"), lm, tiny_tokenizer, enc2, corpus())
+        loop.train(tiny_args(b, *run, "--mask", "random"), lm, tiny_tokenizer, enc2, corpus())
 
 
 def test_training_standardises_features_with_the_corpus_statistics(trained, lm, tiny_tokenizer, tmp_path):
@@ -283,7 +282,7 @@ def test_cached_line_features_are_what_inference_reads(lm, tiny_tokenizer, tmp_p
 @pytest.fixture(scope="module")
 def trained(lm, tiny_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("vist")
-    vist_train.train(tiny_args(out, "--steps", "3"), lm, tiny_tokenizer, FakeEncoder(), corpus())
+    loop.train(tiny_args(out, "--steps", "3"), lm, tiny_tokenizer, FakeEncoder(), corpus())
     return out / "vist.safetensors"
 
 
@@ -431,7 +430,7 @@ def test_cached_label_scores_equal_scoring_each_row_whole(trained, lm, tiny_toke
 def test_onnx_flops_count_convolutions_and_matmuls():
     from onnx import TensorProto, helper, numpy_helper
 
-    from gistify_bench.eval.flops import Decoder, onnx_flops
+    from gistify_bench.benches.flops import Decoder, onnx_flops
 
     w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     m = numpy_helper.from_array(np.ones((256, 10), np.float32), "m")
@@ -652,7 +651,7 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     assert 1.5 < n / len(kept) < 8 and kept.max() < 0 and kept.min() >= -n  # the text's positions, before the text
     assert bool((kept.diff() > 0).all())  # in reading order
     # vist_bench (step 5) on it: every kind of window, every way, the token counts that make the comparison
-    from gistify_bench.eval.tasks import vist_bench
+    from gistify_bench.benches import vist_bench
 
     articles = {"astronaut": prose("astronaut.txt")[:3000], "abacus": prose("abacus.txt")[:3000]}
     bench = vist_bench.bench_task(loaded, articles, distant=96, n=2, cache=tmp_path, progress=False, proximal=24)

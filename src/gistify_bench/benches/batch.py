@@ -1,7 +1,7 @@
 """Throughput of `gistify compress-batch`: records per second for the local engine at 1 and 2 workers and for
 Ray Data at 1 and 2 actors, and how many scorer forward passes a record costs.
 
-    python -m gistify_bench.eval.batch_bench --out docs/results/batch [--records 24] [--method reinforce]
+    python -m gistify_bench.benches.batch --out docs/results/batch [--records 24] [--method reinforce]
 
 Records are the openings (about 1,600 characters, one scorer window) of Wikipedia articles of the eval split
 (gistify_bench.data), compressed to keep=0.3 without a question, as in offline corpus preparation. Each
@@ -72,7 +72,7 @@ def run(src: Path, work: Path, name: str, **job) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gistify_bench.eval.batch_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gistify_bench.benches.batch", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for batch.json and batch.md")
     ap.add_argument("--records", type=int, default=24)
     ap.add_argument("--method", default="reinforce")

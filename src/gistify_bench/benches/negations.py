@@ -11,8 +11,8 @@ word among the next one to three words after it, up to punctuation ("do NOT [run
 the reader would read as an affirmation. A dropped sentence is information lost, not meaning changed, and is not
 counted.
 
-    python -m gistify_bench.eval.negations                  # the table on stdout (markdown)
-    python -m gistify_bench.eval.negations --json out.json  # and every compression's record
+    python -m gistify_bench.benches.negations                  # the table on stdout (markdown)
+    python -m gistify_bench.benches.negations --json out.json  # and every compression's record
 
 On the shared 2-core machine it takes a few minutes (reinforce-fast, the default method, on the embedded SmolLM2).
 """
@@ -261,7 +261,7 @@ def table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.negations", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.benches.negations", description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", default=",".join(map(str, KEEPS)), help="comma-separated keeps (default 0.3,0.1)")
     p.add_argument("--method", help="text method (default: gistify's default)")
     p.add_argument("--json", help="also write every record to this file")

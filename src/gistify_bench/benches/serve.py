@@ -1,8 +1,8 @@
 """A bounded loopback load run of `gistify serve`: does it lose requests, what latency does it add, how
 much memory does it hold?
 
-    python -m gistify_bench.eval.serve_bench --out docs/results/serve
-    python -m gistify_bench.eval.serve_bench --out docs/results/serve --readme   # the README's request
+    python -m gistify_bench.benches.serve --out docs/results/serve
+    python -m gistify_bench.benches.serve --out docs/results/serve --readme   # the README's request
 
 Two parts, each with its upstream, its own proxy process (`gistify serve`, started as a user would) and the
 same requests sent twice, once straight to the upstream and once through the proxy; the added latency is
@@ -344,13 +344,13 @@ def readme_run(out: Path, argv: list[str]) -> int:
     )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    stub = [sys.executable, "-m", "gistify_bench.eval.serve_bench", "--stub", "--out", str(out), "--port", str(port),
+    stub = [sys.executable, "-m", "gistify_bench.benches.serve", "--stub", "--out", str(out), "--port", str(port),
             "--prefill-tps", "50000"]  # fmt: skip
     part("a stub upstream that reads 50,000 tokens/s, at $0 per million tokens", stub, url + "/health", url + "/v1",
          ["--price-per-mtok", "0"])  # fmt: skip
     load = os.getloadavg()
     head = ["# gistify serve: the README's request", "",
-            f"Command: `python -m gistify_bench.eval.serve_bench {' '.join(argv)}`. One machine, {os.cpu_count()} "
+            f"Command: `python -m gistify_bench.benches.serve {' '.join(argv)}`. One machine, {os.cpu_count()} "
             f"shared CPU cores (load average {load[0]:.1f} at the end), loopback only.", ""]  # fmt: skip
     (out / "readme_run.md").write_text("\n".join(head + sections))
     print("\n".join(head + sections))
@@ -358,7 +358,7 @@ def readme_run(out: Path, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.serve_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.benches.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for serve_bench.json and README.md")
     p.add_argument("--logs", type=Path, help="folder for the upstreams' and proxies' logs (default: a temporary one)")
     p.add_argument("--requests", type=int, default=1000)
@@ -395,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         "proxy's memory after start is before the first compression pages the scorer's fp32 weights in (about "
         "540 MB).",
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg_at_start": os.getloadavg()},
-        "command": "python -m gistify_bench.eval.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m gistify_bench.benches.serve " + " ".join(argv if argv is not None else sys.argv[1:]),
         "parts": {},
     }
     port = _free_port()
-    stub = [sys.executable, "-m", "gistify_bench.eval.serve_bench", "--stub", "--out", str(out), "--port", str(port)]
+    stub = [sys.executable, "-m", "gistify_bench.benches.serve", "--stub", "--out", str(out), "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     print(f"stub: {args.requests} requests at concurrency {args.concurrency} ...", file=sys.stderr)
     results["parts"]["stub"] = run_part(

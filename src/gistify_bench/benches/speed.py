@@ -1,6 +1,6 @@
 """Compression speed and memory of every text method on the embedded scorer, at several input lengths.
 
-    python -m gistify_bench.eval.speed [--tokens 1000,4000,16000,100000] [--repeats 5,5,3,1]
+    python -m gistify_bench.benches.speed [--tokens 1000,4000,16000,100000] [--repeats 5,5,3,1]
                                        [--methods reinforce-fast,reinforce,selfinfo,llmlingua]
                                        [--skip longllmlingua@100000] [--out ROOT]
 
@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from gistify_bench.eval import measure
-from gistify_bench.eval.measure import reset_peak_rss, rss_mb
+from gistify_bench.machine import machine, reset_peak_rss, rss_mb
 from gistify_bench.options import resolve_out
 
 QUESTION = "What is the albedo of fresh snow?"
@@ -106,7 +105,7 @@ def _floor(method: str, scorer, text: str, repeats: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gistify_bench.eval.speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gistify_bench.benches.speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="reinforce-fast,reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
     p.add_argument("--tokens", default="1000,4000,16000,100000", help="input lengths in scorer tokens, comma-separated")
     p.add_argument("--repeats", default="5,5,3,1", help="timed runs per length (one number, or one per length)")
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for tokens, reps in zip(lengths, repeats):
             if f"{method}@{tokens}" in args.skip.split(","):
                 continue
-            cmd = [sys.executable, "-m", "gistify_bench.eval.speed", "--child", method]
+            cmd = [sys.executable, "-m", "gistify_bench.benches.speed", "--child", method]
             cmd += ["--tokens", str(tokens), "--repeats", str(reps)]
             cmd += (["--file", str(args.file)] if args.file else []) + (["--model", args.model] if args.model else [])
             print(f"measuring {method} at {tokens} tokens ...", file=sys.stderr)
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             record["rows"].append(json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg": os.getloadavg()[0]})
-            record["machine"] = measure.machine()
+            record["machine"] = machine()
             (out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
     print(table(record))
     return 0

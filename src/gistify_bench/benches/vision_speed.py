@@ -4,7 +4,7 @@ On the trained VLM (batch 1): the reducer's own cost (context + method + project
 per method at keep 0.5, 0.25, 0.1; on a tiny-config LLaVA with LLaVA-1.5's 576 visual tokens: the whole prefill call
 (vision tower, reducer, LLM) at keep 0.1. Medians of `repeats` timed runs after a warm-up; the KV cache left behind;
 the peak resident memory of the process during the call. Timings are for this machine
-(gistify_bench.eval.measure.machine).
+(gistify_bench.machine.machine).
 
 A Measurement, not a grid of cells: its rows are timings of one input per configuration, not per-example records
 scored against answers, and it spans two models.
@@ -18,9 +18,9 @@ from contextlib import nullcontext
 
 import torch
 
-from gistify_bench.eval.measure import machine, reset_peak_rss, rss_mb
 from gistify_bench.eval.task import Measurement, register
 from gistify_bench.eval.tasks.vqa import batches, load_vlm, vision_methods
+from gistify_bench.machine import machine, reset_peak_rss, rss_mb
 from gistify_bench.vlm import vqa
 
 

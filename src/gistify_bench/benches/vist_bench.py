@@ -64,7 +64,7 @@ def _scored_nll(model, prefixes, ids, mask, memory, first_scored):
 def _ways(model, ids, mask, memory, dist, texts, questions, first) -> dict:
     """Every way but the last-K pair for one batch: way -> (per-window NLL, exact, LLM-side tokens beyond the
     proximal text). dist: each distant text's ids; texts / questions: what reinforce compresses, and for what."""
-    from gistify_bench.eval.tasks.vist_lm import reinforce_ids
+    from gistify_bench.benches.vist_lm import reinforce_ids
 
     visual = memory.visual_tokens
     out = {}

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from gistify_bench.eval.measure import machine, reset_peak_rss, rss_mb
+from gistify_bench.benches.vist_lm import PROXIMAL, load
 from gistify_bench.eval.task import Measurement, register
-from gistify_bench.eval.tasks.vist_lm import PROXIMAL, load
+from gistify_bench.machine import machine, reset_peak_rss, rss_mb
 
 
 def long_text(articles: dict, tokenizer, tokens: int) -> tuple[str, str]:
@@ -62,7 +62,7 @@ def encoder_flops_per_line(width: int) -> float:
     import onnx
 
     from gistify.vist.encoder import model_path
-    from gistify_bench.eval.flops import onnx_flops
+    from gistify_bench.benches.flops import onnx_flops
 
     model = onnx.load(str(model_path()))
     return onnx_flops(model, {model.graph.input[0].name: [1, 3, 48, width]})
@@ -71,7 +71,7 @@ def encoder_flops_per_line(width: int) -> float:
 @torch.no_grad()
 def cost_task(model, articles: dict, lengths: list[int], new_tokens: int = 16) -> dict:
     from gistify.vist.encoder import EncoderConfig, TextImageEncoder
-    from gistify_bench.eval.flops import Decoder, resampler_flops
+    from gistify_bench.benches.flops import Decoder, resampler_flops
 
     c, lm, tok = model.config, model.lm, model.tokenizer
     dec = Decoder.from_config(lm.config)

@@ -4,7 +4,7 @@ A DBPedia-like task made of real sentences: each of `classes` eval articles is a
 "Sentence: {x}\\nTopic: {y}" balanced per label, 2 of them in the decoder, the rest distant (one per line with a
 blank line after each, the paper's "dynamic + blank lines"); each label scored by its log-likelihood (raw, and
 calibrated by the same prompt with an empty sentence, as CEPE) (docs/methods.md §3.7). The ways are vist_lm's.
-A Measurement (see gistify_bench.eval.tasks.vist_lm for why).
+A Measurement (see gistify_bench.benches.vist_lm for why).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import re
 
 import torch
 
+from gistify_bench.benches.vist_lm import load, reinforce_ids
 from gistify_bench.eval.task import Measurement, register
 from gistify_bench.eval.tasks.icl import sentences as demo_sentences
-from gistify_bench.eval.tasks.vist_lm import load, reinforce_ids
 from gistify_bench.vist.corpus import pad
 
 

@@ -2,7 +2,7 @@
 and the held-out numbers each run's trainer measured at its end ("vist-ablation"; <out>/vist/ablation.json).
 
 Both read trained runs (a vist trainer's --out folders, options["runs"]: [(name, folder)]) rather than examples at a
-budget: Measurements (see gistify_bench.eval.tasks.vist_lm).
+budget: Measurements (see gistify_bench.benches.vist_lm).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from gistify_bench.benches.vist_lm import load
 from gistify_bench.eval.task import Measurement, register
-from gistify_bench.eval.tasks.vist_lm import load
 
 
 @torch.no_grad()

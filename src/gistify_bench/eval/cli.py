@@ -34,22 +34,13 @@ def _floats(text: str) -> list[float]:
 
 def with_params(name: str) -> tuple[str, dict]:
     """A text method with parameters, `truncate[side=tail]` or `reinforce[recency=0;k=4]`: its registered name and
-    the parameters (values read as Python literals, else as strings). The cell is named by the whole string."""
-    import ast
+    the parameters (read as `gistify compress --set` reads them). The cell is named by the whole string."""
+    from gistify.text.options import parse_sets
 
     if not name.endswith("]") or "[" not in name:
         return name, {}
     base, body = name[:-1].split("[", 1)
-    params = {}
-    for item in filter(None, body.split(";")):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{name}: parameters are NAME=VALUE separated by ';', got {item!r}")
-        try:
-            params[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value.strip()
-    return base, params
+    return base, parse_sets(list(filter(None, body.split(";"))), f"{name}: each parameter (separated by ';')")
 
 
 def methods_for(family: str, spec: str | None) -> list[str]:
@@ -97,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from gistify_bench.eval import report
-    from gistify_bench.eval.task import FAMILIES, Measurement, get_task, load_tasks, tasks_of
+    from gistify_bench.eval.registry import get_task, load_tasks, tasks_of
+    from gistify_bench.eval.task import FAMILIES, Measurement
 
     if args.task == "tasks":
         load_tasks()

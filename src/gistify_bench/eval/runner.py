@@ -6,7 +6,7 @@ finishes, so an interrupted run resumes where it stopped) and metrics.json (the 
 method's own budget). The uncompressed baseline is method "none" at keep=1; in text tasks every other record says
 whether its answer agrees with the baseline's. Text cells run through `run_cell` (a reader answers from each
 compressed context); other families' cells through `run_grid`, which asks the task for the records of the
-examples not yet recorded.
+examples not yet recorded (cells.py: a cell's files, which the tasks write through without importing the runner).
 
 Measurements (gistify_bench.eval.task.Measurement) write one JSON document: <out>/<family>/<result>.json (`measure`).
 """
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gistify_bench.eval.measure import machine, reset_peak_rss, rss_mb
+from gistify_bench.eval.cells import cell_dir, read_records, write_json
 from gistify_bench.eval.reader import Reader
-from gistify_bench.eval.task import CellTask, Example, Measurement, Task, normalize
-from gistify_bench.stats import interval95  # noqa: F401  (re-exported: the tasks import it from here)
+from gistify_bench.eval.task import Example, Measurement, Task, normalize
+from gistify_bench.machine import machine, reset_peak_rss, rss_mb
+from gistify_bench.stats import interval95
 
 NONE = "none"
 
@@ -61,23 +62,6 @@ def _uncompressed(reader: Reader) -> Compressor:
         return Compression(context, n, n, 0.0)
 
     return run
-
-
-def cell_dir(out: Path, task: str, reader: str, method: str, keep: float | None) -> Path:
-    """A cell's folder under a family's folder `out`; keep None is the method's own budget ("keep=own")."""
-    return out / task / reader.replace("/", "_") / method / ("keep=own" if keep is None else f"keep={keep:g}")
-
-
-def read_records(path: Path) -> dict[str, dict]:
-    """{id: record} of a records.jsonl (empty if there is none yet)."""
-    if not path.is_file():
-        return {}
-    records = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[r["id"]] = r
-    return records
 
 
 def run_cell(
@@ -184,7 +168,7 @@ def run(
     A task of another family runs through its own `run` (e.g. gistify_bench.eval.tasks.vqa), on `run_grid`.
     """
     from gistify.progress import progress_bar
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task(task_name)
     if isinstance(task, Measurement):
@@ -220,45 +204,9 @@ def reader_window(reader: Reader) -> int | None:
     return getattr(getattr(reader.model, "config", None), "max_position_embeddings", None)
 
 
-def run_grid(
-    task: CellTask,
-    task_name: str,
-    cells: list[tuple[str, float | None]],
-    examples: list,
-    model: str,
-    out: Path,
-    evaluate: Callable[[str, float | None, list], list[dict]],
-    progress: Callable | None = None,
-) -> list[dict]:
-    """The cells of a non-text task, in the same layout as the text cells: for each (method, keep), the examples
-    not yet recorded go to `evaluate(method, keep, examples)` (one record per example, in order, each with the
-    example's "id"), their records are appended, and `task.summarize(records)` is the cell's metrics."""
-    results = []
-    for method, keep in cells:
-        d = cell_dir(Path(out) / task.family, task_name, model, method, keep)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "records.jsonl"
-        done = read_records(path)
-        todo = [ex for ex in examples if ex.id not in done]
-        if todo:
-            with path.open("a") as f:
-                for rec in evaluate(method, keep, todo):
-                    f.write(json.dumps(rec) + "\n")
-                    done[rec["id"]] = rec
-        if progress:
-            progress()
-        records = [done[ex.id] for ex in examples]
-        metrics = task.summarize(records)
-        metrics.update(task=task_name, model=model, method=method, keep=keep, n=len(records), metric=task.metric)
-        metrics["machine"] = machine()
-        (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        results.append(metrics)
-    return results
-
-
 def measure(task_name: str, out: Path, options: dict[str, Any] | None = None) -> dict:
     """Run the measurement `task_name` and write its result to <out>/<family>/<result>.json."""
-    from gistify_bench.eval.task import get_task
+    from gistify_bench.eval.registry import get_task
 
     task = get_task(task_name)
     if not isinstance(task, Measurement):
@@ -266,9 +214,3 @@ def measure(task_name: str, out: Path, options: dict[str, Any] | None = None) ->
     result = task.run(dict(options or {}))
     write_json(Path(out) / task.family / f"{task.result}.json", result)
     return result
-
-
-def write_json(path: Path, data: Any, indent: int = 2) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=indent) + "\n")
-    return path

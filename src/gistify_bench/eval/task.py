@@ -10,8 +10,10 @@ Two kinds, both run by gistify_bench.eval.runner and written under one output ro
   and the visual-token prefill timings. Each says in its docstring why it does not fit the cell grid
   (runner.measure writes <out>/<family>/<result>.json).
 
-One file per task in `tasks/`; each registers its named variants in TASKS. A task's examples are deterministic in
-(n, seed), so every method and budget sees the same examples in one run.
+One file per grid task in `tasks/`, one per measurement in gistify_bench/benches/; each registers its named variants
+in TASKS when imported, and gistify_bench.eval.registry imports them all (this module imports none: the tasks
+import it). A task's examples are deterministic in (n, seed), so every method and budget sees the same examples in
+one run.
 """
 
 from __future__ import annotations
@@ -108,24 +110,7 @@ class Task(CellTask):
 
 
 def register(name: str, task: CellTask | Measurement) -> None:
+    """Add a task under `name` (each task module registers its variants when it is imported: registry.py)."""
     if name in TASKS:
         raise ValueError(f"two tasks are named {name!r}")
     TASKS[name] = task
-
-
-def get_task(name: str) -> CellTask | Measurement:
-    load_tasks()
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
-
-
-def load_tasks() -> dict[str, CellTask | Measurement]:
-    """Every registered task (importing the built-in ones registers them)."""
-    from gistify_bench.eval import tasks  # noqa: F401
-
-    return TASKS
-
-
-def tasks_of(family: str) -> list[str]:
-    return sorted(name for name, task in load_tasks().items() if task.family == family)

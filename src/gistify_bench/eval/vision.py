@@ -9,10 +9,10 @@ accuracy: the tasks "easyvqa" and "easyvqa-4" (gistify_bench.eval.tasks.vqa): ev
     gistify.methods("vision") at keep 1, 0.5, 0.25, 0.1, 0.05 (and recover's own dynamic budget) on the trained
     small VLM, on held-out easy-vqa questions; cells as the text tasks' (records.jsonl, metrics.json), gathered
     into accuracy.json.
-speed: "vision-speed" (gistify_bench.eval.tasks.vision_speed): prefill on the trained VLM and on a tiny-config
+speed: "vision-speed" (gistify_bench.benches.vision_speed): prefill on the trained VLM and on a tiny-config
     LLaVA with LLaVA-1.5's 576 visual tokens -> speed.json.
 report: tables, the issue's checks, a plot, and FLOPs of LLaVA-1.5-7B's prefill from our counter
-    (gistify_bench.eval.flops) next to the paper's table (8.5 -> 1.5 TFLOPs) -> report.md, accuracy.png.
+    (gistify_bench.benches.flops) next to the paper's table (8.5 -> 1.5 TFLOPs) -> report.md, accuracy.png.
 """
 
 from __future__ import annotations

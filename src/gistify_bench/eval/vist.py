@@ -9,7 +9,7 @@
     python -m gistify_bench.eval.vist report
 
 Each subcommand runs one task of the vist family (vist-lm, vist-icl, vist-cost, vist-bench, vist-ablation,
-vist-diversity: gistify_bench.eval.tasks.vist_*; their docstrings say what each measures) through
+vist-diversity: gistify_bench.benches.vist_*; their docstrings say what each measures) through
 gistify_bench.eval.runner.measure, which writes ROOT/vist/<task>.json (ROOT: --out, default ./results; the committed
 results are docs/results), then remakes ROOT/vist/report.md (gistify_bench.eval.report.vist). The oracle probe
 (gistify_bench.train.oracle: the cross-attention reading a perfect memory) writes oracle.json there too, and the

@@ -100,7 +100,7 @@ def make_input(scorer, context: str, question: str, answer: str) -> Input:
     """The θ-independent parts of one cloze question: features, token ids, the uncompressed read."""
     from gistify.text.reinforce import RL_ALPHA, ContextualReinforcement
     from gistify.text.words import Document, segment
-    from gistify_bench.eval.tasks.wiki import BLANK
+    from gistify_bench.cloze import BLANK
 
     tok = scorer.tokenizer
     features = ContextualReinforcement(alpha=RL_ALPHA).features(Document(context, segment(context), question, scorer))
@@ -115,12 +115,12 @@ def make_input(scorer, context: str, question: str, answer: str) -> Input:
 def make_inputs(settings: ControllerConfig, scorer, show_progress: bool = True) -> list[Input]:
     """Cloze questions (the `qa` task's construction) over the "train" articles."""
     from gistify.progress import track
-    from gistify_bench.eval.tasks.wiki import ClozeQA
+    from gistify_bench.cloze import cloze_questions
 
-    examples = ClozeQA(length=settings.length, split="train").examples(settings.inputs, settings.seed)
+    questions = cloze_questions(settings.length, "train", settings.inputs, settings.seed)
     return [
-        make_input(scorer, ex.context, ex.question, ex.answers[0])
-        for ex in track(examples, len(examples), "preparing inputs", show_progress)
+        make_input(scorer, q.context, q.question, q.answer)
+        for q in track(questions, len(questions), "preparing inputs", show_progress)
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gistify_bench.eval.flops import llava_table
+from gistify_bench.benches.flops import llava_table
 
 BASELINES = ("random", "pool", "fastv")  # the ones the issue names; recover must beat each at keep 0.1
 
@@ -184,7 +184,7 @@ def write_report(out: Path) -> str:
         lines += ["## Prefill time, tokens and memory", "", f"Machine: {speed['machine']}; medians of "
                   f"{speed['repeats']} repeats.", "", *speed_tables(speed), ""]  # fmt: skip
     lines += [
-        "## FLOPs of LLaVA-1.5-7B's prefill (gistify_bench.eval.flops)",
+        "## FLOPs of LLaVA-1.5-7B's prefill (gistify_bench.benches.flops)",
         "",
         "The paper reports 8.5 -> 1.5 TFLOPs (A100, FP16, about 10% of the visual tokens; prompt length unstated).",
         "",

@@ -195,7 +195,7 @@ def _regression_lines(run: dict) -> list[str]:
 
 
 def bench_section(bench: dict | None) -> list[str]:
-    """vist_bench (gistify_bench.eval.tasks.vist_bench): per way, each kind's NLL and LLM-side tokens, and the
+    """vist_bench (gistify_bench.benches.vist_bench): per way, each kind's NLL and LLM-side tokens, and the
     distant facts answered exactly."""
     if not bench:
         return []

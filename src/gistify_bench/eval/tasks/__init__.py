@@ -1,15 +1,3 @@
-"""Benchmark tasks of every family, one file each (text: needle, wiki, icl; vision: vqa, vision_speed; vist:
-vist_lm, vist_icl, vist_cost, vist_bench, vist_runs). Importing this package registers them."""
-
-from gistify_bench.eval.tasks import (  # noqa: F401
-    icl,
-    needle,
-    vision_speed,
-    vist_bench,
-    vist_cost,
-    vist_icl,
-    vist_lm,
-    vist_runs,
-    vqa,
-    wiki,
-)
+"""The grid tasks, one file each (text: needle, wiki, icl; vision: vqa). Importing a module registers its tasks;
+gistify_bench.eval.registry imports them all (this package imports none, so that a task may import a sibling
+without running the others). The measurements are gistify_bench.benches'."""

@@ -7,7 +7,7 @@ Greedy answers; right when the first word is the answer. Per question: the predi
 visual tokens kept and, on composites, the share of the kept tokens that show the asked object (`on_target`):
 what question guidance is for, measured apart from whether the model can use it.
 
-Cells are run by gistify_bench.eval.runner.run_grid (the text tasks' layout: <out>/vision/<task>/<model>/<method>/
+Cells are run by gistify_bench.eval.cells.run_grid (the text tasks' layout: <out>/vision/<task>/<model>/<method>/
 keep=<k>/records.jsonl + metrics.json), and <out>/vision/accuracy.json gathers every cell for the vision report.
 """
 
@@ -130,7 +130,7 @@ class VQA(CellTask):
     def run(self, task_name: str, methods, keeps, n: int, out: Path, seed: int = 1, show_progress: bool = True):
         """Every cell on `n` questions (runner.run sends vision tasks here), then accuracy.json refreshed."""
         from gistify.progress import progress_bar
-        from gistify_bench.eval.runner import run_grid
+        from gistify_bench.eval.cells import run_grid
 
         vlm = load_vlm()
         questions = self.examples(n, seed)
@@ -156,8 +156,8 @@ def write_accuracy(folder: Path, n: int | None = None, seed: int = 1) -> Path:
     (task, method, keep) with its accuracy, mean tokens kept, on_target and the per-question results."""
     import json
 
-    from gistify_bench.eval.measure import machine
-    from gistify_bench.eval.runner import read_records, write_json
+    from gistify_bench.eval.cells import read_records, write_json
+    from gistify_bench.machine import machine
 
     order = {name: i for i, name in enumerate(TASK_NAMES)}
     cells = []

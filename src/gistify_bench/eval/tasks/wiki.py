@@ -15,34 +15,10 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 
+from gistify_bench.cloze import BLANK, NUMBER, cloze_questions, tokenizer
 from gistify_bench.eval.task import Example, Task, register
-
-BLANK = "___"
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]")
-_NUMBER = re.compile(r"(?<![\w.,])\d{1,4}(?:,\d{3})*(?:\.\d+)?(?![\w]|[.,]\d)")
-
-
-def _tokenizer():
-    from gistify.models import load
-
-    return load(None)[1]
-
-
-def _paragraph_window(text: str, rng: random.Random, length: int, tokenizer) -> str:
-    """Whole paragraphs of `text` from a seeded paragraph on, about `length` tokens."""
-    paras = [p for p in text.split("\n") if p.strip()]
-    start = rng.randrange(max(1, len(paras) // 2))
-    out, used = [], 0
-    for p in paras[start:]:
-        cost = len(tokenizer(p, add_special_tokens=False).input_ids) + 1
-        if used + cost > length and out:
-            break
-        out.append(p)
-        used += cost
-    return "\n".join(out)
 
 
 @dataclass
@@ -58,44 +34,14 @@ class ClozeQA(Task):
 
     def score(self, example: Example, prediction: str) -> float:
         # The reader goes on after the number; only the first number it writes is its answer.
-        first = _NUMBER.search(prediction)
+        first = NUMBER.search(prediction)
         return float(first is not None and first.group() == example.answers[0])
 
     def examples(self, n: int, seed: int = 0) -> list[Example]:
-        from gistify_bench.data import wikipedia
-
-        articles, tok = wikipedia(self.split), _tokenizer()
-        titles = sorted(articles)
-        out, attempt = [], 0
-        while len(out) < n:
-            rng = random.Random(f"qa-{self.length}-{seed}-{attempt}")
-            attempt += 1
-            title = rng.choice(titles)
-            context = _paragraph_window(articles[title], rng, self.length, tok)
-            candidates = []
-            for m in _SENTENCE.finditer(context):
-                sentence = m.group().strip()
-                if not 8 <= len(sentence.split()) <= 45:
-                    continue
-                for num in _NUMBER.finditer(sentence):
-                    if len(sentence[: num.start()].split()) < 3:
-                        continue  # the reader needs the sentence's start to know which number is asked
-                    if len(re.findall(rf"(?<![\w.,]){re.escape(num.group())}(?![\w]|[.,]\d)", context)) == 1:
-                        candidates.append((sentence, num))
-            if len(tok(context).input_ids) < self.length * 0.6 or not candidates:
-                continue  # a short article or one without a checkable number: draw again
-            sentence, num = rng.choice(candidates)
-            blanked = sentence[: num.start()] + BLANK + sentence[num.end() :]
-            out.append(
-                Example(
-                    id=f"{seed}-{len(out)}",
-                    context=context,
-                    question=blanked,
-                    answers=[num.group()],
-                    meta={"title": title},
-                )
-            )
-        return out
+        return [
+            Example(id=q.id, context=q.context, question=q.question, answers=[q.answer], meta={"title": q.title})
+            for q in cloze_questions(self.length, self.split, n, seed)
+        ]
 
 
 @dataclass
@@ -109,7 +55,7 @@ class ContinuationLM(Task):
     def examples(self, n: int, seed: int = 0) -> list[Example]:
         from gistify_bench.data import wikipedia
 
-        articles, tok = wikipedia(self.split), _tokenizer()
+        articles, tok = wikipedia(self.split), tokenizer()
         need = self.length + self.continuation
         titles = [t for t in sorted(articles) if len(articles[t]) > need * 6]  # ~4-5 characters per token
         out, attempt = [], 0
