@@ -353,7 +353,7 @@ def test_missing_weights_say_how_to_make_them(tmp_path):
         gistify.compress("Some context to read.", method="vist", weights=tmp_path / "none.safetensors")
 
 
-# -- gistify_bench.eval.tasks.vist_* ------------------------------------------------------------------------------
+# -- gistify_bench.benches.vist_* ---------------------------------------------------------------------------------
 
 
 def test_the_lm_task_scores_every_way_on_the_same_tokens(trained, lm, tiny_tokenizer, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,11 @@ def _check_method(value):
 def _check_params(value):
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         return f"params must be a dict of the method's parameters by name, got {value!r}"
+
+
+def _check_model(value):
+    if value is not None and not isinstance(value, str | os.PathLike):
+        return f"model must be a model's name, path or hub id, got {value!r} (a loaded scorer goes to `scorer`)"
 
 
 def _check_tokenizer(value):
@@ -163,16 +169,18 @@ class TextOptions:
     keep: float | None = option(None, "fraction of tokens to keep, in (0, 1]", _check_keep, parse=float)
     tokens: int | None = option(None, "number of tokens to keep", _check_tokens, parse=int)
     method: str = option(DEFAULT_METHOD, "text method (see `gistify methods`)", _check_method, flags=("-m", "--method"))
-    params: dict = option(help="a method parameter, e.g. --set seed=3 (or a pipeline option: --set fallback=off)",
+    params: dict = option(help="a parameter of the method, e.g. --set seed=3 (or an option by its name)",
                           check=_check_params, factory=dict, flags=("--set",), metavar="NAME=VALUE")  # fmt: skip
-    model: str | None = option(None, "scorer LM: embedded name, local path or hub id (default: the embedded SmolLM2)")
+    model: str | None = option(
+        None, "scorer LM: embedded name, local path or hub id (default: the embedded SmolLM2)", _check_model
+    )
     tokenizer: Any = option("scorer", "count tokens with: scorer, cl100k_base or o200k_base", _check_tokenizer)
     protect: tuple = option(help="always keep matches of REGEX verbatim (Python: regexes or (start, end) spans)",
                             check=_check_protect, factory=tuple, metavar="REGEX")  # fmt: skip
     protect_numbers: bool = option(False, "always keep numbers", _flag("protect_numbers"))
     protect_negations: bool | None = option(
         None,
-        "keep negations with what they negate (default: on, as far as the budget allows; --protect-negations "
+        "keep negations with what they negate (left out: as far as the budget allows; --protect-negations "
         "demands it all, --no-protect-negations turns it off)",
         _flag("protect_negations"),
     )
@@ -320,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser, surface: str, defaults: Any =
         default = None if defaults is None or f.name in ("keep", "tokens") else shown
         kind = "bool" if isinstance(library, bool) or f.name == "protect_negations" else None
         note = _default_note(f.name, shown, kind)
-        help_text = meta["help"] + (f"; {note}" if meta["help"].endswith(")") else f" ({note})" if note else "")
+        help_text = meta["help"] + ((f"; {note}" if meta["help"].endswith(")") else f" ({note})") if note else "")
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
         kw: dict[str, Any] = dict(dest=f.name, help=help_text.replace("%", "%%"))
         if kind == "bool":
