@@ -53,10 +53,11 @@ def test_measurements_and_benches_live_apart_from_the_grid_tasks():
     from gistify_bench.eval.registry import load_tasks
     from gistify_bench.eval.task import Measurement
 
-    homes = {name: (isinstance(task, Measurement), type(task).__module__) for name, task in load_tasks().items()}
-    assert {h for (m, h) in homes.values() if m} and all(h.startswith("gistify_bench.benches.") for m, h in
-                                                         homes.values() if m)  # fmt: skip
-    assert all(h.startswith("gistify_bench.eval.tasks.") for m, h in homes.values() if not m)
+    tasks = [t for t in load_tasks().values() if type(t).__module__.startswith("gistify_bench.")]  # not tests'
+    measurements = {type(t).__module__ for t in tasks if isinstance(t, Measurement)}
+    grid_tasks = {type(t).__module__ for t in tasks if not isinstance(t, Measurement)}
+    assert measurements and all(m.startswith("gistify_bench.benches.") for m in measurements)
+    assert grid_tasks and all(m.startswith("gistify_bench.eval.tasks.") for m in grid_tasks)
     grid = {p.stem for p in (SRC / "gistify_bench/eval/tasks").glob("*.py")} - {"__init__"}
     assert grid == {"icl", "needle", "vqa", "wiki"}
     assert {"speed", "negations", "batch", "serve", "flops"} <= {

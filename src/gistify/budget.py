@@ -11,6 +11,20 @@ import math
 from dataclasses import dataclass
 
 
+def keep_error(keep) -> str | None:
+    """Why `keep` is not a keep fraction (None when it is, or is not given): the one check of every surface."""
+    if keep is None:
+        return None
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or math.isnan(keep) or not 0.0 < keep <= 1.0:
+        return f"`keep` must be a number in (0, 1], got {keep!r}"
+
+
+def tokens_error(tokens) -> str | None:
+    """Why `tokens` is not a token count (None when it is, or is not given)."""
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        return f"`tokens` must be a whole number >= 1, got {tokens!r}"
+
+
 @dataclass(frozen=True)
 class Budget:
     keep: float | None = None
@@ -19,16 +33,9 @@ class Budget:
     def __post_init__(self):
         if (self.keep is None) == (self.tokens is None):
             raise ValueError("give exactly one of `keep` (a fraction in (0, 1]) or `tokens` (a count >= 1)")
-        if self.keep is not None:
-            if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) or math.isnan(self.keep):
-                raise ValueError(f"`keep` must be a number in (0, 1], got {self.keep!r}")
-            if not 0.0 < self.keep <= 1.0:
-                raise ValueError(f"`keep` must be in (0, 1], got {self.keep}")
-        if self.tokens is not None:
-            if isinstance(self.tokens, bool) or not isinstance(self.tokens, int):
-                raise ValueError(f"`tokens` must be a whole number >= 1, got {self.tokens!r}")
-            if self.tokens < 1:
-                raise ValueError(f"`tokens` must be >= 1, got {self.tokens}")
+        error = keep_error(self.keep) or tokens_error(self.tokens)
+        if error:
+            raise ValueError(error)
 
     def target(self, n: int) -> int:
         """How many of `n` units this budget keeps: ceil(keep * n) (docs/methods.md §1.2 step 6), or `tokens`,

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gistify.budget import keep_error, tokens_error
 from gistify.text import DEFAULT_METHOD
 
 OVERFLOW = ("error", "keep", "trim")
@@ -51,16 +52,6 @@ def _one_of(name: str, choices: tuple):
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_keep(value):
-    if value is not None and (not _number(value) or value != value or not 0 < value <= 1):
-        return f"`keep` must be a number in (0, 1], got {value!r}"
-
-
-def _check_tokens(value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        return f"`tokens` must be a whole number >= 1, got {value!r}"
 
 
 def _check_method(value):
@@ -166,8 +157,8 @@ class TextOptions:
             with "auto" only a changed meaning triggers; with "unchanged" or a keep, 0.2.
     """
 
-    keep: float | None = option(None, "fraction of tokens to keep, in (0, 1]", _check_keep, parse=float)
-    tokens: int | None = option(None, "number of tokens to keep", _check_tokens, parse=int)
+    keep: float | None = option(None, "fraction of tokens to keep, in (0, 1]", keep_error, parse=float)
+    tokens: int | None = option(None, "number of tokens to keep", tokens_error, parse=int)
     method: str = option(DEFAULT_METHOD, "text method (see `gistify methods`)", _check_method, flags=("-m", "--method"))
     params: dict = option(help="a parameter of the method, e.g. --set seed=3 (or an option by its name)",
                           check=_check_params, factory=dict, flags=("--set",), metavar="NAME=VALUE")  # fmt: skip

@@ -23,12 +23,20 @@ FAMILY_COMMANDS = {"vision": "gistify_bench.eval.vision", "vist": "gistify_bench
 
 
 def _floats(text: str) -> list[float]:
+    """--keep: keep fractions separated by commas, each checked as the library checks a keep."""
+    from gistify.text.options import TextOptions
+
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every keep must be in (0, 1], got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected keep fractions separated by commas, got {text!r}")
+    try:
+        for v in values:
+            TextOptions(keep=v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
     return values
 
 
