@@ -296,11 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_compress)
 
     cb = sub.add_parser(
-        "compress-batch", help="compress every record of a JSONL or Parquet file; resumable (gistify.batch)"
+        "compress-batch",
+        help="compress every record of a JSONL or Parquet file; resumable (gistify.batch)",
+        description="A record's own keep or tokens overrides the job's --keep or --tokens.",
     )
     cb.add_argument("input", help="JSONL or .parquet: records with id, text, optional question, keep or tokens")
     cb.add_argument("output", help="JSONL or .parquet: one line per id; records already in it are skipped")
-    add_options(cb, "compress-batch")  # a record's own keep or tokens overrides the job's
+    add_options(cb, "compress-batch")
     cb.add_argument("--workers", type=int, default=1, help="worker processes, or Ray actors (default 1)")
     cb.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes or Ray Data")
     cb.add_argument("--ray-address", help="an existing Ray cluster (default: a local Ray instance for the job)")
