@@ -198,7 +198,7 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
         (b / "features" / f.name).write_bytes(f.read_bytes())
     enc2 = FakeEncoder()
     run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
-    stopped = vist_train.train(tiny_args(b, *run, "--stop-after", "5"), lm, tiny_tokenizer, enc2, corpus())
+    stopped = vist_train.train(tiny_args(b, *run, "--stop-at-step", "5"), lm, tiny_tokenizer, enc2, corpus())
     assert stopped == {"stopped": 5} and enc2.calls == 0
     vist_train.train(tiny_args(b, *run), lm, tiny_tokenizer, enc2, corpus())
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "a", b))
@@ -783,9 +783,9 @@ def test_device_flags_are_checked_before_anything_loads_and_batches_move_whole()
     """Issue 24 item 7: --device on the trainers; a device this machine lacks is a one-line error at parse time,
     and a batch (ids, masks, vist's Pages) moves with every tensor in it."""
     from gistify.vist.memory import Pages
+    from gistify_bench.device import to_device
     from gistify_bench.train import distill
     from gistify_bench.train import teacher as vist_teacher
-    from gistify_bench.train.device import to_device
 
     assert distill.parse(["--device", "cpu"]).device == "cpu"
     for parse in (distill.parse, vist_teacher.parse):

@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gistify_bench.device import check_device, on_cpu, to_device, use_device
 from gistify_bench.options import check, default_out, option, resolve_out
-from gistify_bench.train.device import check_device, on_cpu, to_device, use_device
 
 PROG = "gistify_bench.train.distill"
 # The teacher this project trained (gistify_bench.train.teacher with its defaults), in bfloat16.
@@ -110,7 +110,7 @@ class DistillConfig:
     init: str | None = option(None, "a vist.safetensors of an earlier run to start from")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
-    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.train.device)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ hold the articles' lines)")
     progress: bool = option(True, "show progress bars")
     out: str | None = option(None, "where distill.json and vist.safetensors go (default ./results/vist/distill)")

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from gistify_bench.device import check_device, on_cpu, to_device, use_device
 from gistify_bench.options import check, option
 from gistify_bench.train.checkpoint import Checkpoint
-from gistify_bench.train.device import check_device, on_cpu, to_device, use_device
 from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
 PROG = "gistify_bench.train.teacher"
@@ -69,7 +69,7 @@ class TeacherConfig:
     eval_every: int = option(100, "steps between held-out evaluations")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
-    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.train.device)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     init: str | None = option(None, "a teacher.safetensors to start the blocks (and a pool of the same R) from")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ give the articles' lines)")
     progress: bool = option(True, "show a progress bar")
