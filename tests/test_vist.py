@@ -158,6 +158,31 @@ def test_local_latents_read_only_their_own_stretch():
     assert torch.isfinite(res(feats, empty).tokens).all()
 
 
+def test_local_attention_computed_per_stretch_is_the_dense_masked_one():
+    """Issue 24, item 5: the local resampler scores each latent against its own stretch and the latents only; the
+    result and its gradients are the dense masked attention's (the CLS latent still reads everything)."""
+    from gistify.vist.resampler import PerceiverAttention
+
+    torch.manual_seed(0)
+    attn = PerceiverAttention(16, heads=2, head_dim=8)
+    m, length, n = 3, 24, 4  # 4 local latents of 6 tokens each, and a CLS latent
+    x, latents = torch.randn(m, length, 16), torch.randn(m, n + 1, 16)
+    mask = torch.rand(m, length) > 0.3
+    mask[1, :6] = False  # a latent whose stretch is blank
+    mask[2] = False  # a blank image
+    own = (torch.arange(length) * n // length)[None, :] == torch.arange(n + 1)[:, None]
+    own[-1] = True
+    dense_mask = torch.cat([own[None] & mask[:, None], torch.ones(m, n + 1, n + 1, dtype=torch.bool)], dim=2)
+    grads = []
+    for key_mask, stretch in ((dense_mask, 0), (mask, length // n)):
+        attn.zero_grad()
+        out = attn(x, latents, key_mask, stretch)
+        out.square().sum().backward()
+        grads.append((out.detach(), attn.to_kv.weight.grad.clone(), attn.to_q.weight.grad.clone()))
+    for dense, local in zip(*grads):
+        assert torch.allclose(dense, local, atol=1e-5), (dense - local).abs().max()
+
+
 def test_tokens_go_to_the_stretch_of_the_line_they_are_drawn_in():
     """Issue 13, step 4: the slot of a token is (line, stretch of 96 / k encoder tokens its middle is drawn in),
     x proportional to the character offset over the line's drawn text; pooled slots are the mean of their tokens."""

@@ -197,7 +197,7 @@ def test_a_tiny_training_run_lowers_the_loss_and_resumes_exactly(lm, tiny_tokeni
         (b / "features" / f.name).write_bytes(f.read_bytes())
     enc2 = FakeEncoder()
     run = ("--steps", "20", "--save-every", "4", "--lr", "1e-2")
-    stopped = loop.train(tiny_args(b, *run, "--stop-after", "5"), lm, tiny_tokenizer, enc2, corpus())
+    stopped = loop.train(tiny_args(b, *run, "--stop-at-step", "5"), lm, tiny_tokenizer, enc2, corpus())
     assert stopped == {"stopped": 5} and enc2.calls == 0
     loop.train(tiny_args(b, *run), lm, tiny_tokenizer, enc2, corpus())
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=False) for d in (tmp_path / "a", b))
@@ -673,6 +673,16 @@ def test_the_vision_path_is_distilled_into_the_teacher_memory(lm, tiny_tokenizer
     assert again["final"]["table"]["copy_vision_own"]["mean"] == pytest.approx(
         result["final"]["table"]["copy_vision_own"]["mean"], abs=1e-4
     )
+    # a reader trained on the teacher's own states in vist's layout (the vision path's ceiling): only the blocks move
+    reader = dataclasses.replace(args, init=str(saved), steps=0, e2e_steps=2, e2e_memory="teacher_slots",
+                                 out=str(tmp_path / "r"))  # fmt: skip
+    ceiling, trained = distill.run(reader, lm, tiny_tokenizer, corpus(), FakeEncoder())
+    assert len(ceiling["end_to_end"]) == 2 and all(c["kl"] == 0 for c in ceiling["end_to_end"])
+    assert ceiling["gates"] != ceiling["gates_before"]
+    before, after = ceiling["after_regression"]["table"], ceiling["final"]["table"]
+    assert after["copy_vision_own"]["mean"] != before["copy_vision_own"]["mean"]  # read through the new blocks
+    kept = loaded.resampler.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in trained.resampler.state_dict().items())  # the vision path: as saved
     with pytest.raises(ValueError, match="divide"):
         distill.DistillConfig(slots_per_line=5)
     with pytest.raises(ValueError, match="e2e_memory"):
@@ -766,3 +776,25 @@ def test_the_committed_teacher_and_vision_checkpoint_load_into_vist():
     model.load_trained(state, tuple(card["parts"]))
     assert card["parts"] == ["resampler", "context"] and model.config.context_layers == 2
     assert torch.equal(model.context.blocks[0].qkv.weight, state["context.blocks.0.qkv.weight"].float())
+
+
+def test_device_flags_are_checked_before_anything_loads_and_batches_move_whole():
+    """Issue 24 item 7: --device on the trainers; a device this machine lacks is a one-line error at parse time,
+    and a batch (ids, masks, vist's Pages) moves with every tensor in it."""
+    from gistify.vist.memory import Pages
+    from gistify_bench.device import to_device
+    from gistify_bench.train import distill
+    from gistify_bench.train import teacher as vist_teacher
+
+    assert distill.parse(["--device", "cpu"]).device == "cpu"
+    for parse in (distill.parse, vist_teacher.parse):
+        with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'tpu0'"):
+            parse(["--device", "tpu0"])
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="sees no CUDA device; use --device cpu"):
+                parse(["--device", "cuda"])
+    pages = Pages(torch.zeros(1, 4, 3), torch.ones(1, 4, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
+    batch = {"pages": [pages], "ids": (torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 2)), "n": 3}
+    moved = to_device(batch, torch.device("cpu"))
+    assert isinstance(moved["pages"][0], Pages) and moved["pages"][0].positions is None and moved["n"] == 3
+    assert isinstance(moved["ids"], tuple) and moved["ids"][0].dtype == torch.int64

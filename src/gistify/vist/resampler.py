@@ -91,17 +91,44 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
         self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor, stretch: int = 0) -> torch.Tensor:
         """x (M, L, D), latents (M, N, D), key_mask (M, L + N) or per latent (M, N, L + N), True = attend
-        -> (M, N, D)."""
+        -> (M, N, D).
+
+        stretch > 0: the local layout (ResamplerConfig.local with L = N' x stretch, N' the local latents, any
+        further latent a CLS that reads everything). Latent j's keys are then its own `stretch` tokens and the
+        latents, so its scores are computed for those alone, (N', stretch + N) instead of (N', L + N) dense and
+        masked: the same attention (tests/test_vist.py) at a fraction of the scores' time and memory (issue 24)."""
         m, n = latents.shape[:2]
         latents = self.norm_latents(latents)
         q = self.to_q(latents)
         k, v = self.to_kv(torch.cat([self.norm_media(x), latents], dim=1)).chunk(2, dim=-1)
         q, k, v = (t.view(m, t.shape[1], self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if stretch:
+            return self.to_out(self._local(q, k, v, key_mask, stretch).transpose(1, 2).reshape(m, n, -1))
         mask = key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (M, H, N, hd)
         return self.to_out(out.transpose(1, 2).reshape(m, n, -1))
+
+    def _local(self, q, k, v, key_mask: torch.Tensor, stretch: int) -> torch.Tensor:
+        """q (M, H, N, hd), k and v (M, H, L + N, hd), key_mask (M, L) of the tokens -> (M, H, N, hd)."""
+        m, h, n, hd = q.shape
+        length = key_mask.shape[1]
+        own = length // stretch  # the latents with a stretch of their own; the rest (CLS) read everything
+        kt, vt = (t[:, :, :length].reshape(m, h, own, stretch, hd) for t in (k, v))
+        kl, vl = k[:, :, length:], v[:, :, length:]
+        scale = hd**-0.5
+        tokens = torch.einsum("bhjd,bhjsd->bhjs", q[:, :, :own], kt) * scale  # (M, H, N', stretch)
+        tokens = tokens.masked_fill(~key_mask.view(m, 1, own, stretch), float("-inf"))
+        mutual = q[:, :, :own] @ kl.transpose(-1, -2) * scale  # (M, H, N', N): latents always see each other
+        weights = torch.cat([tokens, mutual], dim=-1).softmax(-1)
+        out = torch.einsum("bhjs,bhjsd->bhjd", weights[..., :stretch], vt) + weights[..., stretch:] @ vl
+        if own < n:  # the CLS latent(s): dense over every token and latent
+            rest = F.scaled_dot_product_attention(
+                q[:, :, own:], k, v, attn_mask=torch.cat([key_mask, key_mask.new_ones(m, n)], 1)[:, None, None]
+            )
+            out = torch.cat([out, rest], dim=2)
+        return out
 
 
 class PerceiverResampler(nn.Module):
@@ -157,14 +184,17 @@ class PerceiverResampler(nn.Module):
         latents = self.latents.expand(m, -1, -1)  # (M, N(+1), D)
         # Latents always see each other, so a blank image still has keys and no softmax over nothing.
         key_mask = torch.cat([mask.to(x.device), torch.ones(m, latents.shape[1], dtype=torch.bool)], dim=1)
-        if c.local:  # (M, N(+1), L + N(+1)): latent j sees tokens i with floor(i N / L) = j, and every latent
+        stretch = length // c.latents if c.local and length % c.latents == 0 else 0
+        if stretch:  # latent j reads the j-th `stretch` tokens (PerceiverAttention._local): only the tokens' mask
+            key_mask = mask.to(x.device)
+        elif c.local:  # (M, N(+1), L + N(+1)): latent j sees tokens i with floor(i N / L) = j, and every latent
             own = (torch.arange(length) * c.latents // length)[None, :] == torch.arange(latents.shape[1])[:, None]
             if c.cls:
                 own[-1] = True
             seen = own.to(x.device)[None] & mask.to(x.device)[:, None, :]
             key_mask = torch.cat([seen, key_mask[:, None, length:].expand(-1, latents.shape[1], -1)], dim=2)
         for attn, ff in self.layers:
-            latents = latents + attn(x, latents, key_mask)
+            latents = latents + attn(x, latents, key_mask, stretch)
             latents = latents + ff(latents)
         latents = self.norm(latents)
         tokens, cls = (latents[:, :-1], latents[:, -1]) if c.cls else (latents, None)

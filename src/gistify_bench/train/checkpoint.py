@@ -53,7 +53,7 @@ class Checkpoint:
         """The saved state, or None when there is none; raises when it was made with other settings."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, weights_only=False)
+        state = torch.load(self.path, weights_only=False, map_location="cpu")  # a run may resume on another device
         if state["settings"] != self.settings:
             changed = sorted(k for k in self.settings if state["settings"].get(k) != self.settings[k])
             raise ValueError(

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gistify_bench.device import check_device, on_cpu, to_device, use_device
 from gistify_bench.options import check, default_out, option, resolve_out
 
 PROG = "gistify_bench.train.distill"
@@ -97,8 +98,10 @@ class DistillConfig:
     copy: float = option(0.5, "share of copy windows in end-to-end batches")
     e2e_memory: str = option(
         "vision",
-        "the memory trained end to end: vist's, or the mean-pooled control (input embeddings; the blocks train)",
-        ("vision", "mean_embedding"),
+        "the memory read end to end: vist's; the mean-pooled control (input embeddings); or the teacher's own states "
+        "in vist's layout (a reader trained for pooled memory, the vision path's ceiling); the last two train only "
+        "the blocks",
+        ("vision", "mean_embedding", "teacher_slots"),
     )
     train_dtype: str = option("bfloat16", "the frozen LLM's dtype in training steps (evaluation: float32)",
                               ("bfloat16", "float32"))  # fmt: skip
@@ -107,6 +110,7 @@ class DistillConfig:
     init: str | None = option(None, "a vist.safetensors of an earlier run to start from")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ hold the articles' lines)")
     progress: bool = option(True, "show progress bars")
     out: str | None = option(None, "where distill.json and vist.safetensors go (default ./results/vist/distill)")
@@ -117,6 +121,7 @@ class DistillConfig:
 
     def __post_init__(self):
         check(self)
+        check_device(self.device)
         counts = ("slots_per_line", "lines_per_image", "depth", "batch", "e2e_batch", "eval_n", "train_windows")
         for name in (*counts, "context_window"):
             if getattr(self, name) < 1:
@@ -130,8 +135,8 @@ class DistillConfig:
             raise ValueError(f"slots_per_line must divide the 96 encoder tokens of a line, got {self.slots_per_line}")
         if not 0 <= self.copy <= 1:
             raise ValueError(f"copy must be in [0, 1], got {self.copy}")
-        if self.e2e_memory == "mean_embedding" and self.e2e_blocks == "frozen" and self.e2e_steps:
-            raise ValueError("e2e_memory mean_embedding trains only the blocks: use it with --e2e-blocks trained")
+        if self.e2e_memory != "vision" and self.e2e_blocks == "frozen" and self.e2e_steps:
+            raise ValueError(f"e2e_memory {self.e2e_memory} trains only the blocks: use it with --e2e-blocks trained")
 
 
 # -- where each window's tokens sit among the slots ---------------------------------------------------------------
@@ -207,13 +212,14 @@ def window_targets(teacher, corpus, windows: list) -> list[torch.Tensor]:
     """Each window's teacher memory in vist's layout: the states of its distant text alone (what the teacher
     reads), pooled per stretch: [(count, d) float16]."""
     out = []
+    device = next(teacher.parameters()).device
     for i in range(0, len(windows), 8):
         part = windows[i : i + 8]
-        dids, dmask = corpus.batch(part)["distant"]
+        dids, dmask = to_device(corpus.batch(part)["distant"], device)
         states = teacher.memory.states(dids, dmask)
         n = dmask.sum(1).tolist()
         for b, w in enumerate(part):
-            out.append(Layout(*corpus.slots(w)).pool(states[b, : n[b]]).half())
+            out.append(Layout(*corpus.slots(w)).pool(states[b, : n[b]]).half().cpu())
     return out
 
 
@@ -299,11 +305,12 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = use_device(config.device)
     if lm is None:
         from gistify.models import load
 
         lm, tokenizer = load()
-    lm = lm.float().requires_grad_(False).eval()
+    lm = lm.float().requires_grad_(False).eval().to(device)
     # training steps read through a bfloat16 copy of the frozen LLM (~1.4x faster on these CPUs); every
     # evaluation through the float32 one
     lm_train = lm if config.train_dtype == "float32" else copy.deepcopy(lm).to(torch.bfloat16)
@@ -325,6 +332,10 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
         context_window=config.context_window,
         xattn_layers=TeacherConfig(xattn_layers=config.xattn_layers).block_layers(),
     )
+    if encoder is None:  # PP-OCRv6 on the CPU with the run's threads (16 cores beside an accelerator encode fast)
+        from gistify.vist.encoder import EncoderConfig, TextImageEncoder
+
+        encoder = TextImageEncoder(EncoderConfig(features=vist_config.features, threads=config.threads or 1))
     model = VistModel(lm, tokenizer, vist_config, encoder)
     model.xattn.load_state_dict(teacher.xattn.state_dict())
     teacher.xattn = model.xattn  # the teacher's arms and vist's read through the same blocks
@@ -342,7 +353,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
 
         state = load_file(config.init)
         model.load_trained(state, tuple(p for p in model.trained_parts if any(k.startswith(p + ".") for k in state)))
-    targets = cached_targets(config, teacher, train, pool)
+    targets = [t.to(device) for t in cached_targets(config, teacher, train, pool)]
     target_seconds = time.perf_counter() - t0
     print(f"{len(pool)} train windows' targets in {target_seconds:.0f} s", flush=True)
     gain = reader_gain(teacher)
@@ -357,7 +368,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
     held_batches = []
     for kind, ws in (("copy", copies), ("continuation", continuation)):
         for i in range(0, len(ws), 8):
-            b = held.batch(ws[i : i + 8])
+            b = to_device(held.batch(ws[i : i + 8]), device)
             layouts = [Layout(*held.slots(w)) for w in ws[i : i + 8]]
             states = teacher.memory.states(*b["distant"])
             n = b["distant"][1].sum(1).tolist()
@@ -494,7 +505,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
         print(json.dumps(state["curve"][-1]), flush=True)
 
     def save(opt) -> None:
-        ckpt.save({"trained": model.trained_state(), "optimizer": opt.state_dict(), "state": state})
+        ckpt.save({"trained": on_cpu(model.trained_state()), "optimizer": opt.state_dict(), "state": state})
 
     def optimize(opt, loss, params, phase: str, step: int, tic: float) -> None:
         """One optimizer step (gradients clipped to norm 1), counted with its time and as the phase's step."""
@@ -528,7 +539,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
                 picks = random.Random(f"{config.seed}-{step}").sample(range(len(pool)), min(config.batch, len(pool)))
                 layouts = [Layout(*train.slots(pool[i])) for i in picks]
                 target, filled, _ = stack([targets[i] for i in picks], layouts)
-                pred, mask, _ = vision_memory([train.pages(pool[i]) for i in picks])
+                pred, mask, _ = vision_memory([to_device(train.pages(pool[i]), device) for i in picks])
                 if config.loss == "kv":
                     loss = kv_error(model.xattn.blocks, pred, target, mask & filled)
                 else:
@@ -556,7 +567,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
         if ckpt.stop(config.steps + state["step"]):
             stopped = config.steps + state["step"]
     if stopped is None and config.e2e_steps and state["phase"] == "end_to_end":
-        train_blocks = config.e2e_blocks == "trained" or config.e2e_memory == "mean_embedding"
+        train_blocks = config.e2e_blocks == "trained"
         params = list(vision_params) if config.e2e_memory == "vision" else []
         groups = [{"params": params, "peak": config.e2e_lr}]
         if train_blocks:
@@ -579,10 +590,12 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
                 picks = rng.sample(range(len(pool)), min(config.e2e_batch, len(pool)))
                 n_copy = round(config.copy * len(picks))
                 windows = [pool[i].copied(rng) if j < n_copy else pool[i] for j, i in enumerate(picks)]
-                b = train.batch(windows)
+                b = to_device(train.batch(windows), device)
                 layouts = [Layout(*train.slots(w)) for w in windows]
                 if config.e2e_memory == "vision":
                     read = vision_memory(b["pages"])
+                elif config.e2e_memory == "teacher_slots":  # the cached targets: a copy window shares its distant part
+                    read = stack([targets[i] for i in picks], layouts)
                 else:
                     read = mean_embedding(b, layouts)
                 ids, attention = b["ids"]
@@ -591,7 +604,7 @@ def run(config: DistillConfig, lm=None, tokenizer=None, corpus: dict | None = No
                 ce = nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
                 lm_loss = (ce * use).sum() / use.sum()
                 loss, kl = lm_loss, torch.zeros(())
-                if config.e2e_kl:
+                if config.e2e_kl and config.e2e_memory != "teacher_slots":  # there the reference is the read itself
                     with torch.no_grad():
                         slots = stack([targets[i] for i in picks], layouts)
                         reference = teacher.read_logits(b, slots, lm_train)[:, :-1].float().log_softmax(-1)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gistify_bench.device import check_device, to_device, use_device
 from gistify_bench.options import check, option
 from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
 
@@ -50,6 +51,7 @@ class OracleConfig:
     eval_every: int = option(25, "steps between held-out evaluations")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     cache: str | None = option(
         None,
         "a vist trainer's --out folder whose features/ hold the articles' line records (default ./results/train/vist)",
@@ -59,6 +61,7 @@ class OracleConfig:
 
     def __post_init__(self):
         check(self)
+        check_device(self.device)
         for name in ("steps", "batch", "dim", "xattn_every", "distant_tokens", "proximal_tokens", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -103,10 +106,12 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = use_device(config.device)
     if lm is None:
         from gistify.models import load
 
         lm, tokenizer = load()
+    lm = lm.to(device)
     vist_config = VistConfig(dim=config.dim, xattn_every=config.xattn_every)
     model = VistModel(lm.to(getattr(torch, config.llm_dtype)), tokenizer, vist_config)
     oracle = OracleMemory(lm.get_input_embeddings(), model.xattn.memory_dim, 2 * config.distant_tokens)
@@ -117,7 +122,7 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
     opt = torch.optim.AdamW(params, lr=config.lr)
     warmup = max(1, config.steps // 20)
 
-    held_batches = [held.batch(held_windows[i : i + 8]) for i in range(0, len(held_windows), 8)]  # made once
+    held_batches = [to_device(held.batch(held_windows[i : i + 8]), device) for i in range(0, len(held_windows), 8)]
 
     @torch.no_grad()
     def evaluate(step: int) -> dict:
@@ -134,7 +139,9 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
             for group in opt.param_groups:
                 group["lr"] = config.lr * min(1.0, (step + 1) / warmup)
             total, count = copy_nll(
-                model, oracle, train.batch(windows_for(train, step, 0, config.batch, config.seed, config.copy))
+                model,
+                oracle,
+                to_device(train.batch(windows_for(train, step, 0, config.batch, config.seed, config.copy)), device),
             )
             loss = total / count
             opt.zero_grad()

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from gistify_bench.device import check_device, on_cpu, to_device, use_device
 from gistify_bench.options import check, option
 from gistify_bench.train.checkpoint import Checkpoint
 from gistify_bench.vist.corpus import Windowing, eval_windows, text_corpora, windows_for
@@ -68,6 +69,7 @@ class TeacherConfig:
     eval_every: int = option(100, "steps between held-out evaluations")
     seed: int = option(0, "batches are a function of (seed, step)")
     threads: int = option(0, "torch threads (0: leave as is)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     init: str | None = option(None, "a teacher.safetensors to start the blocks (and a pool of the same R) from")
     cache: str | None = option(None, "a vist trainer's --out folder (its features/ give the articles' lines)")
     progress: bool = option(True, "show a progress bar")
@@ -79,6 +81,7 @@ class TeacherConfig:
 
     def __post_init__(self):
         check(self)
+        check_device(self.device)
         for name in ("layer", "r", "batch", "distant_tokens", "proximal_tokens", "eval_n", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -241,11 +244,12 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = use_device(config.device)
     if lm is None:
         from gistify.models import load
 
         lm, tokenizer = load()
-    lm = lm.float().requires_grad_(False).eval()
+    lm = lm.float().requires_grad_(False).eval().to(device)
     teacher = Teacher(lm, config)
     loaded = _load_init(teacher, config.init) if config.init else []
     host = VistModel(lm, tokenizer, VistConfig())  # the windows' layout and tokenizer: vist's
@@ -254,7 +258,7 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
     continuation = eval_windows(held, config.eval_n, config.seed)
     copies = [w.copied(rng) for w in eval_windows(held, config.eval_n, config.seed + 1)]
     held_batches = {
-        kind: [held.batch(ws[i : i + 8]) for i in range(0, len(ws), 8)]
+        kind: [to_device(held.batch(ws[i : i + 8]), device) for i in range(0, len(ws), 8)]
         for kind, ws in (("copy", copies), ("continuation", continuation))
     }
     states = {kind: [teacher.memory.states(*b["distant"]) for b in bs] for kind, bs in held_batches.items()}
@@ -295,7 +299,7 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
     def save(step: int) -> None:
         ckpt.save(
             {
-                "trained": teacher.trained_state(),
+                "trained": on_cpu(teacher.trained_state()),
                 "optimizer": opt.state_dict(),
                 "step": step,
                 "curve": curve,
@@ -312,7 +316,7 @@ def run(config: TeacherConfig, lm=None, tokenizer=None, corpus: dict | None = No
             for group in opt.param_groups:
                 group["lr"] = group["peak"] * min(1.0, (step + 1) / warmup)
             share = 1.0 if step < config.copy_steps else config.copy
-            batch = train.batch(windows_for(train, step, 0, config.batch, config.seed, share))
+            batch = to_device(train.batch(windows_for(train, step, 0, config.batch, config.seed, share)), device)
             total, count = teacher.nll(batch)
             loss = total.sum() / count.sum()
             opt.zero_grad()
@@ -375,7 +379,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "teacher.json").write_text(json.dumps(result, indent=2) + "\n")
     if config.steps:
-        save_file({k: v.contiguous() for k, v in teacher.trained_state().items()}, str(out / "teacher.safetensors"))
+        state = on_cpu(teacher.trained_state())
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "teacher.safetensors"))
     print(json.dumps(result["final"]))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from gistify_bench.device import to_device
 from gistify_bench.vist.corpus import Corpus, Window, pad
 
 
@@ -31,7 +32,7 @@ def evaluate(model, corpus: Corpus, windows: list[Window], batch: int = 8, text:
     model.eval()
     for s in range(0, len(windows), batch):
         part = windows[s : s + batch]
-        b = corpus.batch(part)
+        b = to_device(corpus.batch(part), next(model.parameters()).device)
         ids, mask = b["ids"]
         memory = model.memory(b["pages"])
         for key, mem in (("base", None), ("vist", memory), ("shuffled", memory.roll(1) if len(part) > 1 else None)):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gistify.vist.config import VistConfig
 from gistify.vist.pve import PVEConfig
+from gistify_bench.device import check_device
 from gistify_bench.options import check, option
 from gistify_bench.vist.corpus import Windowing
 
@@ -54,8 +55,10 @@ class VistTrainConfig:
     eval_n: int = option(48, "held-out windows")
     save_every: int = option(10, "steps between checkpoints")
     log_every: int = option(5, "steps between log lines")
-    stop_after: int = option(0, "stop (with a checkpoint) after N steps of this run, to resume later")
+    stop_after: float = option(0.0, "save a checkpoint and stop after this many minutes (0: run to the end)")
+    stop_at_step: int = option(0, "save a checkpoint and stop after this step (0: run to the end)")
     threads: int = option(0, "torch threads (0: leave as is)")
+    device: str = option("cpu", "where steps and evaluations run: cpu, cuda or cuda:N (gistify_bench.device)")
     seed: int = option(0, "batches and masks are a function of (seed, step)")
     progress: bool = option(True, "show a progress bar")
     out: str | None = option(
@@ -72,7 +75,8 @@ class VistTrainConfig:
         for name in ("warmup", "copy", "mask_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("dim", "articles", "eval_n", "stop_after", "threads", "queue"):
+        check_device(self.device)
+        for name in ("dim", "articles", "eval_n", "stop_after", "stop_at_step", "threads", "queue"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.temperature <= 0:

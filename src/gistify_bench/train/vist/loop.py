@@ -45,6 +45,7 @@ from gistify.progress import track
 from gistify.vist.config import WEIGHTS, card_path
 from gistify.vist.model import VistModel
 from gistify.vist.pve import FeatureQueue, PVEConfig, mask_positions, pve_loss, text_features, token_counts
+from gistify_bench.device import on_cpu, to_device, use_device
 from gistify_bench.options import default_out
 from gistify_bench.train.vist.config import VistTrainConfig
 from gistify_bench.vist.corpus import Corpus, eval_windows, windows_for
@@ -115,6 +116,7 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = use_device(config.device)
     out = Path(config.out or default_out("train", "vist"))
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -136,7 +138,7 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
         raise ValueError("the train and eval articles overlap")
     train_texts = dict(list(corpus["train"].items())[: config.articles or None])
     dtype = getattr(torch, config.llm_dtype)
-    model = VistModel(lm.to(dtype), tokenizer, config.model_config(), encoder)
+    model = VistModel(lm.to(dtype).to(device), tokenizer, config.model_config(), encoder)
     encoder = model.encoder
     pve = config.pve_config()
     data = Corpus(train_texts, model, encoder, out / "features", config.windowing, "train")
@@ -157,7 +159,7 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
     keys = ("steps", "batch", "accum", "lr", "warmup", "distant_tokens", "proximal_tokens", "articles", "seed", "copy")
     run = {k: getattr(config, k) for k in keys}  # what a resumed run must share with the one it continues
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")  # it may resume on another device
         if ck["config"] != model.config.to_dict() or ck["pve"] != dataclasses.asdict(pve) or ck["run"] != run:
             raise ValueError(f"{ckpt_path} is from another configuration; use another --out or delete it")
         model.load_trained(ck["trained"])
@@ -170,12 +172,14 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
     scores = model.importance()
     model.train()
     t0 = time.perf_counter()
-    end = min(config.steps, start + config.stop_after) if config.stop_after else config.steps
+    end = min(config.steps, config.stop_at_step) if config.stop_at_step else config.steps
     for step in track(range(start, end), end - start, "train", enabled=config.progress):
         opt.zero_grad()
         infos = []
         for micro in range(config.accum):
-            batch = data.batch(windows_for(data, step, micro, config.batch, config.seed, config.copy))
+            batch = to_device(
+                data.batch(windows_for(data, step, micro, config.batch, config.seed, config.copy)), device
+            )
             g = torch.Generator().manual_seed((config.seed * 1_000_003 + step * 1009 + micro) % 2**31)
             logged = (step + 1) % config.log_every == 0 and micro == 0  # the plain LLM's loss, for the log
             loss, info = step_loss(model, batch, pve, queue, g, scores, base=logged)
@@ -188,6 +192,8 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
         if "base" in infos[0]:
             history[-1]["lm_gain"] = infos[0]["base"] - infos[0].get("lm", infos[0].get("copy"))  # logged micro-batch
         done = step + 1
+        if config.stop_after and time.perf_counter() - t0 >= 60 * config.stop_after:
+            end = done  # out of time: save below and stop
         if done % config.log_every == 0 or done == config.steps:
             recent = history[-config.log_every :]
             avg = {k: sum(h[k] for h in recent) / len(recent) for k in recent[-1] if k not in ("base", "lm_gain")}
@@ -197,7 +203,7 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
             log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in avg.items()) + f" ({per:.1f} s/step)")
         if done % config.save_every == 0 or done == end:
             state = {
-                "trained": {k: v.detach().clone() for k, v in model.trained_state().items()},
+                "trained": on_cpu(model.trained_state()),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "queue": queue.state_dict() if queue is not None else None,
@@ -209,6 +215,8 @@ def train(config: VistTrainConfig, lm=None, tokenizer=None, encoder=None, corpus
             }
             torch.save(state, ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        if done == end:
+            break
     if end < config.steps:
         log(f"stopped after step {end} of {config.steps}; rerun the command to resume")
         return {"stopped": end}
