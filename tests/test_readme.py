@@ -17,12 +17,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from serve_stubs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -128,12 +129,6 @@ def test_the_two_commands_are_the_ones_documented():
 # --- running the examples -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def scratch(tmp_path, monkeypatch):
     """A folder to run an example from, seeing the repository's examples/."""
@@ -185,7 +180,7 @@ def check_main_job(done, cwd):
         want = seconds.sub(", S s;", want)
         prefix = want.endswith(" …")
         for i in range(at, len(lines)):
-            if (lines[i].startswith(want[:-1]) if prefix else lines[i] == want):
+            if lines[i].startswith(want[:-1]) if prefix else lines[i] == want:
                 at = i + 1
                 break
         else:
