@@ -142,18 +142,22 @@ def run_bash(code: str, cwd: Path, timeout: float = 900) -> subprocess.Completed
     for port in ("8080", "8081"):  # the proxy example's ports, moved to free ones
         code = re.sub(rf"\b{port}\b", str(free_port()), code)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    # its own process group, so that what an example starts in the background goes when it ends, on failure too
-    proc = subprocess.Popen(
-        ["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
+    # its own process group, so that what an example starts in the background goes when it ends, on failure too;
+    # its output in files, not pipes, which a background process would hold open after the example ends
+    out, err = cwd / ".stdout", cwd / ".stderr"
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, text=True, stdout=o, stderr=e,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    out, err = out.read_text(), err.read_text()
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert done.returncode == 0, f"exit {done.returncode}\n{err[-3000:]}"
     return done
