@@ -9,6 +9,7 @@ at any depth of a module (a function-level import still runs when that function 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,64 @@ def test_a_new_method_is_one_class():
     finally:
         REGISTRY.clear()
         REGISTRY.update(before)
+
+
+# --- docs/architecture.md is the one tree of modules ----------------------------------------------------------
+
+ARCHITECTURE = SRC.parent / "docs" / "architecture.md"
+ENTRY = re.compile(r"[\w./]+\.py|[\w./]+/")
+
+
+def tree_entries(text: str) -> set[str]:
+    """The paths the tree of `## Layout` names, relative to the repository (a folder as its `__init__.py`).
+
+    A line names entries when it starts, after its indent, with names ending in `.py` or `/`, one space apart;
+    what follows two spaces is a description, and a line that starts otherwise continues a description. An
+    entry belongs to the nearest folder above it with a smaller indent."""
+    block = re.search(r"^## Layout\n.*?^```text\n(.*?)^```$", text, re.M | re.S).group(1)
+    folders: list[tuple[int, str]] = []  # (indent, path) of the open folders
+    out = set()
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        names = []
+        for word in line.strip().split(" "):
+            if not ENTRY.fullmatch(word):
+                break
+            names.append(word)
+        if not names:
+            continue
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        parent = folders[-1][1] if folders else ""
+        for name in names:
+            path = f"{parent}/{name}".lstrip("/").rstrip("/")
+            if name.endswith("/"):
+                out.add(f"{path}/__init__.py")
+                folders.append((indent, path))
+            else:
+                out.add(path)
+    return out
+
+
+def source_modules() -> set[str]:
+    root = SRC.parent
+    return {str(p.relative_to(root)) for p in SRC.rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def test_the_tree_reader_reads_folders_files_and_descriptions():
+    text = (
+        "## Layout\n\n```text\nsrc/pkg/   the package\n  a.py   one\n  sub/   a folder\n    b.py c.py   two\n"
+        "                  a continued description with x.py in it\n  d.py\nsrc/other/\n  e.py\n```\n"
+    )
+    assert tree_entries(text) == {
+        "src/pkg/__init__.py", "src/pkg/a.py", "src/pkg/sub/__init__.py", "src/pkg/sub/b.py",
+        "src/pkg/sub/c.py", "src/pkg/d.py", "src/other/__init__.py", "src/other/e.py",
+    }  # fmt: skip
+
+
+def test_the_architecture_tree_names_every_module_and_only_modules():
+    named = tree_entries(ARCHITECTURE.read_text(encoding="utf-8"))
+    modules = source_modules()
+    assert len(modules) > 100  # the whole of src/ was read
+    assert sorted(modules - named) == [], "modules missing from docs/architecture.md's tree"
+    assert sorted(named - modules) == [], "names in docs/architecture.md's tree with no module"
