@@ -16,9 +16,6 @@ ALBEDO = Path(__file__).parents[1] / "examples" / "albedo.txt"
 QUESTION = "Which moon of Saturn has one of the highest known albedos?"
 ANSWER = "Enceladus"
 BUDGET = 120  # tokens for all retrieved passages together (they hold about 600)
-# The joint compression meets BUDGET within a token; each passage's tokens are then counted on their own, which
-# can differ from the joint count by a token where a span was cut at a passage's edge (integrations/passages.py):
-# the sum is within 1 + (one per passage) of BUDGET.
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +26,17 @@ def paragraphs():
 @pytest.fixture(scope="module")
 def scorer(one_thread):
     return gistify.Scorer.load()  # not cached: an error that names `gistify models fetch` (scripts/setup.sh)
+
+
+def check_joint(scorer, retrieved: list[str], kept: list[str]):
+    """One budget for all: the retrieved passages, joined by a blank line and compressed once, meet BUDGET within
+    a token, and the passages given back are that one compression cut at the passages' edges (their own token
+    counts leave out the blank lines between them, so their sum is a few tokens under BUDGET)."""
+    from gistify.integrations.passages import SEPARATOR
+
+    joint = gistify.compress(SEPARATOR.join(retrieved), QUESTION, tokens=BUDGET, scorer=scorer)
+    assert abs(joint.tokens_out - BUDGET) <= 1
+    assert SEPARATOR.join(kept) == joint.text
 
 
 def check_spans(original: str, compressed: str, meta: dict):
@@ -64,8 +72,8 @@ def test_langchain_retrieval_chain_keeps_the_answer(paragraphs, scorer):
     out = chain.invoke(QUESTION)
 
     assert ANSWER in out["prompt"]
-    used = sum(d.metadata["gistify"]["tokens_out"] for d in out["docs"])
-    assert abs(used - BUDGET) <= 1 + len(out["docs"]) and used < before  # one budget for all (see BUDGET)
+    check_joint(scorer, [d.page_content for d in retrieved], [d.page_content for d in out["docs"]])
+    assert sum(d.metadata["gistify"]["tokens_out"] for d in out["docs"]) <= BUDGET < before
     by_paragraph = {d.metadata["paragraph"]: d.page_content for d in docs}
     for d in out["docs"]:
         assert d.metadata["gistify"]["budget"] == f"tokens={BUDGET}"
@@ -93,7 +101,10 @@ def test_llamaindex_query_engine_keeps_the_answer(paragraphs, scorer):
     kept = response.source_nodes
 
     assert kept and any(ANSWER in n.node.get_content() for n in kept)
-    assert abs(sum(n.node.metadata["gistify"]["tokens_out"] for n in kept) - BUDGET) <= 1 + len(kept)
+    check_joint(
+        scorer, [n.node.get_content() for n in retriever.retrieve(QUESTION)], [n.node.get_content() for n in kept]
+    )
+    assert sum(n.node.metadata["gistify"]["tokens_out"] for n in kept) <= BUDGET
     for n in kept:
         original = nodes[n.node.metadata["paragraph"]]
         check_spans(original.text, n.node.get_content(), n.node.metadata["gistify"])

@@ -21,6 +21,7 @@ import pytest
 
 import serve_stubs
 from conftest import SERVE_TEST, missing, need
+from gistify.budget import Budget
 from gistify.serve.settings import Settings
 from gistify.serve.upstream import embedded_gguf
 
@@ -132,7 +133,7 @@ def _tool_chat(doc: str = DOC, question: str = QUESTION) -> list[dict]:
     ]
 
 
-def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
+def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, scorer, caplog):
     caplog.set_level(logging.INFO, logger="gistify.serve")
     url, tap = proxy
     raw = _client(url).chat.completions.with_raw_response.create(
@@ -141,15 +142,22 @@ def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
     r = raw.parse()
     assert "BLUE-HERON-58" in r.choices[0].message.content
     tokens_in, tokens_out = int(raw.headers["x-gistify-tokens-in"]), int(raw.headers["x-gistify-tokens-out"])
-    assert tokens_out < 0.75 * tokens_in and raw.headers["x-gistify-method"] == "reinforce-fast"
+    assert raw.headers["x-gistify-method"] == "reinforce-fast"
     assert float(raw.headers["x-gistify-added-ms"]) > 0
     info = r.model_extra["gistify"]  # next to usage
     assert r.usage.prompt_tokens > 0 and info["compressed"] == 1 and info["tokens_in"] == tokens_in
     tool = next(c for c in info["contents"] if c["at"] == "messages[3]")
     assert tool["action"] == "compressed" and tool["gate"]["compress"] and tool["risk"]["score"] <= 0.2
+    # keep 0.5 met within a token; the other contents pass as they came
+    assert abs(tool["tokens_out"] - Budget(keep=0.5).target(tool["tokens_in"])) <= 1
+    assert tokens_in == sum(c["tokens_in"] for c in info["contents"])
+    assert all(c["tokens_out"] == c["tokens_in"] for c in info["contents"] if c is not tool)
     sent = tap.last()
     assert len(sent["messages"]) == 5 and [m["role"] for m in sent["messages"]] == [m["role"] for m in _tool_chat()]
     assert "BLUE-HERON-58" in sent["messages"][3]["content"] and len(sent["messages"][3]["content"]) < len(DOC)
+    # the header's tokens out: what went upstream, the handle's note included
+    sent_tool = len(scorer.tokenizer.encode(sent["messages"][3]["content"], add_special_tokens=False))
+    assert tokens_out == tokens_in - tool["tokens_in"] + sent_tool
     assert sent["messages"][3]["content"].endswith(f"[{tool['handle']}: {tool['tokens_out']} of {tool['tokens_in']} "
                                                    "tokens kept; gistify_retrieve gives the original]")  # fmt: skip
     assert sent["messages"][2]["tool_calls"] == _tool_chat()[2]["tool_calls"]
@@ -209,9 +217,14 @@ def test_the_event_loop_answers_during_a_long_compression(upstream, scorer):
 
 def test_streaming_chat(proxy):
     url, tap = proxy
+    plain = _client(url).chat.completions.with_raw_response.create(
+        model="smollm2", messages=_tool_chat(), max_tokens=1, temperature=0
+    )
     with _client(url).chat.completions.with_streaming_response.create(
         model="smollm2", messages=_tool_chat(), max_tokens=16, temperature=0, stream=True
     ) as response:
+        for h in ("x-gistify-tokens-in", "x-gistify-tokens-out"):  # the same compression as without a stream
+            assert response.headers[h] == plain.headers[h]
         assert int(response.headers["x-gistify-tokens-out"]) < int(response.headers["x-gistify-tokens-in"])
         chunks = list(response.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -238,6 +251,8 @@ def test_completions_streaming_and_not(proxy):
     prompt = DOC + "\n\nQuestion: What is the delivery code?\nAnswer: The delivery code is"
     r = _client(url).completions.with_raw_response.create(model="smollm2", prompt=prompt, max_tokens=8, temperature=0)
     assert "BLUE" in r.parse().choices[0].text
+    doc = next(c for c in r.parse().model_extra["gistify"]["contents"] if c["action"] == "compressed")
+    assert abs(doc["tokens_out"] - Budget(keep=0.5).target(doc["tokens_in"])) <= 1  # keep 0.5, within a token
     assert int(r.headers["x-gistify-tokens-out"]) < int(r.headers["x-gistify-tokens-in"])
     sent = tap.last()["prompt"]
     assert sent.endswith("\n\nQuestion: What is the delivery code?\nAnswer: The delivery code is")
