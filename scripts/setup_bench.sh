@@ -5,14 +5,15 @@
 # the `integrations-test` extra
 # (LangChain, LlamaIndex, Ray Data, their BM25 retrievers), the evaluation data in the cache (Wikipedia and news articles from
 # gensim's test data), a CJK font for rendering tests (Debian, 1.6 MB), and the peers' own environments
-# (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, each with the CPU torch). With it, the whole test
-# suite runs: `bash scripts/setup_bench.sh && .venv/bin/python -m pytest -q`.
+# (scripts/setup_peers.sh: LLMLingua 0.2.2 and kvpress 0.5.5, both on the main venv's torch). With it, the whole
+# test suite runs: `bash scripts/setup_bench.sh && .venv/bin/python -m pytest -q`; a test whose part of this set-up
+# is missing skips, naming the command that installs it, and under CI=true fails instead (.ci/run).
 set -euo pipefail
 exec 1>&2
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # A CJK font for gistify.render (DejaVu has no CJK glyphs). Without it, CJK renders as boxes (reported in
-# Rendering.missing) and the CJK tests skip.
+# Rendering.missing) and the CJK tests skip (fail under CI=true).
 if ! fc-list 2>/dev/null | grep -qi "wqy"; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get install -y -qq --no-install-recommends fonts-wqy-microhei >/dev/null 2>&1 \
@@ -22,8 +23,8 @@ if ! fc-list 2>/dev/null | grep -qi "wqy"; then
     echo "setup: install fonts-wqy-microhei for CJK rendering (apt-get, as root)"
   fi
 fi
-# Redis for gistify serve's shared store: its tests start their own redis-server on a free port (and fail under
-# CI=true without it)
+# Redis for gistify serve's shared store: its tests start their own redis-server on a free port (without it they
+# skip, or fail under CI=true)
 if ! command -v redis-server >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \

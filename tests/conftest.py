@@ -1,8 +1,12 @@
 """Shared fixtures: a tiny random-weight Llama scorer with a byte-level BPE tokenizer trained in memory
-(fast, offline, exact), and real prose from tests/data."""
+(fast, offline, exact), and real prose from tests/data; and `need`/`missing`, the one way a test says that
+something setup installs is not there."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +14,70 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 
+# What installs each part of the test set-up (scripts/setup_bench.sh runs all of them)
+SETUP = "bash scripts/setup_bench.sh"
+SERVE_TEST = ".venv/bin/python -m pip install -e '.[serve-test]'"
+INTEGRATIONS_TEST = ".venv/bin/python -m pip install -e '.[integrations-test]'"
+PEERS = "bash scripts/setup_peers.sh"
+CJK_FONT = "apt-get install fonts-wqy-microhei"
+REDIS = "apt-get install redis-server"
+
+
+def under_ci() -> bool:
+    """CI=true (or any value but empty, 0, false): setup has installed everything, so nothing may be missing."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(what: str, install: str):
+    """`what` is not installed: the test skips, or under CI fails; either way the message says how to install it."""
+    message = f"{what} is missing; install it with: {install} (all of the test set-up: {SETUP})"
+    if under_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def need(*modules: str, install: str):
+    """Import `modules` for a test (the last is returned); one that does not import is `missing`, naming `install`."""
+    module = None
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            missing(f"{name} ({e})", install)
+    return module
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*modules, install): the test imports these modules (see `need`)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A module's `needs` mark is checked before any fixture starts a server or loads a model for it."""
+    for mark in item.iter_markers("needs"):
+        need(*mark.args, **mark.kwargs)
+
 
 def prose(name: str = "aardwolf.txt") -> str:
     return (DATA / name).read_text(encoding="utf-8")
+
+
+def assert_spans_rebuild(src: str, spans, out: str) -> None:
+    """`out` is exactly the source spans `spans`, in order, joined by whitespace taken from the gaps between them
+    (no whitespace where the gap has none): the text contract of every compression."""
+    spans = [tuple(s) for s in spans]
+    assert spans == sorted(spans) and all(0 <= s < e <= len(src) for s, e in spans)
+    assert all(e1 < s2 for (_, e1), (s2, _) in zip(spans, spans[1:])), "spans overlap or touch"
+    pos = 0
+    for i, (s, e) in enumerate(spans):
+        if i:
+            sep = re.match(r"\s*", out[pos:]).group()
+            gap = src[spans[i - 1][1] : s]
+            assert sep in gap and (sep or not re.search(r"\s", gap)), "separator is not whitespace from the gap"
+            pos += len(sep)
+        assert out[pos : pos + e - s] == src[s:e]
+        pos += e - s
+    assert pos == len(out)
 
 
 @pytest.fixture(scope="module")

