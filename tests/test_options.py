@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import INTEGRATIONS_TEST, need
 from gistify.cli import build_parser
 from gistify.text.options import SURFACES, TextOptions, parse_sets, pipeline_options
 
@@ -90,8 +91,8 @@ def test_batch_and_the_wrappers_take_every_option():
     from gistify.batch.records import Settings as JobSettings
 
     assert isinstance(JobSettings().text, TextOptions)
-    lc = pytest.importorskip("gistify.integrations.langchain", exc_type=ImportError)
-    li = pytest.importorskip("gistify.integrations.llamaindex", exc_type=ImportError)
+    lc = need("gistify.integrations.langchain", install=INTEGRATIONS_TEST)
+    li = need("gistify.integrations.llamaindex", install=INTEGRATIONS_TEST)
     for wrapper in (lc.GistifyCompressor, li.GistifyPostprocessor):
         assert set(FIELDS) <= set(wrapper.model_fields), wrapper
         w = wrapper(tokens=30, method="random", params={"seed": 2}, protect_numbers=True, fallback="off")
@@ -177,7 +178,7 @@ print("SEEN", json.dumps(seen))
 
 
 def test_a_new_option_is_one_field_and_reaches_every_surface(tmp_path, tiny_model_dir):
-    pytest.importorskip("langchain_core")
+    need("langchain_core", install=INTEGRATIONS_TEST)
     copy = tmp_path / "src"
     shutil.copytree(SRC / "gistify", copy / "gistify", ignore=shutil.ignore_patterns("__pycache__"))
     options = copy / "gistify/text/options.py"
