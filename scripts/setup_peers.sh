@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peers' own environments, under $GISTIFY_HOME/envs (default ~/.cache/gistify/envs), idempotently: llmlingua
+# The peers' own environments, in <main venv>/peers (beside the torch they share), idempotently: llmlingua
 # 0.2.2 with transformers 4.44, and kvpress 0.5.5 (which pins transformers >=4.56,<5.3; it resolves 5.2).
 #
 # One torch: neither environment installs its own (754 MB each). Both see the main venv's CPU torch 2.13.0
@@ -10,8 +10,8 @@
 # interpreter, the one torch's extension modules were built for. Re-run this script after recreating .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HOME_DIR=${GISTIFY_HOME:-$HOME/.cache/gistify}
 MAIN_PY=${MAIN_PYTHON:-.venv/bin/python}
+ENVS=$("$MAIN_PY" -c "import sys; print(sys.prefix)")/peers  # what gistify_bench.eval.peers.lingua.env_dir() reads
 TORCH=2.13.0
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
@@ -33,10 +33,10 @@ link_torch() {
   echo "$(cd "$env/main-torch" && pwd)" > "$site/main-torch.pth"
 }
 
-# make_env NAME CHECK PACKAGE...: $HOME_DIR/envs/NAME, unless `python -c CHECK` already succeeds there with the
+# make_env NAME CHECK PACKAGE...: $ENVS/NAME, unless `python -c CHECK` already succeeds there with the
 # main venv's torch; the packages are constrained to torch 2.13.0 so that nothing pulls another torch.
 make_env() {
-  local name=$1 check=$2 env="$HOME_DIR/envs/$1"
+  local name=$1 check=$2 env="$ENVS/$1"
   shift 2
   local shared="import torch, os, sys; sys.exit(os.path.realpath(torch.__file__) != os.path.realpath('$main_site/torch/__init__.py'))"
   if [ ! -x "$env/bin/python" ] || ! "$env/bin/python" -c "$check" 2>/dev/null \

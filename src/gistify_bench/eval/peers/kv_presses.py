@@ -8,7 +8,7 @@ in full against the pruned cache. `tokens_out` counts the KV positions of the co
 `compress_s` is 0: the press's cost is inside the reader's prefill time, which is measured on the full context
 (a press reduces what the answer attends to, not the prefill).
 
-kvpress 0.5.5 needs transformers >=4.56,<5.3, so it lives in its own environment, `$GISTIFY_HOME/envs/kvpress`
+kvpress 0.5.5 needs transformers >=4.56,<5.3, so it lives in its own environment, `<venv>/peers/kvpress`
 (made by scripts/setup_peers.sh), and runs as a worker process (kvpress_worker.py) that loads the reader's own
 model directory and exchanges token ids: tokenising and decoding stay with the harness's reader.
 

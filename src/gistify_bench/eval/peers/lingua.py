@@ -1,6 +1,6 @@
 """LLMLingua and LongLLMLingua (microsoft/LLMLingua, `llmlingua` 0.2.2) as harness compressors.
 
-llmlingua 0.2.2 needs transformers 4.44, so it lives in its own environment, `$GISTIFY_HOME/envs/llmlingua`
+llmlingua 0.2.2 needs transformers 4.44, so it lives in its own environment, `<venv>/peers/llmlingua`
 (made by scripts/setup_peers.sh), and runs as a worker process (llmlingua_worker.py). Its scorer is our
 embedded SmolLM2, re-described for transformers 4 (config keys and tokenizer merges in the older format;
 the weights are the same file). tiktoken's cl100k_base, which llmlingua uses to count tokens, comes from the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from gistify_bench.eval.runner import Compression, Compressor
@@ -25,9 +26,9 @@ class PeerError(RuntimeError):
 
 
 def env_dir() -> Path:
-    from gistify.models import cache_dir
-
-    return cache_dir().parent / "envs"
+    """The peers' environments: `peers/` inside the venv that runs the harness, beside the torch they share
+    (scripts/setup_peers.sh), so that two checkouts' venvs never share, or break, each other's peers."""
+    return Path(sys.prefix) / "peers"
 
 
 def python() -> Path:
