@@ -798,3 +798,21 @@ def test_device_flags_are_checked_before_anything_loads_and_batches_move_whole()
     moved = to_device(batch, torch.device("cpu"))
     assert isinstance(moved["pages"][0], Pages) and moved["pages"][0].positions is None and moved["n"] == 3
     assert isinstance(moved["ids"], tuple) and moved["ids"][0].dtype == torch.int64
+
+
+def test_the_report_pairs_vist_with_the_control_trained_the_same_way():
+    """Issue 24: two distillation runs alike but for the memory trained end to end give a paired table of vist
+    against the mean-pooled control, with each run's LM loss at its start and end."""
+    from gistify_bench.eval.report.vist import control_lines
+
+    def run(memory: str, values: list[float], lm: float) -> dict:
+        config = {"e2e_memory": memory, "e2e_blocks": "trained", "e2e_steps": 2, "init": "w", "seed": 0, "eval_n": 3}
+        per_window = {f"{kind}_{memory}_own": values for kind in ("copy", "continuation")}
+        return {"config": config, "final": {"per_window": per_window}, "end_to_end": [{"lm": lm}, {"lm": lm - 1}]}
+
+    runs = {"v": run("vision", [1.0, 2.0, 3.0], 3.0), "m": run("mean_embedding", [1.5, 2.5, 3.5], 5.0)}
+    text = "\n".join(control_lines(runs))
+    assert "| copy | -0.500 [-0.500, -0.500], 100% |" in text and "| continuation | -0.500" in text
+    assert "The control's LM loss, mean of the first and last 10 end-to-end steps: 4.500 -> 4.500." in text
+    runs["m"]["config"]["e2e_steps"] = 3  # trained otherwise: not paired
+    assert control_lines(runs) == []

@@ -123,11 +123,12 @@ def distill_section(folder: Path) -> list[str]:
     """Per distillation run (gistify_bench.train.distill) in `folder`: the regression's held-out error, then each
     memory's held-out NLL per token with its own and another window's memory, after the regression and at the end."""
     runs = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    lines = []
+    lines, read = [], {}
     for path in runs:
         run = json.loads(path.read_text())
         if "regression" not in run:
             continue  # not a distillation's result (a weights card, say)
+        read[path.stem] = run
         lines += [f"## vist distilled into the teacher's memory: {path.stem}", "", f"`{run['command']}`", ""]
         lines += _regression_lines(run)
         if not run.get("after_regression"):
@@ -165,10 +166,49 @@ def distill_section(folder: Path) -> list[str]:
         if run.get("gates_before"):
             lines += [f"Gates (tanh) before: {run['gates_before']}; after: {run['gates']}. Seconds per optimizer step "
                       f"(set-up and evaluation apart): {run.get('seconds_per_step')}.", ""]  # fmt: skip
-    return lines
+    return lines + control_lines(read)
 
 
 TRUNCATE = "truncation: the distant text's last V tokens as text (V = vist's memory tokens)"
+
+# what two runs must share for vist's windows in one to pair with the mean-pooled control's in the other
+SAME_RUN = ("init", "teacher", "e2e_steps", "e2e_batch", "e2e_lr", "e2e_blocks", "copy", "eval_n", "seed", "steps")
+
+
+def control_lines(runs: dict[str, dict]) -> list[str]:
+    """vist against the mean-pooled control trained the same way (issue 24): two distillation runs with the blocks
+    trained end to end, one reading vist's memory and one the mean-pooled input embeddings, alike in SAME_RUN, so
+    their held-out windows are the same; paired per window, with each run's LM loss over its first and last 10
+    end-to-end steps (a control whose loss is still falling is not yet beaten)."""
+    from gistify_bench.stats import paired
+
+    def trained(memory: str) -> list[tuple[str, dict]]:
+        return [(name, r) for name, r in runs.items()
+                if r.get("final") and r["config"].get("e2e_memory", "vision") == memory
+                and r["config"].get("e2e_blocks") == "trained" and r.get("end_to_end")]  # fmt: skip
+
+    lines = []
+    for name, vist in trained("vision"):
+        for other, control in trained("mean_embedding"):
+            if any(vist["config"].get(k) != control["config"].get(k) for k in SAME_RUN):
+                continue
+            a, b = vist["final"]["per_window"], control["final"]["per_window"]
+            lines += [f"## vist against the mean-pooled control trained the same way: {name} - {other}", "",
+                      f"Both with the blocks trained for {vist['config']['e2e_steps']} end-to-end steps on the same "
+                      "windows; per held-out window, vist's NLL per token minus the control's (mean [95% interval], "
+                      "share of windows where vist is lower).", "",
+                      "| windows | vist - mean-pooled control |", "|---|---|"]  # fmt: skip
+            for kind in ("copy", "continuation"):
+                d = paired(a[f"{kind}_vision_own"], b[f"{kind}_mean_embedding_own"])
+                lines.append(f"| {kind} | {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
+                             f"{d['a_lower']:.0%} |")  # fmt: skip
+            for label, run in (("vist", vist), ("The control", control)):
+                lm = [s["lm"] for s in run["end_to_end"]]
+                lines += [""]
+                lines.append(f"{label}'s LM loss, mean of the first and last 10 end-to-end steps: "
+                             f"{sum(lm[:10]) / len(lm[:10]):.3f} -> {sum(lm[-10:]) / len(lm[-10:]):.3f}.")  # fmt: skip
+            lines.append("")
+    return lines
 
 
 def _regression_lines(run: dict) -> list[str]:
