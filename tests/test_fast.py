@@ -159,3 +159,14 @@ def test_value_clause_keeps_a_relevant_numbers_sentence_whole(tiny_scorer):
     assert (
         gain[second] == pytest.approx(2.0 * plain[number]) and (gain[:6] == 0).all() and (gain[number + 1 :] == 0).all()
     )
+
+
+def test_the_speed_report_runs_on_the_threads_asked():
+    """eval.speed --threads N: refused below 1 before anything loads, and the table says how many threads ran."""
+    from gistify_bench.eval import speed
+
+    with pytest.raises(SystemExit):
+        speed.main(["--threads", "0", "--methods", "reinforce-shallow"])
+    row = {"method": "reinforce-shallow", "tokens_in": 1000, "median_s_per_1k_tokens": 0.1, "peak_rss_mb": 700.0}
+    table = speed.table({"machine": "m", "model": "s", "keep": 0.2, "threads": 1, "rows": [row]})
+    assert "torch threads 1" in table and "| reinforce-shallow | 100, 700 | – |" in table
