@@ -158,9 +158,13 @@ class ContextualReinforcement(TextMethod):
         # The fallback ladder compresses the same text for the same question again (protections differ, these
         # features do not): keep them beside the scorer's statistics, which a new text or `forget()` drops.
         key = ("reinforce-features", doc.text, doc.question, fast, tuple(sorted(self.params().items())))
-        if key not in doc.scorer._cache:
-            doc.scorer._cache[key] = self._features(doc, stats, fast)
-        return doc.scorer._cache[key]
+        cache = doc.scorer._cache
+        if key not in cache:
+            old = [k for k in cache if k[0] == "reinforce-features"]
+            for k in old[: max(0, len(old) - 7)]:  # many questions on one text: keep the last 8
+                cache.pop(k, None)
+            cache[key] = self._features(doc, stats, fast)
+        return cache[key]
 
     def _features(self, doc: Document, stats, fast: bool) -> torch.Tensor:
         h = stats.hidden  # (n, d)
@@ -274,7 +278,8 @@ class FastReinforcement(ContextualReinforcement):
 class ShallowReinforcement(FastReinforcement):
     """`reinforce-fast` two layers deep (docs/methods.md §1.2.3): the node features at layer 2 (the spec's
     layer), the self-information from a head trained on layer 2's states, and the two layers in bf16 where the
-    CPU has it. About 3x cheaper than `reinforce-fast`'s four float32 layers."""
+    CPU has it. About 3x cheaper than `reinforce-fast`'s four float32 layers, and less accurate at 10x (QA and
+    the single needle: other numbers get into the budget), so not the default."""
 
     name = "reinforce-shallow"
     layer: int = 2
