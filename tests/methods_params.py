@@ -11,6 +11,7 @@ TEXT_METHODS = {
         {"recency": 0.0},  # no question: the previous uniform prior
         {"tail_share": 0.5, "alpha": 0.85},  # no question: half the budget on the text's end, verbatim
     ],
-    "reinforce-fast": [{}, {"query": "max", "tail_tokens": 16}],
+    "reinforce-fast": [{}, {"query": "max", "tail_tokens": 16}, {"value_clause": 2.0, "precision": "bfloat16"}],
+    "reinforce-shallow": [{}],
     "reinforce-rl": [{"weights": (1.0, -0.5, 2.0), "bias": 0.3}],  # the shipped weights: tests/test_controller.py
 }

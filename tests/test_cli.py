@@ -101,7 +101,8 @@ def test_stdin(monkeypatch, tiny_model_dir, capsys):
         (
             b"some words here",
             ["--keep", "0.5", "-m", "nosuch"],
-            "methods that compress text: random, reinforce, reinforce-fast, reinforce-rl, selfinfo, truncate, vist",
+            "methods that compress text: random, reinforce, reinforce-fast, reinforce-rl, reinforce-shallow, selfinfo, "
+            "truncate, vist",
         ),
         (b"some words here", ["--keep", "0.5", "--set", "seed"], "NAME=VALUE"),
         (b"some words here", ["--keep", "0.5", "--tokenizer", "gpt9"], "unknown tokenizer"),

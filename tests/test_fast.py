@@ -86,10 +86,10 @@ def test_shipped_head_follows_the_full_self_information():
 
 def test_trainer_pairs_each_token_with_its_full_self_information(tiny_scorer, tiny_model):
     """The head learns u_t from (h_{t-1}, h_t) exactly as the fast path will read them, window by window."""
-    from gistify_bench.train.surprisal import features, scores
+    from gistify_bench.train.surprisal import features, scores, targets
 
     text = prose()[:2500]
-    data = features(tiny_scorer, build_trunk(tiny_model, 4), [text])
+    data = features(tiny_scorer, build_trunk(tiny_model, 4), [text], targets(tiny_scorer, [text]))
     full = tiny_scorer.stats(text, layer=4)
     n = len(full.starts)
     assert data["cur"].shape == data["prev"].shape == (n, 32)
@@ -97,3 +97,76 @@ def test_trainer_pairs_each_token_with_its_full_self_information(tiny_scorer, ti
     assert torch.equal(data["prev"][1:5], data["cur"][:4])  # inside a window, t-1's state is the previous row
     assert torch.equal(data["target"], torch.from_numpy(tiny_scorer.stats(text, layer=0).self_info))
     assert scores(data["target"], data["target"])["spearman"] == pytest.approx(1.0)
+
+
+def test_a_bf16_trunk_copies_the_layers_and_stays_near_float32(tiny_model):
+    """precision="bfloat16": the layers are copied in bf16 (the loaded model is untouched), the embeddings are
+    shared and read out in bf16, and the states stay close to float32's."""
+    x = torch.randint(0, tiny_model.config.vocab_size, (1, 60))
+    with torch.inference_mode():
+        full = build_trunk(tiny_model, 2)(input_ids=x).last_hidden_state
+        trunk = build_trunk(tiny_model, 2, torch.bfloat16)
+        half = trunk(input_ids=x).last_hidden_state
+    assert half.dtype == torch.bfloat16 and tiny_model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    assert trunk.embed_tokens.embed is tiny_model.model.embed_tokens
+    cos = torch.nn.functional.cosine_similarity(half.float()[0], full[0], dim=-1)
+    assert cos.min() > 0.99, cos.min()
+
+
+def test_each_depth_has_its_own_head_file():
+    from gistify.text.fast import head_file
+
+    assert head_file(4) == HEAD and head_file(2).name == "surprisal_head_L2.safetensors" and head_file(2).is_file()
+    _, meta = load_head(head_file(2))
+    assert meta["layer"] == 2 and meta["trunk_dtype"] in ("bfloat16", "float32")
+
+
+def test_the_precision_option_is_checked():
+    with pytest.raises(ValueError, match="precision"):
+        gistify.compress("some text here", keep=0.5, method="reinforce-shallow", precision="int4")
+
+
+def test_features_are_computed_once_per_text_and_question(tiny_scorer):
+    """The fallback ladder compresses the same text again: the graph and propagation are not run twice, and
+    `forget()` (what the speed benchmark calls between timed runs) drops them."""
+    from gistify.method import get_method
+    from gistify.text.words import Document, segment
+
+    text = prose()[:1500]
+    m = get_method("reinforce-fast", "text")
+    doc = lambda: Document(text, segment(text), "Where does it live?", tiny_scorer)  # noqa: E731
+    first = m.features(doc())
+    assert m.features(doc()) is first
+    tiny_scorer.forget()
+    again = m.features(doc())
+    assert again is not first and torch.equal(again, first)
+
+
+def test_value_clause_keeps_a_relevant_numbers_sentence_whole(tiny_scorer):
+    """value_clause: the words of a sentence gain with its best number's weight, so a kept number brings the
+    words that say what it is; a sentence without a number gains nothing."""
+    from gistify.method import get_method
+    from gistify.text.words import Document, segment
+
+    text = "The river is long and wide. One of the numbers for the river is: 5678048. Birds sing at dawn here."
+    doc = Document(text, segment(text), "What is the number for the river?", tiny_scorer)
+    plain = get_method("reinforce-fast", "text").score(doc)
+    whole = get_method("reinforce-fast", "text", value_clause=2.0).score(doc)
+    words = [text[s:e] for s, e in doc.words]
+    number = words.index("5678048.")
+    second = [i for i, w in enumerate(words) if 6 <= i <= number]  # "One ... 5678048."
+    gain = whole - plain
+    assert (
+        gain[second] == pytest.approx(2.0 * plain[number]) and (gain[:6] == 0).all() and (gain[number + 1 :] == 0).all()
+    )
+
+
+def test_the_speed_report_runs_on_the_threads_asked():
+    """benches.speed --threads N: refused below 1 before anything loads, and the table says how many threads ran."""
+    from gistify_bench.benches import speed
+
+    with pytest.raises(SystemExit):
+        speed.main(["--threads", "0", "--methods", "reinforce-shallow"])
+    row = {"method": "reinforce-shallow", "tokens_in": 1000, "median_s_per_1k_tokens": 0.1, "peak_rss_mb": 700.0}
+    table = speed.table({"machine": "m", "model": "s", "keep": 0.2, "threads": 1, "rows": [row]})
+    assert "torch threads 1" in table and "| reinforce-shallow | 100, 700 | – |" in table

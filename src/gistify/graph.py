@@ -6,6 +6,7 @@ Shapes: n nodes (tokens), d feature width, k neighbours per node.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -88,7 +89,9 @@ def _banded_knn(z, k, sigma, max_block_elems, progress):
     blocks of b rows against their b + 2W columns, O(n (b + 2W) d) time, O(b (b + 2W)) memory."""
     n = z.shape[0]
     w = band(sigma)
-    block = max(64, min(n, int(math.sqrt(max_block_elems)) // 4))
+    # Rows per block: about the band's width, so a block's columns (b + 2W) are mostly in someone's band (512
+    # rows computed 5.6x the products needed at sigma 4; 2W rows, 2x), within the memory cap.
+    block = max(64, min(n, 2 * w, int(math.sqrt(max_block_elems)) // 4))
     outside = math.exp(-(w + 1) / sigma)  # the most a pair outside the band can weigh
     out_r, out_c, out_v, redo = [], [], [], []
     starts = range(0, n, block)
@@ -131,6 +134,13 @@ def personalized_pagerank(
     deg = torch.sparse.sum(a, dim=1).to_dense() + 1e-12  # (n,)
     idx, val = a.indices(), a.values()
     p_t = torch.sparse_coo_tensor(idx.flip(0), val / deg[idx[0]], a.shape, check_invariants=False).coalesce()  # Pᵀ
+    # row-compressed (the coalesced entries are in row order): each iteration's product is ~100x faster than COO's
+    rows, cols = p_t.indices()
+    crow = torch.zeros(a.shape[0] + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(rows, minlength=a.shape[0]).cumsum(0)
+    with warnings.catch_warnings():  # "CSR support is in beta": sparse @ dense is all that is asked of it
+        warnings.simplefilter("ignore", UserWarning)
+        p_t = torch.sparse_csr_tensor(crow, cols, p_t.values(), a.shape, check_invariants=False)
     s = prior.clone()
     with progress_bar(iterations, "propagation", progress) as advance:
         for _ in range(iterations):

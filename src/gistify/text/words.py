@@ -154,7 +154,7 @@ class Document:
     notes: list[str] = field(default_factory=list)  # what the method tells the result (Compressed.notes)
     _stats: dict = field(default_factory=dict, repr=False)
 
-    def stats(self, layer: int = 2, fast: bool = False):
+    def stats(self, layer: int = 2, fast: bool | str = False):
         """The scorer's TokenStats of the text (`fast`: from the scorer's fast path, gistify.text.fast)."""
         if self.scorer is None:
             raise ValueError("this method needs a scorer model")

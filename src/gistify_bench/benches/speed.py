@@ -1,8 +1,8 @@
 """Compression speed and memory of every text method on the embedded scorer, at several input lengths.
 
     python -m gistify_bench.benches.speed [--tokens 1000,4000,16000,100000] [--repeats 5,5,3,1]
-                                       [--methods reinforce-fast,reinforce,selfinfo,llmlingua]
-                                       [--skip longllmlingua@100000] [--out ROOT]
+                                          [--methods reinforce-shallow,reinforce-fast,reinforce,selfinfo,llmlingua]
+                                          [--skip longllmlingua@100000] [--threads 1] [--out ROOT]
 
 Each (method, length) runs in a fresh process: the scorer is loaded and one warm-up run is made on the first
 1,000 tokens (not timed: lazy imports, the allocator, a peer's worker start), the peak-RSS mark is reset, then
@@ -11,9 +11,11 @@ Wikipedia articles of gistify_bench.data joined, cut at the length in scorer tok
 cell: the median seconds per 1k input tokens, and peak RSS (whole process, and above the RSS after loading).
 The peers LLMLingua and LongLLMLingua are timed the same way around their worker process (same SmolLM2 scorer,
 inter-process transfer included; its cost is a JSON line), and their memory is the worker's. Results go to
-ROOT/text/speed/<model>.json (ROOT: --out, default ./results; rewritten after every cell, so an interrupted
+ROOT/text/speed/<model>[-t<threads>].json (ROOT: --out, default ./results; rewritten after every cell, so an interrupted
 run keeps what it measured) and a Markdown table on stdout, with each method's per-token cost at its longest
-length over its shortest. Times are for this machine only.
+length over its shortest. `--threads N` runs every child with N torch threads (the proxy and the batch
+workers score on one thread each); the record keeps it and the load average. Times are for this machine only:
+compare methods within one run (`reinforce`, the full pass, is the yardstick that travels between machines).
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def document(file: Path | None) -> str:
     return "\n\n".join(wikipedia("eval").values())
 
 
-def measure_one(method: str, file: Path | None, tokens: int, repeats: int, model: str | None) -> dict:
+def measure_one(
+    method: str, file: Path | None, tokens: int, repeats: int, model: str | None, threads: int | None = None
+) -> dict:
     """Runs in the child process: time `repeats` compressions of one method."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from gistify.text.pipeline import shared_scorer
     from gistify_bench.eval.peers import lingua
@@ -87,8 +94,9 @@ def measure_one(method: str, file: Path | None, tokens: int, repeats: int, model
 
 
 def _floor(method: str, scorer, text: str, repeats: int) -> float | None:
-    """For a method on the scorer's fast path: the median seconds of its forward pass alone (the trunk's layers
-    and the surprisal head, `Scorer.stats(fast=True)`), the floor that the rest of compress adds to."""
+    """For a method on the scorer's fast path: the median seconds of its forward pass alone (the trunk's layers,
+    in the method's precision, and the surprisal head: `Scorer.stats(fast=...)`), the floor that the rest of
+    compress adds to."""
     from gistify.method import get_method
     from gistify_bench.eval.peers import lingua
 
@@ -99,19 +107,23 @@ def _floor(method: str, scorer, text: str, repeats: int) -> float | None:
     for _ in range(repeats):
         scorer.forget()
         t0 = time.perf_counter()
-        scorer.stats(text, layer=m.layer, fast=True)
+        scorer.stats(text, layer=m.layer, fast=m._fast_mode())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gistify_bench.benches.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="reinforce-fast,reinforce,selfinfo,random,truncate,llmlingua,longllmlingua")
+    p.add_argument(
+        "--methods",
+        default="reinforce-shallow,reinforce-fast,reinforce,selfinfo,random,truncate,llmlingua,longllmlingua",
+    )
     p.add_argument("--tokens", default="1000,4000,16000,100000", help="input lengths in scorer tokens, comma-separated")
     p.add_argument("--repeats", default="5,5,3,1", help="timed runs per length (one number, or one per length)")
     p.add_argument("--skip", default="", help="cells not to run, as METHOD@TOKENS, comma-separated")
     p.add_argument("--file", type=Path, help="the document (default: the eval articles joined)")
     p.add_argument("--model", default=None, help="scorer (default: the embedded SmolLM2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per child (default: torch's own)")
     p.add_argument("--out", help="results root (default ./results); writes ROOT/text/speed/")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -121,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         repeats *= len(lengths)
     if len(repeats) != len(lengths) or min(lengths) < 1 or min(repeats) < 1:
         p.error("--repeats needs one positive number, or one per length of --tokens")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
     if args.child:
-        print(json.dumps(measure_one(args.child, args.file, lengths[0], repeats[0], args.model)))
+        print(json.dumps(measure_one(args.child, args.file, lengths[0], repeats[0], args.model, args.threads)))
         return 0
     record = {"model": args.model or "smollm2-135m-instruct", "keep": 0.2, "question": QUESTION, "rows": []}
+    record["threads"] = args.threads
     out = resolve_out(args.out) / "text" / "speed"
     out.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
@@ -134,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "gistify_bench.benches.speed", "--child", method]
             cmd += ["--tokens", str(tokens), "--repeats", str(reps)]
             cmd += (["--file", str(args.file)] if args.file else []) + (["--model", args.model] if args.model else [])
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             print(f"measuring {method} at {tokens} tokens ...", file=sys.stderr)
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 return done.returncode
             record["rows"].append(json.loads(done.stdout.strip().splitlines()[-1]) | {"load_avg": os.getloadavg()[0]})
             record["machine"] = machine()
-            (out / f"{record['model'].replace('/', '_')}.json").write_text(json.dumps(record, indent=2))
+            threads = f"-t{args.threads}" if args.threads else ""  # a 1-thread run does not overwrite the default's
+            (out / f"{record['model'].replace('/', '_')}{threads}.json").write_text(json.dumps(record, indent=2))
     print(table(record))
     return 0
 
@@ -158,7 +175,8 @@ def table(record: dict) -> str:
     cell = {(r["method"], r["tokens_in"]): r for r in record["rows"]}
     head = " | ".join(f"{n:,} tokens: ms / 1k, peak MB" for n in lengths)
     lines = [
-        f"machine: {record['machine']}; scorer {record['model']}; keep {record['keep']}",
+        f"machine: {record['machine']}; scorer {record['model']}; keep {record['keep']}; "
+        f"torch threads {record.get('threads') or 'default'}",
         "",
         f"| method | {head} | longest / shortest per-1k |",
         "|---|" + "---|" * (len(lengths) + 1),

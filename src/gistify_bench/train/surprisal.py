@@ -10,7 +10,7 @@ float32 scorer. The head (gistify.text.fast.SurprisalHead) is fitted by mean squ
 the epoch with the lowest mean squared error on the "dev" articles (early stopping: it overfits the train
 tokens within a few epochs), and scored on them: Pearson and Spearman correlation with the full model's u,
 its mean absolute error, and, as the control, the same scores of the best constant and of unigram statistics
-(u from token frequencies on the train articles). Features and targets are cached in DIR (default
+(u from token frequencies on the train articles). The targets are cached in DIR (default
 ./results/train/surprisal); DIR/surprisal_head.safetensors carries the scores in its metadata; --ship copies
 it into the package.
 """
@@ -45,7 +45,7 @@ class SurprisalConfig:
     max_tokens: int = option(0, "cap on training tokens (0: every train article)")
     seed: int = option(0, "initialisation and order")
     out: str | None = option(None, "folder of the head and the cached features (default ./results/train/surprisal)")
-    ship: bool = option(False, "copy the head into the package (gistify.text.fast.HEAD)")
+    ship: bool = option(False, "copy the head into the package (gistify.text.fast.head_file(layer))")
 
     def __post_init__(self):
         check(self)
@@ -57,15 +57,29 @@ class SurprisalConfig:
 
 
 @torch.inference_mode()
-def features(scorer, trunk, texts: list[str], max_tokens: int = 0, progress: bool = False) -> dict:
-    """{"prev", "cur": (N, d) trunk states at t-1 and t, "target": (N,) full-model u_t, "ids": (N,) x_t}."""
+def targets(scorer, texts: list[str], max_tokens: int = 0, progress: bool = False) -> list[torch.Tensor]:
+    """The full float32 scorer's u_t of every token of each text read (up to `max_tokens` in all): the expensive
+    part (30 layers and the LM head), cached apart from the trunk's states so that heads for other depths reuse it."""
     from gistify.progress import track
 
+    out, total = [], 0
+    for text in track(texts, len(texts), "targets", progress):
+        out.append(
+            torch.from_numpy(scorer.stats(text, layer=0).self_info)
+        )  # layer 0: no states kept beyond the embeddings
+        total += len(out[-1])
+        if max_tokens and total >= max_tokens:
+            break
+    return out
+
+
+@torch.inference_mode()
+def features(scorer, trunk, texts: list[str], u_texts: list[torch.Tensor]) -> dict:
+    """{"prev", "cur": (N, d) trunk states at t-1 and t, "target": (N,) full-model u_t, "ids": (N,) x_t} for the
+    texts that `u_texts` (from `targets`) covers."""
     prev, cur, target, token_ids = [], [], [], []
-    total = 0
-    for text in track(texts, len(texts), "features", progress):
+    for text, u in zip(texts, u_texts):
         ids, _ = scorer.encode(text)
-        u = scorer.stats(text, layer=0).self_info  # the full model's u_t (layer 0: no states kept beyond embeddings)
         bos = scorer.tokenizer.bos_token_id
         for s in range(0, len(ids), scorer.window):
             e = min(len(ids), s + scorer.window)
@@ -74,11 +88,8 @@ def features(scorer, trunk, texts: list[str], max_tokens: int = 0, progress: boo
             k = len(lead)
             prev.append(h[k - 1 : -1])
             cur.append(h[k:])
-            target.append(torch.from_numpy(u[s:e]))
+            target.append(u[s:e])
             token_ids.append(torch.tensor(ids[s:e]))
-        total += len(ids)
-        if max_tokens and total >= max_tokens:
-            break
     return {"prev": torch.cat(prev), "cur": torch.cat(cur), "target": torch.cat(target), "ids": torch.cat(token_ids)}
 
 
@@ -101,22 +112,26 @@ def unigram(train_ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def train(config: SurprisalConfig, folder: Path, show_progress: bool = False) -> tuple[object, dict]:
-    from gistify.text.fast import SurprisalHead, build_trunk, fingerprint
+    from gistify.text.fast import SurprisalHead, build_trunk, fingerprint, native_bf16
     from gistify.text.pipeline import shared_scorer
     from gistify_bench.data import wikipedia
 
     torch.manual_seed(config.seed)
     scorer = shared_scorer(None)
-    trunk = build_trunk(scorer.model, config.layer)
+    # the trunk as the fast path will run it on this machine (bf16 where the CPU has it)
+    dtype = torch.bfloat16 if config.layer and native_bf16() else torch.float32
+    trunk = build_trunk(scorer.model, config.layer, dtype)
     data = {}
     for split in ("train", "dev"):
-        cache = folder / f"features-{split}-L{config.layer}-{config.max_tokens}.pt"
+        texts = list(wikipedia(split).values())
+        cap = config.max_tokens if split == "train" else 0
+        cache = folder / f"targets-{split}-{cap}.pt"
         if cache.is_file():
-            data[split] = torch.load(cache)
+            u = torch.load(cache)
         else:
-            texts = list(wikipedia(split).values())
-            data[split] = features(scorer, trunk, texts, config.max_tokens if split == "train" else 0, show_progress)
-            torch.save(data[split], cache)
+            u = targets(scorer, texts, cap, show_progress)
+            torch.save(u, cache)
+        data[split] = features(scorer, trunk, texts, u)
     tr, dev = data["train"], data["dev"]
     head = SurprisalHead(tr["cur"].shape[1], config.width)
     opt = torch.optim.Adam(head.parameters(), lr=config.lr)
@@ -151,6 +166,7 @@ def train(config: SurprisalConfig, folder: Path, show_progress: bool = False) ->
         "fingerprint": fingerprint(scorer.model),
         "layer": config.layer,
         "hidden": int(tr["cur"].shape[1]),
+        "trunk_dtype": str(dtype).removeprefix("torch."),
         "width": config.width,
         "settings": asdict(config) | {"out": None, "ship": None},
         "train_tokens": n,
@@ -168,7 +184,7 @@ def train(config: SurprisalConfig, folder: Path, show_progress: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gistify.text.fast import HEAD, save_head
+    from gistify.text.fast import HEAD, head_file, save_head
     from gistify_bench.options import from_args, parser_for, resolve_out
 
     p = parser_for(SurprisalConfig, f"python -m {PROG}", __doc__.split("\n\n")[0])
@@ -181,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: meta[k] for k in ("train_tokens", "dev_tokens", "dev")}, indent=2))
     print(f"written: {out}")
     if config.ship:
-        shutil.copy(out, HEAD)
-        print(f"shipped: {HEAD}")
+        shutil.copy(out, head_file(config.layer))
+        print(f"shipped: {head_file(config.layer)}")
     return 0
 
 
