@@ -244,7 +244,7 @@ def test_vqa_cells_run_through_the_runner_resume_and_feed_the_report(vlm, tmp_pa
     from gistify_bench.eval.runner import run
     from gistify_bench.eval.tasks import vqa as vqa_task
 
-    monkeypatch.setattr(vqa_task, "load_vlm", lambda: vlm)
+    monkeypatch.setattr(vqa_task, "load_vlm", lambda *a: vlm)
     cells = run("easyvqa-4", ["random", "recover"], [0.5], 3, tmp_path, seed=1, show_progress=False)
     assert [(c["method"], c["keep"]) for c in cells] == [("none", 1.0), ("random", 0.5), ("recover", 0.5),
                                                          ("recover", None)]  # fmt: skip

@@ -64,6 +64,10 @@ def methods_for(family: str, spec: str | None) -> list[str]:
         from gistify_bench.eval.peers import kv_presses, lingua
 
         known += list(lingua.MODES) + list(kv_presses.PRESSES)
+    if family == "vision":  # the ground-truth control and recover's released-code mode (gistify_bench.eval.tasks.vqa)
+        from gistify_bench.eval.tasks.vqa import CONTROL, VARIANTS
+
+        known += [CONTROL, *VARIANTS]
     unknown = [m for m in names if with_params(m)[0] not in known and m != "none"]
     if unknown:
         raise ValueError(f"unknown {family} method(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -42,6 +42,14 @@ GRID = IMAGE_SIZE // STRIDE
 ALIGN_WIDTH = 128  # the text-aligned space of the probe and question head
 KEY_WIDTH = 64
 LORA_RANK = 8
+LORA_TARGETS = ("q_proj", "v_proj")
+# Position channels appended to each token before any reducer (optional, per trained model): sin/cos of the cell's
+# row and column at 4 frequencies. Reducers drop or average tokens and the sequence is renumbered after them, so
+# a kept token's place in the sequence no longer says where it was in the image; the channels still do (merged
+# tokens carry the mean of their cells' codes). Scaled down so that similarity-based reducers, which read the
+# same features, are barely moved by them.
+POSITION_CHANNELS = 16
+POSITION_SCALE = 0.1
 WEIGHTS = Path(__file__).with_name("gistvlm.safetensors")
 CARD = Path(__file__).with_name("gistvlm.json")  # how the weights were trained and what they score
 
@@ -77,7 +85,7 @@ class AttentionProbe(nn.Module):
         self.value = nn.Linear(width, ALIGN_WIDTH)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = self.norm(features)
+        h = self.norm(features[..., :WIDTH])  # the encoder's channels (position channels, when any, follow)
         keys = self.key(h)
         attention = (keys @ self.query / KEY_WIDTH**0.5).softmax(-1)
         patch_text = self.value(h)
@@ -103,14 +111,23 @@ class LoRALinear(nn.Module):
 class GistVLM(nn.Module):
     """EfficientNet-Lite0 (frozen) -> MLP projector -> SmolLM2-135M (frozen), plus the alignment heads."""
 
-    def __init__(self, lm: Any, tokenizer: Any, encoder: nn.Module | None = None, lora_rank: int = LORA_RANK):
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer: Any,
+        encoder: nn.Module | None = None,
+        lora_rank: int = LORA_RANK,
+        lora_targets: tuple[str, ...] = LORA_TARGETS,
+        positions: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder if encoder is not None else load_encoder()
         self.lm = lm.requires_grad_(False)
-        # LoRA on the LLM's query and value projections: the frozen 135M LLM with a projector alone learned to
-        # read one shape but not to find the one asked about among four (dev: 45% on shapes, 7% on colours).
+        # LoRA on the LLM's attention projections (q, v by default): the frozen 135M LLM with a projector alone
+        # learned to read one shape but not to find the one asked about among four (dev: 45% on shapes, 7% on
+        # colours).
         for layer in lm.model.layers:
-            for name in ("q_proj", "v_proj"):
+            for name in lora_targets:
                 setattr(layer.self_attn, name, LoRALinear(getattr(layer.self_attn, name), lora_rank, 2 * lora_rank))
         self.tokenizer = tokenizer
         if tokenizer.pad_token is None:  # prompts are left-padded in batches; the padding is masked out
@@ -118,6 +135,8 @@ class GistVLM(nn.Module):
         d = lm.config.hidden_size
         # LLaVA-1.5's two-layer MLP, after a LayerNorm: the token joins channels of very different scales
         self.projector = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, d), nn.GELU(), nn.Linear(d, d))
+        self.positions = positions  # whether tokens carry position channels (added inside the projector's MLP)
+        self.position_proj = nn.Linear(POSITION_CHANNELS, d) if positions else None
         self.probe = AttentionProbe()
         self.question_head = nn.Linear(d, ALIGN_WIDTH)
         self.token_reducer: TokenReducer | None = None  # set only by gistify.reduce, inside its block
@@ -129,12 +148,14 @@ class GistVLM(nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The parameters training changes (the encoder and the LLM's own weights stay as shipped)."""
-        parts = ("projector", "probe", "question_head")
-        state = {f"{p}.{k}": v for p in parts for k, v in getattr(self, p).state_dict().items()}
+        state = {f"{p}.{k}": v for p in self._parts() for k, v in getattr(self, p).state_dict().items()}
         return state | {f"lm.{n}": p.detach() for n, p in self.lora_parameters().items()}
 
+    def _parts(self) -> tuple[str, ...]:
+        return ("projector", "probe", "question_head") + (("position_proj",) if self.positions else ())
+
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        for part in ("projector", "probe", "question_head"):
+        for part in self._parts():
             prefix = part + "."
             getattr(self, part).load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         with torch.no_grad():
@@ -152,8 +173,9 @@ class GistVLM(nn.Module):
         if not path.exists():
             raise FileNotFoundError(f"no VLM weights at {path}: train them with python -m gistify_bench.train.vlm")
         lm, tok = load()
-        model = cls(lm.to(dtype), tok)
-        model.load_trained(load_file(path))
+        state = load_file(path)
+        model = cls(lm.to(dtype), tok, **architecture(state))
+        model.load_trained(state)
         return model.eval()
 
     @staticmethod
@@ -185,10 +207,20 @@ class GistVLM(nn.Module):
 
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) -> (B, N = 196, 155) visual tokens, row-major over the 14 x 14 grid."""
+        """(B, 3, 224, 224) -> (B, N = 196, C) visual tokens, row-major over the 14 x 14 grid; C = 155, or
+        155 + 16 position channels for a model trained with them."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got {tuple(pixel_values.shape)}")
-        return self.encoder(pixel_values.float()).flatten(2).transpose(1, 2)
+        device = next(self.encoder.parameters()).device
+        return self.with_positions(self.encoder(pixel_values.to(device).float()).flatten(2).transpose(1, 2))
+
+    def with_positions(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, N, 155) encoder tokens -> the model's tokens: the position channels appended when it has them."""
+        if not self.positions:
+            return feats
+        side = int(round(feats.shape[1] ** 0.5))
+        code = position_code(side, side).to(feats)
+        return torch.cat([feats, code.expand(len(feats), -1, -1)], -1)
 
     def question_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, 128): the question head on the mean LLM input embedding of the prompt's tokens."""
@@ -197,8 +229,14 @@ class GistVLM(nn.Module):
         return self.question_head((emb * m).sum(1) / m.sum(1).clamp(min=1))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(..., 155) -> (..., D') visual tokens in the LLM's input space."""
-        return self.projector(tokens.float())
+        """(..., C) -> (..., D') visual tokens in the LLM's input space (position channels, when the model has
+        them, join the first layer's output)."""
+        tokens = tokens.float()
+        if not self.positions:
+            return self.projector(tokens)
+        norm, first, act, second = self.projector
+        h = first(norm(tokens[..., :WIDTH])) + self.position_proj(tokens[..., WIDTH:] / POSITION_SCALE)
+        return second(act(h))
 
     # -- the answer path -------------------------------------------------------------------------------------------
 
@@ -215,14 +253,15 @@ class GistVLM(nn.Module):
         dtype = embed.weight.dtype
         rows = []
         for i, v in enumerate(visual):
-            ids = x.input_ids[i][x.attention_mask[i].bool()]
+            ids = x.input_ids[i][x.attention_mask[i].bool()].to(embed.weight.device)
             if extra is not None:
                 ids = torch.cat([ids, extra[i]])
-            rows.append(torch.cat([self.project(v).to(dtype), embed(ids)]))
+            rows.append(torch.cat([self.project(v.to(embed.weight.device)).to(dtype), embed(ids)]))
         length = max(len(r) for r in rows)
         d = rows[0].shape[-1]
-        embeds = torch.zeros(len(rows), length, d, dtype=dtype)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        device = rows[0].device
+        embeds = torch.zeros(len(rows), length, d, dtype=dtype, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
         for i, r in enumerate(rows):
             embeds[i, length - len(r) :] = r
             mask[i, length - len(r) :] = 1
@@ -263,7 +302,31 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, match: torch.Tenso
     return (t2i + i2t) / 2
 
 
-__all__ = ["GRID", "GistVLM", "VLMInputs", "contrastive_loss"]
+def position_code(rows: int, cols: int) -> torch.Tensor:
+    """(rows * cols, 16) the row-major cells' position channels: sin and cos of the row's and the column's
+    centre (in [0, 1]) at frequencies 1, 2, 3, 4 (times pi), scaled by POSITION_SCALE."""
+    freqs = torch.arange(1, POSITION_CHANNELS // 4 + 1) * torch.pi
+    r = ((torch.arange(rows) + 0.5) / rows)[:, None] * freqs
+    c = ((torch.arange(cols) + 0.5) / cols)[:, None] * freqs
+    r_code = torch.cat([r.sin(), r.cos()], -1)[:, None].expand(rows, cols, -1)
+    c_code = torch.cat([c.sin(), c.cos()], -1)[None].expand(rows, cols, -1)
+    return POSITION_SCALE * torch.cat([r_code, c_code], -1).reshape(rows * cols, POSITION_CHANNELS)
+
+
+def architecture(state: dict[str, torch.Tensor]) -> dict:
+    """GistVLM's constructor settings that trained weights imply: LoRA rank and targets, position channels."""
+    layer0 = "lm.model.layers.0.self_attn."
+    first = {k.split(".")[-2]: v for k, v in state.items() if k.startswith(layer0) and k.endswith(".lora_a")}
+    if not first:
+        raise ValueError("these weights have no LoRA of the LLM's layer 0: not weights of gistify_bench.train.vlm")
+    return {
+        "lora_rank": next(iter(first.values())).shape[0],
+        "lora_targets": tuple(sorted(first)),
+        "positions": any(k.startswith("position_proj.") for k in state),
+    }
+
+
+__all__ = ["GRID", "GistVLM", "VLMInputs", "architecture", "contrastive_loss", "position_code"]
 
 
 def quadrant_cells(grid: int = GRID) -> torch.Tensor:

@@ -139,11 +139,14 @@ def plot(records: list[dict], path: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         rows = [r for r in records if r["task"] == task]
         full = next(r for r in rows if r["method"] == "none")
+        keeps = []
         for m in methods:
             pts = sorted((r["keep"], r["accuracy"]) for r in rows if r["method"] == m and r["keep"] is not None)
             ax.plot([k for k, _ in pts], [a for _, a in pts], "o-", label=m, color=colours[m])
+            keeps += [k for k, _ in pts]
         ax.axhline(full["accuracy"], color="gray", ls="--", label="all tokens")
-        ax.set_xscale("log")
+        if keeps:  # a run of whole-image cells only (all tokens, the control) has no keep axis
+            ax.set_xscale("log")
         ax.set_xlabel("keep (fraction of the 196 visual tokens)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{task} (n = {full['n']})")
@@ -194,4 +197,85 @@ def write_report(out: Path) -> str:
     plot(records, out / "accuracy.png")
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
+    return text
+
+
+def _diff(d: dict | None) -> str:
+    if not d:
+        return ""
+    lo, hi = d["ci95"] or (float("nan"), float("nan"))
+    return f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def scenes_checks(cells: list[dict]) -> list[str]:
+    """Issue 29's checks on each generated task, from scenes.json's cells."""
+    lines = []
+    for task in dict.fromkeys(c["task"] for c in cells):
+        rows = {(c["method"], c["keep"]): c for c in cells if c["task"] == task}
+        full = rows.get(("none", 1.0))
+        if full is None:
+            continue
+        lines.append(f"- {task}: all tokens {full['accuracy']:.3f} (target >= 0.75): "
+                     f"{'PASS' if full['accuracy'] >= 0.75 else 'FAIL'}")  # fmt: skip
+        if (c := rows.get(("oracle", None))) is not None:
+            lines.append(f"  - ground-truth control (the asked object's {c['tokens']:.1f} tokens): {c['accuracy']:.3f}")
+        for keep in (0.1, 0.05):
+            r = rows.get(("recover", keep))
+            if r is None or "vs_random" not in r:
+                continue
+            d = r["vs_random"]
+            share = r["accuracy"] / full["accuracy"] if full["accuracy"] else 0.0
+            ok = share >= 0.95 and d["mean"] >= 0.05 and d["ci95"] and d["ci95"][0] > 0
+            verdict = "PASS" if ok else "FAIL"
+            lines.append(f"  - recover at keep {keep}: {r['accuracy']:.3f} ({share:.0%} of all tokens), vs random "
+                         f"{_diff(d)}: {verdict} (target >= 95% and >= +0.05, interval above 0)")  # fmt: skip
+            if keep == 0.1 and r.get("seconds") and full.get("seconds"):
+                speed = full["seconds"] / r["seconds"]
+                lines.append(f"  - time per question at keep 0.1, recover's own cost included: {speed:.2f}x faster "
+                             f"than all tokens: {'PASS' if speed >= 3 else 'FAIL'} (target 3x)")  # fmt: skip
+    return lines
+
+
+def write_scenes_report(out: Path) -> str:
+    """<out>/scenes.md from scenes.json (`out`: the vision family's folder); the report's text."""
+    data = json.loads((out / "scenes.json").read_text())
+    cells = data["cells"]
+    lines = [
+        "# Visual-token reduction on question-dependent tasks (issue 29)",
+        "",
+        f"Machine: {data['machine']}; n = {data['n']} held-out questions per cell (test split, seed {data['seed']}). "
+        "Regenerate: `python -m gistify_bench.eval.vision scenes --n N` (--out ROOT).",
+        "",
+        "## Checks",
+        "",
+        *scenes_checks(cells),
+        "",
+    ]
+    for task in dict.fromkeys(c["task"] for c in cells):
+        lines += [
+            f"## {task}",
+            "",
+            "Accuracy with its 95% interval; the paired difference against `random` at the same keep (same "
+            "questions, bootstrap 95% interval); mean visual tokens kept; share of the kept tokens on the asked "
+            "object; seconds per question (reducer, prefill, two decoding steps; batches of 25); KV cache (MB, "
+            "bfloat16, visual tokens and a 16-token prompt).",
+            "",
+            "| method | keep | accuracy | 95% | vs random | vs all tokens | tokens | on target | s/question | KV MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in cells:
+            if c["task"] != task:
+                continue
+            ci = c.get("ci95") or (float("nan"), float("nan"))
+            keep = "own" if c["keep"] is None else c["keep"]
+            on = "" if c.get("on_target") is None else f"{c['on_target']:.2f}"
+            sec = "" if c.get("seconds") is None else f"{c['seconds']:.3f}"
+            lines.append(
+                f"| {c['method']} | {keep} | {c['accuracy']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                f"{_diff(c.get('vs_random'))} | {_diff(c.get('vs_all_tokens'))} | {c['tokens']:.1f} | {on} | {sec} | "
+                f"{c['kv_bytes'] / 2**20:.2f} |"
+            )
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "scenes.md").write_text(text)
     return text
