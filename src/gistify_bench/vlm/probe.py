@@ -77,7 +77,7 @@ def probe(n: int = 1500, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    from gistify_bench.eval.runner import write_json
+    from gistify_bench.eval.cells import write_json
     from gistify_bench.options import resolve_out
 
     p = argparse.ArgumentParser(prog="python -m gistify_bench.vlm.probe", description=__doc__.split("\n")[0])

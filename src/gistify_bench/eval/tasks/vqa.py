@@ -263,8 +263,8 @@ def write_comparison(folder: Path, n: int | None = None, seed: int = 1) -> Path:
     tokens) on the same questions, tokens kept, the KV cache they take, on_target and seconds per question."""
     import json
 
-    from gistify_bench.eval.measure import machine
-    from gistify_bench.eval.runner import read_records, write_json
+    from gistify_bench.eval.cells import read_records, write_json
+    from gistify_bench.machine import machine
     from gistify_bench.stats import interval95, paired
 
     rows = []
