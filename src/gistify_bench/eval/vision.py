@@ -55,8 +55,8 @@ def main(argv=None) -> int:
         for task in TASK_NAMES:
             run(task, methods, keeps, args.n, out, seed=1, show_progress=True)
     elif args.command == "scenes":
-        from gistify_bench.eval.report.vision import write_scenes_report
         from gistify_bench.eval.cells import write_json
+        from gistify_bench.eval.report.vision import write_scenes_report
         from gistify_bench.eval.runner import run
         from gistify_bench.eval.tasks import vqa
 
