@@ -21,6 +21,7 @@ numbers of tokens; the batch is then left-padded. `gistify.reduce` sets it insid
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ class GistVLM(nn.Module):
             raise FileNotFoundError(f"no VLM weights at {path}: train them with python -m gistify_bench.train.vlm")
         lm, tok = load()
         state = load_file(path)
-        model = cls(lm.to(dtype), tok, **architecture(state))
+        # a copy: the VLM wraps the LLM's projections in LoRA and casts it, and load() hands every caller in the
+        # process the same cached model (a text compression after a VLM load must read the plain LLM)
+        model = cls(copy.deepcopy(lm).to(dtype), tok, **architecture(state))
         model.load_trained(state)
         return model.eval()
 
