@@ -77,7 +77,41 @@ def test_position_channels_ride_with_the_tokens(vlm):
     assert torch.equal(r.reductions[0][0].tokens[:, -16:], code[kept])  # a kept token still says where it was
     state = vlm.trained_state()
     assert any(k.startswith("position_proj.") for k in state)
-    assert architecture(state) == {"lora_rank": 4, "lora_targets": ("k_proj", "q_proj"), "positions": True}
+    assert architecture(state) == {"lora_rank": 4, "lora_targets": ("k_proj", "q_proj"), "positions": True,
+                                   "relevance": False}  # fmt: skip
+
+
+def test_relevance_channel_starts_silent_and_follows_the_question(tiny_tokenizer, vlm, tmp_path):
+    """A model given the relevance channel answers exactly as the one it starts from (its projection starts at 0);
+    the channel is z-scored per image, changes with the question, rides with kept tokens, and the weights say so."""
+    from gistify_bench.train.vlm import answer_batch, scene_batch, scene_pool
+
+    lm = tiny_llama(tiny_tokenizer, num_hidden_layers=2)
+    rel = GistVLM(lm, tiny_tokenizer, lora_rank=4, lora_targets=("k_proj", "q_proj"), positions=True, relevance=True)
+    rel.load_trained(vlm.trained_state(), missing_ok=("relevance_proj",))
+    rel.lm.load_state_dict(vlm.lm.state_dict())
+    rel.eval()
+    ex = scenes.examples("scenes", "dev", 2, seed=0)
+    x = vlm.inputs([e.image for e in ex], [e.question for e in ex])
+    with torch.no_grad():
+        a = vlm(x.pixel_values, x.input_ids, x.attention_mask).logits
+        b = rel(x.pixel_values, x.input_ids, x.attention_mask).logits
+    torch.testing.assert_close(a, b)
+    feats = rel.encode(x.pixel_values)
+    s = rel.relevance_channel(feats, x.input_ids, x.attention_mask)[..., 0]  # (2, N)
+    torch.testing.assert_close(s.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.std(1), torch.ones(2), atol=1e-4, rtol=0)
+    other = rel.prompt_ids([ex[1].question, ex[0].question])
+    assert not torch.allclose(s, rel.relevance_channel(feats, *other)[..., 0])
+    with torch.no_grad(), gistify.reduce(rel, "random", keep=0.25) as r:
+        rel.generate(x.pixel_values, x.input_ids, x.attention_mask, max_new_tokens=1)
+    kept = r.reductions[0][0].kept
+    torch.testing.assert_close(r.reductions[0][0].tokens[:, -1], s[0, kept])  # a kept token keeps its relevance
+    # the answer loss reaches the channel's projection; the weights say the model has it
+    data = {t: scene_pool(rel, t, 4, 0, tmp_path, lambda m: None) for t in scenes.TASKS}
+    answer_batch(rel, *scene_batch(data, 0, 4, 0)).backward()
+    assert rel.relevance_proj.weight.grad.abs().sum() > 0
+    assert architecture(rel.trained_state())["relevance"] is True
 
 
 def test_scene_batches_are_deterministic_and_read_cached_features(vlm, tmp_path):

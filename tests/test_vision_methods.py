@@ -315,6 +315,25 @@ def test_recover_counts(ctx, mode):
         assert fixed.n_out == k == i["k_v"] + i["k_t"] + i["m"] + i["extra"]
 
 
+@pytest.mark.parametrize("mode", ["paper", "code"])
+def test_recover_text_share_gives_the_question_its_share_first(ctx, mode):
+    for share, k in ((0.0, 29), (0.5, 29), (1.0, 29), (0.75, 3), (0.5, 288)):
+        red = vision("recover", mode=mode, text_share=share).reduce(ctx, Budget(tokens=k))
+        i = red.info
+        assert i["k_t"] == round(k * share) and red.n_out == k == i["k_v"] + i["k_t"] + i["m"] + i["extra"]
+        s = vision("recover").text_scores(ctx)
+        visual = set(ctx.cls_attention.topk(i["k_v"]).indices.tolist())
+        text = [j for j in red.kept.tolist() if j not in visual]
+        assert len(text) == i["k_t"]  # the question's picks: the best text scores outside the visual picks
+        if mode == "paper" and text:
+            others = torch.tensor(sorted(set(range(N)) - visual - set(text)))
+            assert s[text].min() >= s[others].max()
+    with pytest.raises(ValueError, match="text_share"):
+        vision("recover", text_share=1.5)
+    with pytest.raises(ValueError, match="text_share"):
+        vision("recover", text_share=0.5, text_guidance=False)
+
+
 def test_recover_paper_mode_fixes_the_centre_count(ctx):
     code, paper = (vision("recover", mode=mode).reduce(ctx) for mode in ("code", "paper"))
     assert code.info["k_v"] == paper.info["k_v"]

@@ -118,3 +118,14 @@ def rerun_command(prog: str, config: Any, skip: tuple[str, ...] = RUN_ONLY) -> s
 def parse_config(cls: type, prog: str, doc: str, argv: list[str] | None = None) -> Any:
     """The dataclass `cls` from the command line `argv` of `python -m prog` (its help: doc's first line)."""
     return from_args(cls, parser_for(cls, f"python -m {prog}", doc.split("\n")[0]).parse_args(argv))
+
+
+def with_params(name: str) -> tuple[str, dict]:
+    """A method with parameters, `truncate[side=tail]` or `reinforce[recency=0;k=4]`: its registered name and
+    the parameters (read as `gistify compress --set` reads them). The cell is named by the whole string."""
+    from gistify.text.options import parse_sets
+
+    if not name.endswith("]") or "[" not in name:
+        return name, {}
+    base, body = name[:-1].split("[", 1)
+    return base, parse_sets(list(filter(None, body.split(";"))), f"{name}: each parameter (separated by ';')")

@@ -53,6 +53,10 @@ class RecoverableCompression(VisionMethod):
             ablation, which needs no patch_text or text.
         normalize_merge: divide each merged centre by 1 + its neighbours' attention (paper mode only).
         upper_outliers: count only LOF outliers above the median (paper mode only; §2.4 #8).
+        text_share: with a budget, the share of it given to the question's picks (step 2) before the rest is split
+            between visual picks and merged tokens in the dynamic rule's proportions; None (default): all three
+            parts in the dynamic rule's proportions (§2.4 #9). Not in the paper: where the question decides which
+            tokens matter, the [CLS]-attention picks go to salient objects whatever is asked (docs/methods.md §2.6).
     """
 
     name = "recover"
@@ -65,6 +69,7 @@ class RecoverableCompression(VisionMethod):
     text_guidance: bool = True
     normalize_merge: bool = False
     upper_outliers: bool = False
+    text_share: float | None = None
 
     def __post_init__(self):
         self._check_choice("mode", ("paper", "code"))
@@ -77,6 +82,10 @@ class RecoverableCompression(VisionMethod):
         for f in ("text_guidance", "normalize_merge", "upper_outliers"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"recover.{f} must be True or False, got {getattr(self, f)!r}")
+        if self.text_share is not None:
+            self._check_number("text_share", 0, 1)
+            if not self.text_guidance:
+                raise ValueError("recover.text_share needs the question: text_guidance=False has no text picks")
         if self.mode == "code" and (self.normalize_merge or self.upper_outliers):
             raise ValueError(
                 "recover.normalize_merge and recover.upper_outliers are paper-mode options: mode='code' "
@@ -150,7 +159,11 @@ class RecoverableCompression(VisionMethod):
             merged = m + 1 if m else 0  # the extra token comes only with centres (the code drops it when m = 0)
         else:
             info["dynamic"] = dict(info)
-            k_v, k_t, merged = _split(target, (k_v, k_t, m + 1 if m else 0))
+            if self.text_share is None:
+                k_v, k_t, merged = _split(target, (k_v, k_t, m + 1 if m else 0))
+            else:  # the question's share first, the rest split as the dynamic rule splits visual and merged
+                k_t = round(target * self.text_share)
+                k_v, _, merged = _split(target - k_t, (k_v, 0, m + 1 if m else 0))
             keep, k_v, k_t = self._keep(a, s, k_v, k_t)
             rest = complement(keep, ctx.n)
             m = max(merged - 1, 0)  # the extra token is one of the merged part

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from gistify_bench.machine import machine, reset_peak_rss, rss_mb
-from gistify_bench.options import resolve_out
+from gistify_bench.options import resolve_out, with_params
 
 QUESTION = "What is the albedo of fresh snow?"
 
@@ -66,7 +66,8 @@ def measure_one(
     if method in lingua.MODES:  # a peer: time its worker process, and read that process's memory
         run, pid = lingua.compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer")), None
     else:
-        run, pid = gistify_compressor(method, Reader(scorer.model, scorer.tokenizer, "scorer"), scorer), "self"
+        name, params = with_params(method)  # `reinforce-fast[precision=bfloat16]`: a method with parameters
+        run, pid = gistify_compressor(name, Reader(scorer.model, scorer.tokenizer, "scorer"), scorer, **params), "self"
     run(warm_text, QUESTION, 0.2)  # warm-up: lazy imports, allocator, the peer's worker start
     pid = pid or lingua.LLMLinguaWorker.shared().proc.pid
     base_mb = rss_mb("VmRSS", pid)
@@ -100,7 +101,10 @@ def _floor(method: str, scorer, text: str, repeats: int) -> float | None:
     from gistify.method import get_method
     from gistify_bench.eval.peers import lingua
 
-    m = None if method in lingua.MODES else get_method(method, "text")
+    if method in lingua.MODES:
+        return None
+    name, params = with_params(method)
+    m = get_method(name, "text", **params)
     if not getattr(m, "fast", False):
         return None
     times = []

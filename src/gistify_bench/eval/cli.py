@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gistify_bench.options import with_params
+
 QUICK_N, FULL_N = 4, 30
 TEXT_METHODS = ("reinforce", "selfinfo", "random", "truncate")  # the default; `all`: every gistify text method
 FAMILY_COMMANDS = {"vision": "gistify_bench.eval.vision", "vist": "gistify_bench.eval.vist"}
@@ -38,17 +40,6 @@ def _floats(text: str) -> list[float]:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e} (in {text!r})") from None
     return values
-
-
-def with_params(name: str) -> tuple[str, dict]:
-    """A text method with parameters, `truncate[side=tail]` or `reinforce[recency=0;k=4]`: its registered name and
-    the parameters (read as `gistify compress --set` reads them). The cell is named by the whole string."""
-    from gistify.text.options import parse_sets
-
-    if not name.endswith("]") or "[" not in name:
-        return name, {}
-    base, body = name[:-1].split("[", 1)
-    return base, parse_sets(list(filter(None, body.split(";"))), f"{name}: each parameter (separated by ';')")
 
 
 def methods_for(family: str, spec: str | None) -> list[str]:

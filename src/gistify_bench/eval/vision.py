@@ -43,6 +43,12 @@ def main(argv=None) -> int:
         help="scenes: only which tokens each reducer keeps "
         "(on the asked object or not; no answers, so no LLM pass except fastv's, left out by default)",
     )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("dev", "test"),
+        help="scenes --selection-only: which questions (dev: to choose settings; test: to report)",
+    )
     p.add_argument("--out", help="results root (default ./results); writes ROOT/vision/")
     args = p.parse_args(argv)
     out = resolve_out(args.out)
@@ -68,9 +74,10 @@ def main(argv=None) -> int:
         if args.selection_only:
             vlm = vqa.load_vlm("scenes")
             methods = methods or [m for m in vqa.vision_methods() if m != "fastv"] + list(vqa.VARIANTS)
-            rows = [r for t in vqa.SCENE_TASKS for r in vqa.selection(vlm, t, methods, keeps, args.n)]
-            print(write_json(out / "vision" / "selection.json", {"weights": str(args.weights or "shipped"),
-                                                                  "split": "test", "cells": rows}, 1))  # fmt: skip
+            rows = [r for t in vqa.SCENE_TASKS for r in vqa.selection(vlm, t, methods, keeps, args.n, split=args.split)]
+            name = "selection.json" if args.split == "test" else f"selection-{args.split}.json"
+            print(write_json(out / "vision" / name, {"weights": str(args.weights or "shipped"), "split": args.split,
+                                                      "cells": rows}, 1))  # fmt: skip
             return 0
         for task in vqa.SCENE_TASKS:
             run(task, methods, keeps, args.n, out, seed=1, show_progress=True)

@@ -37,6 +37,8 @@ class Checkpoint:
 
     def __init__(self, path: Path, config: Any, stop_after: float = 0.0, stop_at_step: int = 0, save_every: int = 0):
         self.path, self.settings = Path(path), settings(config)
+        # a setting added to the trainer after a checkpoint was saved: the checkpoint ran with its default
+        self.defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
         self.stop_after, self.stop_at_step, self.save_every = stop_after, stop_at_step, save_every
         self.started = time.monotonic()
 
@@ -54,8 +56,10 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         state = torch.load(self.path, weights_only=False, map_location="cpu")  # a run may resume on another device
-        if state["settings"] != self.settings:
-            changed = sorted(k for k in self.settings if state["settings"].get(k) != self.settings[k])
+        saved = state["settings"]
+        changed = sorted(k for k in self.settings if saved.get(k, self.defaults.get(k)) != self.settings[k])
+        changed += sorted(set(saved) - set(self.settings))
+        if changed:
             raise ValueError(
                 f"{self.path} was made with another configuration (differs in {', '.join(changed)}); "
                 "rerun with its settings, or without --resume to start over"

@@ -63,6 +63,10 @@ class VLMTrainConfig:
     lora_rank: int = option(8, "rank of the LLM's LoRA")
     lora_targets: str = option(",".join(LORA_TARGETS), "the LLM's attention projections given a LoRA, comma-separated")
     positions: bool = option(False, "append position channels to the visual tokens (gistify_bench.vlm.model)")
+    relevance: bool = option(False, "append a relevance channel: how well each token matches the question by the "
+                             "stage-1 heads (gistify_bench.vlm.model.GistVLM.relevance_channel)")  # fmt: skip
+    init: str | None = option(None, "a fresh run starts from these weights (a --export file, same LoRA and "
+                              "positions): stage 1 is skipped; a relevance channel they lack starts at 0")  # fmt: skip
     out: str | None = option(None, "checkpoints, log and the trained weights (default ./results/train/vlm)")
     ship: bool = option(False, "copy the weights and card into the package (gistify_bench/vlm/)")
     stop_after: float = option(0.0, "minutes; save and stop after the step that passes them (0: no limit)")
@@ -280,9 +284,10 @@ def train(config: VLMTrainConfig) -> dict | None:
     lm, tok = load()
     targets = tuple(config.lora_targets.split(","))
     model = GistVLM(lm.to(torch.bfloat16), tok, lora_rank=config.lora_rank, lora_targets=targets,
-                    positions=config.positions).to(config.device)  # fmt: skip
+                    positions=config.positions, relevance=config.relevance).to(config.device)  # fmt: skip
     lora = list(model.lora_parameters().values())
-    trained = [*model.projector.parameters(), *(model.position_proj.parameters() if config.positions else ())]
+    trained = [*model.projector.parameters(), *(model.position_proj.parameters() if config.positions else ()),
+               *(model.relevance_proj.parameters() if config.relevance else ())]  # fmt: skip
     groups = [{"params": trained}, {"params": lora, "lr": config.lora_lr}]
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
     start, history, align_loss = 0, [], None
@@ -292,6 +297,12 @@ def train(config: VLMTrainConfig) -> dict | None:
         opt.load_state_dict(state["optimizer"])
         start, history, align_loss = state["step"], state["history"], state["align_loss"]
         log(f"resumed at step {start} of {config.steps}")
+    elif config.init:  # a fresh run from earlier weights: their stage 1 (probe, question head) is kept
+        from safetensors.torch import load_file
+
+        model.load_trained({k: v.float() for k, v in load_file(config.init).items()}, missing_ok=("relevance_proj",))
+        align_loss = float("nan")  # not None: a resumed run must not redo stage 1 either
+        log(f"started from {config.init} (stage 1 skipped)")
     data = None
     if config.data == "scenes":
         data = {t: scene_pool(model, t, config.pool, config.seed, out, log) for t in scenes.TASKS}
@@ -342,7 +353,12 @@ def train(config: VLMTrainConfig) -> dict | None:
         if data is None
         else f"gistify_bench.vlm.scenes train split, seed {config.seed}: {config.pool} scenes and {config.pool} "
         "labels images, half and half",
-        "align": {"steps": config.align_steps, "batch": 128, "final_loss": round(align_loss, 4)},
+        "align": {
+            "steps": config.align_steps,
+            "batch": 128,
+            "final_loss": None if math.isnan(align_loss) else round(align_loss, 4),  # nan: stage 1 came with --init
+            "init": config.init,
+        },
         "answer": {
             "steps": config.steps,
             "batch": config.batch,
@@ -372,6 +388,19 @@ def eval_examples(task: str, n: int) -> list:
     return vqa.examples(task, "test", n, seed=1)
 
 
+def check_dev(checkpoint: Path, n: int) -> dict:
+    """The checkpoint's accuracy on the first n dev questions of each task it trains on (seed 1), with its step."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        step = export(checkpoint, Path(tmp) / "weights.safetensors")
+        model = GistVLM.from_pretrained(Path(tmp) / "weights.safetensors", dtype=torch.bfloat16)
+    data = torch.load(checkpoint, weights_only=False)["settings"].get("data", "easyvqa")
+    source, tasks = (scenes, scenes.TASKS) if data == "scenes" else (vqa, ("easyvqa", "easyvqa-4"))
+    return {"step": step, "split": "dev", "n": n, **{t: accuracy(model, source.examples(t, "dev", n, seed=1))
+                                                      for t in tasks}}  # fmt: skip
+
+
 def export(checkpoint: Path, path: Path) -> int:
     """The trained weights of a checkpoint in bfloat16 at `path` (what a later run or the benchmark loads); its step."""
     from safetensors.torch import save_file
@@ -390,10 +419,17 @@ def main(argv=None) -> int:
     p = parser_for(VLMTrainConfig, f"python -m {PROG}", __doc__.split("\n")[0])
     p.add_argument("--export", metavar="PATH", help="write the run's last checkpoint's weights (bfloat16) to PATH, "
                    "loadable by GistVLM.from_pretrained, and exit")  # fmt: skip
+    p.add_argument("--check", type=int, metavar="N", help="the run's last checkpoint's accuracy on N dev questions "
+                   "per task (a progress check that leaves the test split alone), and exit")  # fmt: skip
     args = p.parse_args(argv)
-    if args.export:
+    if args.check is not None and args.check < 1:
+        p.error("--check needs N >= 1")
+    if args.export or args.check:
         out = resolve_out(args.out, "train", "vlm", announce=False)
-        print(f"step {export(out / 'checkpoint.pt', Path(args.export))}: {args.export}")
+        if args.export:
+            print(f"step {export(out / 'checkpoint.pt', Path(args.export))}: {args.export}")
+        if args.check:
+            print(json.dumps(check_dev(out / "checkpoint.pt", args.check)))
         return 0
     config = from_args(VLMTrainConfig, args)
     config.out = str(resolve_out(config.out, "train", "vlm"))

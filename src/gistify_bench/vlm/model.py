@@ -120,6 +120,7 @@ class GistVLM(nn.Module):
         lora_rank: int = LORA_RANK,
         lora_targets: tuple[str, ...] = LORA_TARGETS,
         positions: bool = False,
+        relevance: bool = False,
     ):
         super().__init__()
         self.encoder = encoder if encoder is not None else load_encoder()
@@ -138,6 +139,14 @@ class GistVLM(nn.Module):
         self.projector = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, d), nn.GELU(), nn.Linear(d, d))
         self.positions = positions  # whether tokens carry position channels (added inside the projector's MLP)
         self.position_proj = nn.Linear(POSITION_CHANNELS, d) if positions else None
+        # whether tokens carry a relevance channel: how well each matches the question by the aligned heads
+        # (`relevance_channel`), added inside the projector's MLP like the positions; zero at the start, so a
+        # model given it begins exactly as the one without
+        self.relevance = relevance
+        self.relevance_proj = nn.Linear(1, d) if relevance else None
+        if relevance:
+            nn.init.zeros_(self.relevance_proj.weight)
+            nn.init.zeros_(self.relevance_proj.bias)
         self.probe = AttentionProbe()
         self.question_head = nn.Linear(d, ALIGN_WIDTH)
         self.token_reducer: TokenReducer | None = None  # set only by gistify.reduce, inside its block
@@ -153,12 +162,16 @@ class GistVLM(nn.Module):
         return state | {f"lm.{n}": p.detach() for n, p in self.lora_parameters().items()}
 
     def _parts(self) -> tuple[str, ...]:
-        return ("projector", "probe", "question_head") + (("position_proj",) if self.positions else ())
+        optional = (("position_proj",) if self.positions else ()) + (("relevance_proj",) if self.relevance else ())
+        return ("projector", "probe", "question_head") + optional
 
-    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trained(self, state: dict[str, torch.Tensor], missing_ok: tuple[str, ...] = ()) -> None:
+        """Every trained part from `state`; the parts named in `missing_ok` may be absent (they keep their values)."""
         for part in self._parts():
             prefix = part + "."
-            getattr(self, part).load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+            weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if weights or part not in missing_ok:
+                getattr(self, part).load_state_dict(weights)
         with torch.no_grad():
             for name, p in self.lora_parameters().items():
                 p.copy_(state[f"lm.{name}"])
@@ -235,11 +248,26 @@ class GistVLM(nn.Module):
         """(..., C) -> (..., D') visual tokens in the LLM's input space (position channels, when the model has
         them, join the first layer's output)."""
         tokens = tokens.float()
-        if not self.positions:
+        if not (self.positions or self.relevance):
             return self.projector(tokens)
         norm, first, act, second = self.projector
-        h = first(norm(tokens[..., :WIDTH])) + self.position_proj(tokens[..., WIDTH:] / POSITION_SCALE)
+        h = first(norm(tokens[..., :WIDTH]))
+        if self.positions:
+            h = h + self.position_proj(tokens[..., WIDTH : WIDTH + POSITION_CHANNELS] / POSITION_SCALE)
+        if self.relevance:
+            h = h + self.relevance_proj(tokens[..., -1:])
         return second(act(h))
+
+    @torch.no_grad()
+    def relevance_channel(self, feats: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(B, N, 1) how well each visual token of feats (B, N, C) matches its sample's question: the cosine between
+        the question head's embedding of the prompt and the probe's text-aligned value of the token (what
+        `recover` scores, §2.2 step 2), z-scored over the image's tokens. The heads are stage 1's (frozen after)."""
+        q = F.normalize(self.question_embedding(input_ids, attention_mask), dim=-1)  # (B, 128)
+        patch_text = F.normalize(self.probe(feats.float())[2], dim=-1)  # (B, N, 128)
+        s = torch.einsum("bnd,bd->bn", patch_text, q)
+        s = (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True).clamp_min(1e-6)
+        return s.unsqueeze(-1)
 
     # -- the answer path -------------------------------------------------------------------------------------------
 
@@ -251,6 +279,8 @@ class GistVLM(nn.Module):
         like each sample alone. `extra`: per-sample target ids appended (teacher forcing in training).
         """
         feats = x.features if x.features is not None else self.encode(x.pixel_values)
+        if self.relevance:  # the last channel, before any reducer: a merged token carries its cells' mean
+            feats = torch.cat([feats, self.relevance_channel(feats, x.input_ids, x.attention_mask).to(feats)], -1)
         visual = self.token_reducer(feats, x) if self.token_reducer is not None else list(feats)
         embed = self.lm.get_input_embeddings()
         dtype = embed.weight.dtype
@@ -317,7 +347,8 @@ def position_code(rows: int, cols: int) -> torch.Tensor:
 
 
 def architecture(state: dict[str, torch.Tensor]) -> dict:
-    """GistVLM's constructor settings that trained weights imply: LoRA rank and targets, position channels."""
+    """GistVLM's constructor settings that trained weights imply: LoRA rank and targets, position and relevance
+    channels."""
     layer0 = "lm.model.layers.0.self_attn."
     first = {k.split(".")[-2]: v for k, v in state.items() if k.startswith(layer0) and k.endswith(".lora_a")}
     if not first:
@@ -326,6 +357,7 @@ def architecture(state: dict[str, torch.Tensor]) -> dict:
         "lora_rank": next(iter(first.values())).shape[0],
         "lora_targets": tuple(sorted(first)),
         "positions": any(k.startswith("position_proj.") for k in state),
+        "relevance": any(k.startswith("relevance_proj.") for k in state),
     }
 
 

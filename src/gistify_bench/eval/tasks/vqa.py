@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from gistify_bench.eval.task import CellTask, register
+from gistify_bench.options import with_params
 
 KEEPS = (0.5, 0.25, 0.1, 0.05)  # the accuracy table's budgets (keep 1 is the "none" cell)
 MODEL = "gistvlm"  # the cells' model folder
@@ -34,6 +35,7 @@ SCENES_MODEL = "gistvlm-scenes"  # the generated tasks' model (weights gistify_b
 BATCH = 25
 CONTROL = "oracle"  # the ground-truth control's cell: exactly the asked object's tokens
 VARIANTS = {"recover-code": ("recover", {"mode": "code"})}  # cells of a registered method with other options
+# (any method also takes parameters in its name: `recover[text_share=0.5]`, gistify_bench.options.with_params)
 
 
 def vision_methods() -> list[str]:
@@ -141,7 +143,7 @@ class VQA(CellTask):
                 kept = [int(c.sum()) for c in inside]
                 target = [1.0] * len(part)
             else:
-                name, options = VARIANTS.get(method, (method, {}))
+                name, options = VARIANTS.get(method) or with_params(method)
                 with gistify.reduce(vlm, name, keep=keep, **options) as session:
                     preds = answers(vlm, x)
                 kept = list(session.tokens_out)
@@ -224,16 +226,19 @@ def write_accuracy(folder: Path, n: int | None = None, seed: int = 1) -> Path:
 
 
 @torch.no_grad()
-def selection(vlm, task: str, methods: list[str], keeps: list[float], n: int, seed: int = 1) -> list[dict]:
+def selection(vlm, task: str, methods: list[str], keeps: list[float], n: int, seed: int = 1,
+              split: str = "test") -> list[dict]:  # fmt: skip
     """Which tokens each method keeps, without answering (the reducers alone: cheap): per (method, keep) the mean
     share of the kept tokens on the asked object (on_target, precision) and the share of the object's cells kept
-    as tokens of their own (recall; merged tokens are not counted), on the first n held-out questions of `task`."""
+    as tokens of their own (recall; merged tokens are not counted), on the first n questions of `task`'s `split`
+    ("dev" to choose a method's settings, "test" to report)."""
     import gistify
+    from gistify_bench.vlm import scenes
 
-    examples = [q.example for q in VQA(task).examples(n, seed)]
+    examples = scenes.examples(task, split, n, seed=seed)
     rows = []
     for method in methods:
-        name, options = VARIANTS.get(method, (method, {}))
+        name, options = VARIANTS.get(method) or with_params(method)
         for keep in keeps:
             precision, recall, tokens, split = [], [], [], []
             for part, x in batches(vlm, examples):
