@@ -82,23 +82,28 @@ def test_position_channels_ride_with_the_tokens(vlm):
 
 
 def test_relevance_channel_starts_silent_and_follows_the_question(tiny_tokenizer, vlm, tmp_path):
-    """A model given the relevance channel answers exactly as the one it starts from (its projection starts at 0);
-    the channel is z-scored per image, changes with the question, rides with kept tokens, and the weights say so."""
+    """The relevance channel is z-scored per image, changes with the question and rides with kept tokens; its
+    additive projection starts at 0 and its gate scales each projected token by sigmoid(2 s - 1) (fully open, the
+    model answers exactly as the one it starts from); the answer loss reaches both; the weights say the model has it."""
     from gistify_bench.train.vlm import answer_batch, scene_batch, scene_pool
 
     lm = tiny_llama(tiny_tokenizer, num_hidden_layers=2)
     rel = GistVLM(lm, tiny_tokenizer, lora_rank=4, lora_targets=("k_proj", "q_proj"), positions=True, relevance=True)
-    rel.load_trained(vlm.trained_state(), missing_ok=("relevance_proj",))
+    rel.load_trained(vlm.trained_state(), missing_ok=("relevance_proj", "relevance_gate"))
     rel.lm.load_state_dict(vlm.lm.state_dict())
     rel.eval()
     ex = scenes.examples("scenes", "dev", 2, seed=0)
     x = vlm.inputs([e.image for e in ex], [e.question for e in ex])
-    with torch.no_grad():
-        a = vlm(x.pixel_values, x.input_ids, x.attention_mask).logits
-        b = rel(x.pixel_values, x.input_ids, x.attention_mask).logits
-    torch.testing.assert_close(a, b)
     feats = rel.encode(x.pixel_values)
     s = rel.relevance_channel(feats, x.input_ids, x.attention_mask)[..., 0]  # (2, N)
+    with torch.no_grad():
+        tokens = torch.cat([feats, s[..., None]], -1)
+        torch.testing.assert_close(rel.project(tokens), vlm.project(feats) * torch.sigmoid(2 * s - 1)[..., None])
+        a = vlm(x.pixel_values, x.input_ids, x.attention_mask).logits
+        rel.relevance_gate.bias.fill_(30.0)  # the gate fully open
+        b = rel(x.pixel_values, x.input_ids, x.attention_mask).logits
+        rel.relevance_gate.bias.fill_(-1.0)
+    torch.testing.assert_close(a, b)
     torch.testing.assert_close(s.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(s.std(1), torch.ones(2), atol=1e-4, rtol=0)
     other = rel.prompt_ids([ex[1].question, ex[0].question])
@@ -110,7 +115,7 @@ def test_relevance_channel_starts_silent_and_follows_the_question(tiny_tokenizer
     # the answer loss reaches the channel's projection; the weights say the model has it
     data = {t: scene_pool(rel, t, 4, 0, tmp_path, lambda m: None) for t in scenes.TASKS}
     answer_batch(rel, *scene_batch(data, 0, 4, 0)).backward()
-    assert rel.relevance_proj.weight.grad.abs().sum() > 0
+    assert rel.relevance_proj.weight.grad.abs().sum() > 0 and rel.relevance_gate.weight.grad.abs().sum() > 0
     assert architecture(rel.trained_state())["relevance"] is True
 
 

@@ -286,8 +286,9 @@ def train(config: VLMTrainConfig) -> dict | None:
     model = GistVLM(lm.to(torch.bfloat16), tok, lora_rank=config.lora_rank, lora_targets=targets,
                     positions=config.positions, relevance=config.relevance).to(config.device)  # fmt: skip
     lora = list(model.lora_parameters().values())
-    trained = [*model.projector.parameters(), *(model.position_proj.parameters() if config.positions else ()),
-               *(model.relevance_proj.parameters() if config.relevance else ())]  # fmt: skip
+    # stage 2 trains the answer path: the projector and the channels' parts (stage 1 trained the probe and head)
+    answer_parts = [p for p in model._parts() if p not in ("probe", "question_head")]
+    trained = [w for part in answer_parts for w in getattr(model, part).parameters()]
     groups = [{"params": trained}, {"params": lora, "lr": config.lora_lr}]
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
     start, history, align_loss = 0, [], None
@@ -300,7 +301,8 @@ def train(config: VLMTrainConfig) -> dict | None:
     elif config.init:  # a fresh run from earlier weights: their stage 1 (probe, question head) is kept
         from safetensors.torch import load_file
 
-        model.load_trained({k: v.float() for k, v in load_file(config.init).items()}, missing_ok=("relevance_proj",))
+        weights = {k: v.float() for k, v in load_file(config.init).items()}
+        model.load_trained(weights, missing_ok=tuple(p for p in answer_parts if p.startswith("relevance_")))
         align_loss = float("nan")  # not None: a resumed run must not redo stage 1 either
         log(f"started from {config.init} (stage 1 skipped)")
     data = None

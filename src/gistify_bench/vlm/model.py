@@ -139,14 +139,20 @@ class GistVLM(nn.Module):
         self.projector = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, d), nn.GELU(), nn.Linear(d, d))
         self.positions = positions  # whether tokens carry position channels (added inside the projector's MLP)
         self.position_proj = nn.Linear(POSITION_CHANNELS, d) if positions else None
-        # whether tokens carry a relevance channel: how well each matches the question by the aligned heads
-        # (`relevance_channel`), added inside the projector's MLP like the positions; zero at the start, so a
-        # model given it begins exactly as the one without
+        # whether tokens carry a relevance channel s: how well each matches the question by the aligned heads
+        # (`relevance_channel`, z-scored per image). It is added inside the projector's MLP like the positions
+        # (zero at the start) and gates each projected token by sigmoid(w s + b) (w = 2, b = -1 at the start: a
+        # token two deviations above the image's mean passes at 0.95, an average one at 0.27), so that the LLM
+        # reads mostly the tokens the question points at: the frozen 135M LLM with LoRA did not learn to find the
+        # asked object among four by itself (docs/results/vision/question-dependent.md)
         self.relevance = relevance
         self.relevance_proj = nn.Linear(1, d) if relevance else None
+        self.relevance_gate = nn.Linear(1, 1) if relevance else None
         if relevance:
             nn.init.zeros_(self.relevance_proj.weight)
             nn.init.zeros_(self.relevance_proj.bias)
+            nn.init.constant_(self.relevance_gate.weight, 2.0)
+            nn.init.constant_(self.relevance_gate.bias, -1.0)
         self.probe = AttentionProbe()
         self.question_head = nn.Linear(d, ALIGN_WIDTH)
         self.token_reducer: TokenReducer | None = None  # set only by gistify.reduce, inside its block
@@ -162,7 +168,9 @@ class GistVLM(nn.Module):
         return state | {f"lm.{n}": p.detach() for n, p in self.lora_parameters().items()}
 
     def _parts(self) -> tuple[str, ...]:
-        optional = (("position_proj",) if self.positions else ()) + (("relevance_proj",) if self.relevance else ())
+        optional = (("position_proj",) if self.positions else ()) + (
+            ("relevance_proj", "relevance_gate") if self.relevance else ()
+        )
         return ("projector", "probe", "question_head") + optional
 
     def load_trained(self, state: dict[str, torch.Tensor], missing_ok: tuple[str, ...] = ()) -> None:
@@ -254,9 +262,10 @@ class GistVLM(nn.Module):
         h = first(norm(tokens[..., :WIDTH]))
         if self.positions:
             h = h + self.position_proj(tokens[..., WIDTH : WIDTH + POSITION_CHANNELS] / POSITION_SCALE)
-        if self.relevance:
-            h = h + self.relevance_proj(tokens[..., -1:])
-        return second(act(h))
+        if not self.relevance:
+            return second(act(h))
+        s = tokens[..., -1:]  # (..., 1)
+        return second(act(h + self.relevance_proj(s))) * torch.sigmoid(self.relevance_gate(s))
 
     @torch.no_grad()
     def relevance_channel(self, feats: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
