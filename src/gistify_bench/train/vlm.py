@@ -65,8 +65,8 @@ class VLMTrainConfig:
     positions: bool = option(False, "append position channels to the visual tokens (gistify_bench.vlm.model)")
     relevance: bool = option(False, "append a relevance channel: how well each token matches the question by the "
                              "stage-1 heads (gistify_bench.vlm.model.GistVLM.relevance_channel)")  # fmt: skip
-    init: str | None = option(None, "a fresh run starts from these weights (a --export file, same LoRA and "
-                              "positions): stage 1 is skipped; a relevance channel they lack starts at 0")  # fmt: skip
+    init: str | None = option(None, "a fresh run starts from these weights (a --export file, same LoRA): stage 1 "
+                              "is skipped; a position or relevance channel they lack joins at 0")  # fmt: skip
     out: str | None = option(None, "checkpoints, log and the trained weights (default ./results/train/vlm)")
     ship: bool = option(False, "copy the weights and card into the package (gistify_bench/vlm/)")
     stop_after: float = option(0.0, "minutes; save and stop after the step that passes them (0: no limit)")
@@ -302,7 +302,13 @@ def train(config: VLMTrainConfig) -> dict | None:
         from safetensors.torch import load_file
 
         weights = {k: v.float() for k, v in load_file(config.init).items()}
-        model.load_trained(weights, missing_ok=tuple(p for p in answer_parts if p.startswith("relevance_")))
+        channels = tuple(p for p in answer_parts if p.endswith(("_proj", "_gate")))  # the channels' parts
+        model.load_trained(weights, missing_ok=channels)
+        for part in channels:
+            if part.endswith("_proj") and not any(k.startswith(part + ".") for k in weights):
+                # a channel the init weights lack joins at zero: the projector first reads as it was trained to
+                for w in getattr(model, part).parameters():
+                    torch.nn.init.zeros_(w)
         align_loss = float("nan")  # not None: a resumed run must not redo stage 1 either
         log(f"started from {config.init} (stage 1 skipped)")
     data = None

@@ -253,8 +253,8 @@ class GistVLM(nn.Module):
         return self.question_head((emb * m).sum(1) / m.sum(1).clamp(min=1))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(..., C) -> (..., D') visual tokens in the LLM's input space (position channels, when the model has
-        them, join the first layer's output)."""
+        """(..., C) -> (..., D') visual tokens in the LLM's input space (position channels and the relevance
+        channel, when the model has them, join the first layer's output; the relevance also gates the token)."""
         tokens = tokens.float()
         if not (self.positions or self.relevance):
             return self.projector(tokens)
