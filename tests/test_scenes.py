@@ -120,7 +120,7 @@ def test_relevance_channel_starts_silent_and_follows_the_question(tiny_tokenizer
 
 
 def test_scene_batches_are_deterministic_and_read_cached_features(vlm, tmp_path):
-    from gistify_bench.train.vlm import align_scenes, answer_batch, scene_batch, scene_pool
+    from gistify_bench.train.vlm import VLMTrainConfig, align_scenes, answer_batch, scene_batch, scene_pool
 
     data = {t: scene_pool(vlm, t, 6, 0, tmp_path, lambda m: None) for t in scenes.TASKS}
     assert all(f.shape == (6, N, efficientnet.WIDTH) and f.dtype == torch.bfloat16 for _, f in data.values())
@@ -131,7 +131,12 @@ def test_scene_batches_are_deterministic_and_read_cached_features(vlm, tmp_path)
     b, fb = scene_batch(data, 3, 4, 0)
     assert [e.question for e in a] == [e.question for e in b] and torch.equal(fa, fb)
     assert [e.kind for e in a] == ["labels", "scenes"] * 2
+    asked = answer_batch(vlm, a, fa, asked_only=True)  # the ground-truth control's tokens only
+    assert vlm.token_reducer is None and asked.item() > 0  # the seam is left as it was
+    with pytest.raises(ValueError, match="asked_only needs --data scenes"):
+        VLMTrainConfig(asked_only=True)
     loss = answer_batch(vlm, a, fa)
+    assert not torch.isclose(loss, asked)
     loss.backward()
     assert loss.item() > 0 and vlm.position_proj.weight.grad is not None
     # stage 1 on the pools: the probe and question head move, the answer path does not

@@ -65,6 +65,8 @@ class VLMTrainConfig:
     positions: bool = option(False, "append position channels to the visual tokens (gistify_bench.vlm.model)")
     relevance: bool = option(False, "append a relevance channel: how well each token matches the question by the "
                              "stage-1 heads (gistify_bench.vlm.model.GistVLM.relevance_channel)")  # fmt: skip
+    asked_only: bool = option(False, "--data scenes: the LLM reads only the asked object's tokens (the ground-truth "
+                              "control's input): whether it learns to read, apart from finding")  # fmt: skip
     init: str | None = option(None, "a fresh run starts from these weights (a --export file, same LoRA): stage 1 "
                               "is skipped; a position or relevance channel they lack joins at 0")  # fmt: skip
     out: str | None = option(None, "checkpoints, log and the trained weights (default ./results/train/vlm)")
@@ -82,6 +84,8 @@ class VLMTrainConfig:
         for name in ("steps", "batch", "eval_n", "save_every", "pool", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.asked_only and self.data != "scenes":
+            raise ValueError("asked_only needs --data scenes: only the generated tasks know the asked object's cells")
         if self.align_steps < 0 or self.lr <= 0 or self.lora_lr <= 0:
             raise ValueError("align_steps must be >= 0 and the learning rates positive")
 
@@ -220,9 +224,10 @@ def scene_batch(data: dict, step: int, batch: int, seed: int) -> tuple[list, tor
     return [data[t][0][i] for t, i in rows], torch.stack([data[t][1][i] for t, i in rows])
 
 
-def answer_batch(model: GistVLM, examples: list, features: torch.Tensor | None = None) -> torch.Tensor:
+def answer_batch(model: GistVLM, examples: list, features: torch.Tensor | None = None, asked_only: bool = False):
     """Mean cross-entropy of the answer tokens " {answer}\\n" after the prompt, teacher-forced. `features`: the
-    examples' encoder tokens when cached (then their images are not read)."""
+    examples' encoder tokens when cached (then their images are not read); `asked_only`: each example's visual
+    tokens cut to the asked object's cells (its `target`), as the ground-truth control reads them."""
     if features is None:
         x = model.inputs([e.image for e in examples], [e.question for e in examples])
     else:
@@ -233,7 +238,12 @@ def answer_batch(model: GistVLM, examples: list, features: torch.Tensor | None =
         torch.tensor(model.tokenizer(f" {e.answer}\n", add_special_tokens=False)["input_ids"], device=device)
         for e in examples
     ]
-    embeds, mask, positions = model.sequence(x, extra=targets)
+    if asked_only:  # reducers act through this seam too (gistify.reduce sets it); none is set in training
+        model.token_reducer = lambda feats, _: [f[e.target.to(f.device)] for f, e in zip(feats, examples)]
+    try:
+        embeds, mask, positions = model.sequence(x, extra=targets)
+    finally:
+        model.token_reducer = None
     logits = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits  # (B, L, V)
     # Rows are left-padded, so each row's targets are its last len(t) positions, predicted one step earlier.
     losses = [torch.nn.functional.cross_entropy(logits[i, -len(t) - 1 : -1].float(), t) for i, t in enumerate(targets)]
@@ -251,11 +261,17 @@ def training_examples(step: int, batch: int, seed: int) -> list:
     return out + [vqa.composite("train", rng) for _ in range(batch - half)]
 
 
-def accuracy(model: GistVLM, examples: list, batch: int = 16) -> float:
+def accuracy(model: GistVLM, examples: list, batch: int = 16, asked_only: bool = False) -> float:
+    """The share answered right; `asked_only`: reading only each example's asked object's tokens."""
     right = 0
     for j in range(0, len(examples), batch):
         part = examples[j : j + batch]
-        preds = model.answer([e.image for e in part], [e.question for e in part])
+        if asked_only:
+            model.token_reducer = lambda feats, _, part=part: [f[e.target.to(f.device)] for f, e in zip(feats, part)]
+        try:
+            preds = model.answer([e.image for e in part], [e.question for e in part])
+        finally:
+            model.token_reducer = None
         right += sum(vqa.correct(p, e.answer) for p, e in zip(preds, part))
     return right / len(examples)
 
@@ -329,7 +345,7 @@ def train(config: VLMTrainConfig) -> dict | None:
         if data is None:
             loss = answer_batch(model, training_examples(step, config.batch, config.seed))
         else:
-            loss = answer_batch(model, *scene_batch(data, step, config.batch, config.seed))
+            loss = answer_batch(model, *scene_batch(data, step, config.batch, config.seed), config.asked_only)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -397,16 +413,22 @@ def eval_examples(task: str, n: int) -> list:
 
 
 def check_dev(checkpoint: Path, n: int) -> dict:
-    """The checkpoint's accuracy on the first n dev questions of each task it trains on (seed 1), with its step."""
+    """The checkpoint's accuracy on the first n dev questions of each task it trains on (seed 1), with its step; a
+    run trained on the asked object's tokens is also scored reading only them."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         step = export(checkpoint, Path(tmp) / "weights.safetensors")
         model = GistVLM.from_pretrained(Path(tmp) / "weights.safetensors", dtype=torch.bfloat16)
-    data = torch.load(checkpoint, weights_only=False)["settings"].get("data", "easyvqa")
-    source, tasks = (scenes, scenes.TASKS) if data == "scenes" else (vqa, ("easyvqa", "easyvqa-4"))
-    return {"step": step, "split": "dev", "n": n, **{t: accuracy(model, source.examples(t, "dev", n, seed=1))
-                                                      for t in tasks}}  # fmt: skip
+    settings = torch.load(checkpoint, weights_only=False)["settings"]
+    source, tasks = (scenes, scenes.TASKS) if settings.get("data") == "scenes" else (vqa, ("easyvqa", "easyvqa-4"))
+    out = {"step": step, "split": "dev", "n": n}
+    for t in tasks:
+        examples = source.examples(t, "dev", n, seed=1)
+        out[t] = accuracy(model, examples)
+        if settings.get("asked_only"):  # what it was trained to read, beside all tokens
+            out[f"{t} (asked object's tokens only)"] = accuracy(model, examples, asked_only=True)
+    return out
 
 
 def export(checkpoint: Path, path: Path) -> int:
