@@ -86,8 +86,10 @@ def parser_for(cls: type, prog: str, description: str = "", skip: tuple[str, ...
     return add_fields(argparse.ArgumentParser(prog=prog, description=description), cls, skip)
 
 
-def from_args(cls: type, args: argparse.Namespace | dict, **overrides: Any):
-    """The dataclass `cls` from parsed flags (other attributes of the namespace are ignored)."""
+def from_args(cls: type, args: argparse.Namespace | dict, parser: argparse.ArgumentParser | None = None,
+              **overrides: Any):  # fmt: skip
+    """The dataclass `cls` from parsed flags (other attributes of the namespace are ignored). With the `parser`, a
+    setting the config refuses is the parser's one-line error (before anything loads), not a traceback."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {k: v for k, v in values.items() if k in names}
@@ -95,7 +97,12 @@ def from_args(cls: type, args: argparse.Namespace | dict, **overrides: Any):
     for k, v in kwargs.items():
         if isinstance(v, list):
             kwargs[k] = tuple(v)
-    return cls(**kwargs)
+    if parser is None:
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 # Fields that say how a run is carried out (where it reads and writes, threads, when it stops and resumes), not
@@ -117,7 +124,8 @@ def rerun_command(prog: str, config: Any, skip: tuple[str, ...] = RUN_ONLY) -> s
 
 def parse_config(cls: type, prog: str, doc: str, argv: list[str] | None = None) -> Any:
     """The dataclass `cls` from the command line `argv` of `python -m prog` (its help: doc's first line)."""
-    return from_args(cls, parser_for(cls, f"python -m {prog}", doc.split("\n")[0]).parse_args(argv))
+    parser = parser_for(cls, f"python -m {prog}", doc.split("\n")[0])
+    return from_args(cls, parser.parse_args(argv), parser)
 
 
 def with_params(name: str) -> tuple[str, dict]:

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser_for(ControllerConfig, f"python -m {PROG}", __doc__.split("\n\n")[0])
     p.add_argument("--state", type=Path, help="checkpoint to resume from (default: DIR/state-<settings>.pt)")
     args = p.parse_args(argv)
-    config = from_args(ControllerConfig, args)
+    config = from_args(ControllerConfig, args, p)
     folder = resolve_out(config.out, "train", "controller")
     folder.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(json.dumps(_resumable(config), sort_keys=True).encode()).hexdigest()[:12]

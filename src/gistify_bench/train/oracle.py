@@ -167,9 +167,8 @@ def run(config: OracleConfig, lm=None, tokenizer=None, corpus: dict | None = Non
 def parse(argv: list[str] | None = None) -> OracleConfig:
     from gistify_bench.options import from_args, parser_for
 
-    return from_args(
-        OracleConfig, parser_for(OracleConfig, f"python -m {PROG}", __doc__.split("\n")[0]).parse_args(argv)
-    )
+    p = parser_for(OracleConfig, f"python -m {PROG}", __doc__.split("\n")[0])
+    return from_args(OracleConfig, p.parse_args(argv), p)
 
 
 def main(argv=None) -> int:

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from gistify_bench.options import from_args, parser_for, resolve_out
 
     p = parser_for(SurprisalConfig, f"python -m {PROG}", __doc__.split("\n\n")[0])
-    config = from_args(SurprisalConfig, p.parse_args(argv))
+    config = from_args(SurprisalConfig, p.parse_args(argv), p)
     folder = resolve_out(config.out, "train", "surprisal")
     folder.mkdir(parents=True, exist_ok=True)
     head, meta = train(config, folder, show_progress=sys.stderr.isatty())

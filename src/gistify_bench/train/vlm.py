@@ -2,6 +2,8 @@
 
     python -m gistify_bench.train.vlm [--steps 600] [--out DIR] [--ship]
     python -m gistify_bench.train.vlm --data scenes [--lora-rank 16 --positions] [--stop-after MIN] [--ship]
+    python -m gistify_bench.train.vlm --data scenes --init W.safetensors [--asked-only] [--relevance] ...
+    python -m gistify_bench.train.vlm --out DIR --export W.safetensors | --check N   # the last checkpoint's
 
 Settings: VLMTrainConfig. `--data easyvqa` (the shipped gistvlm weights) trains on easy-vqa's "train" split
 (gistify_bench.vlm.vqa); `--data scenes` on generated question-dependent images (gistify_bench.vlm.scenes:
@@ -10,7 +12,7 @@ once and cached in DIR), shipped as gistvlm-scenes. Two stages, the encoder and 
 1. align: the attention probe and the question head, contrastively: image level (multi-positive InfoNCE: a text
    such as "what is the blue shape?" matches every blue image of the batch) and region level (a composite's
    question against its cells, the asked quadrant's cells positive). Minutes: it reads cached encoder features.
-   It does not touch what stage 2 trains, and stage 2 does not read it.
+   It does not touch what stage 2 trains; stage 2 reads it only through the relevance channel (--relevance).
 2. answer: the projector and a rank-8 LoRA on SmolLM2's q/v projections (cross-entropy of the answer tokens),
    on easy-vqa questions and four-object composites half and half, with SmolLM2 run in bfloat16 (the CPU's
    bf16 units halve the time); SmolLM2's own weights stay frozen.
@@ -19,7 +21,9 @@ position) go to DIR (--out, default ./results/train/vlm) every --save-every step
 have passed; rerunning the same command resumes from the last one (other settings: an error). At the end the
 held-out accuracy on the "test" split of the data's tasks is measured and written with the weights to DIR; only
 `--ship` copies both into the package (src/gistify_bench/vlm/gistvlm[-scenes].{safetensors,json}, which
-GistVLM.from_pretrained loads).
+GistVLM.from_pretrained loads). `--init` starts a fresh run from exported weights (stage 1 skipped);
+`--asked-only` trains on the asked object's tokens alone (the ground-truth control's input); `--check N` scores the
+last checkpoint on N dev questions per task without touching the test split.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class VLMTrainConfig:
         for name in ("steps", "batch", "eval_n", "save_every", "pool", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.init and not Path(self.init).is_file():
+            raise ValueError(f"init: no weights at {self.init} (write them with --export PATH)")
         if self.asked_only and self.data != "scenes":
             raise ValueError("asked_only needs --data scenes: only the generated tasks know the asked object's cells")
         if self.align_steps < 0 or self.lr <= 0 or self.lora_lr <= 0:
@@ -224,6 +230,11 @@ def scene_batch(data: dict, step: int, batch: int, seed: int) -> tuple[list, tor
     return [data[t][0][i] for t, i in rows], torch.stack([data[t][1][i] for t, i in rows])
 
 
+def asked_cells(examples: list):
+    """A token reducer that keeps each example's asked object's cells (its `target`): the ground-truth control."""
+    return lambda feats, _: [f[e.target.to(f.device)] for f, e in zip(feats, examples)]
+
+
 def answer_batch(model: GistVLM, examples: list, features: torch.Tensor | None = None, asked_only: bool = False):
     """Mean cross-entropy of the answer tokens " {answer}\\n" after the prompt, teacher-forced. `features`: the
     examples' encoder tokens when cached (then their images are not read); `asked_only`: each example's visual
@@ -239,7 +250,7 @@ def answer_batch(model: GistVLM, examples: list, features: torch.Tensor | None =
         for e in examples
     ]
     if asked_only:  # reducers act through this seam too (gistify.reduce sets it); none is set in training
-        model.token_reducer = lambda feats, _: [f[e.target.to(f.device)] for f, e in zip(feats, examples)]
+        model.token_reducer = asked_cells(examples)
     try:
         embeds, mask, positions = model.sequence(x, extra=targets)
     finally:
@@ -267,7 +278,7 @@ def accuracy(model: GistVLM, examples: list, batch: int = 16, asked_only: bool =
     for j in range(0, len(examples), batch):
         part = examples[j : j + batch]
         if asked_only:
-            model.token_reducer = lambda feats, _, part=part: [f[e.target.to(f.device)] for f, e in zip(feats, part)]
+            model.token_reducer = asked_cells(part)
         try:
             preds = model.answer([e.image for e in part], [e.question for e in part])
         finally:
@@ -461,7 +472,7 @@ def main(argv=None) -> int:
         if args.check:
             print(json.dumps(check_dev(out / "checkpoint.pt", args.check)))
         return 0
-    config = from_args(VLMTrainConfig, args)
+    config = from_args(VLMTrainConfig, args, p)
     config.out = str(resolve_out(config.out, "train", "vlm"))
     card = train(config)
     if card is not None:

@@ -277,7 +277,8 @@ def parse(argv: list[str] | None = None) -> VistTrainConfig:
     """The config of a command line (`python -m gistify_bench.train.vist ...`)."""
     from gistify_bench.options import from_args
 
-    return from_args(VistTrainConfig, parser().parse_args(argv))
+    p = parser()
+    return from_args(VistTrainConfig, p.parse_args(argv), p)
 
 
 def main(argv: list[str] | None = None) -> int:
