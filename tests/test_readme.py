@@ -13,6 +13,7 @@ none is left out silently. An example runs as written, with three things made to
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -154,10 +155,8 @@ def run_bash(code: str, cwd: Path, timeout: float = 900) -> subprocess.Completed
         try:
             proc.wait(timeout=timeout)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the group has already ended
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     out, err = out.read_text(), err.read_text()
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert done.returncode == 0, f"exit {done.returncode}\n{err[-3000:]}"

@@ -9,6 +9,7 @@ few tokens: SmolLM2 on two busy cores reads about 100 tokens a second, and so do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -25,11 +26,9 @@ from gistify.budget import Budget
 from gistify.serve.settings import Settings
 from gistify.serve.upstream import embedded_gguf
 
-try:  # the serve-test extra; when it is missing, the `needs` mark skips each test, or under CI fails it
+with contextlib.suppress(ImportError):  # the serve-test extra; missing, the `needs` mark skips (CI: fails) each test
     import httpx
     import openai
-except ImportError:
-    pass
 
 pytestmark = [pytest.mark.real, pytest.mark.needs("starlette", "httpx", "openai", install=SERVE_TEST)]
 

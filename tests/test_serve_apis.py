@@ -6,6 +6,7 @@ proxy processes sharing one real Redis server (with restarts, and with Redis sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -17,12 +18,10 @@ from conftest import SERVE_TEST
 from gistify.serve.settings import Settings
 from serve_stubs import RedisServer, Stub, answer, free_port, serving, wait_healthy
 
-try:  # the serve-test extra; when it is missing, the `needs` mark skips each test, or under CI fails it
+with contextlib.suppress(ImportError):  # the serve-test extra; missing, the `needs` mark skips (CI: fails) each test
     import anthropic
     import httpx
     import openai
-except ImportError:
-    pass
 
 pytestmark = [pytest.mark.real, pytest.mark.needs("starlette", "httpx", "openai", "anthropic", install=SERVE_TEST)]
 

@@ -77,6 +77,13 @@ def test_gate_formula_and_its_figures():
     measured = Cost(100, given=False)
     measured.observe(1000, 0.2)  # 200 ms per 1k this time
     assert measured.value == pytest.approx(0.7 * 100 + 0.3 * 200) and measured.source == "measured"
+    # the break-even cost: the proxy's defaults at keep 0.5 of 2,000 tokens break even at 250 ms per 1k
+    default = Gate(3.0, Speeds(5000), 36.0, Cost(0, given=True))
+    assert default.break_even_ms_per_1k(2000, 1000) == pytest.approx(250.0)
+    for ms, verdict in ((249.0, True), (251.0, False)):
+        assert Gate(3.0, Speeds(5000), 36.0, Cost(ms, given=True)).decide(2000, 1000).compress is verdict
+    assert default.break_even_ms_per_1k(100, 100) == 0.0  # nothing to save
+    assert Gate(3.0, Speeds(5000), 0.0, cost).break_even_ms_per_1k(2000, 1000) == float("inf")  # time is free
 
 
 def test_split_prompt():

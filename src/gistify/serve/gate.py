@@ -115,6 +115,18 @@ class Gate:
     cost: Cost
     enabled: bool = True
 
+    def break_even_ms_per_1k(self, tokens_in: int, target: int, model: str | None = None) -> float:
+        """The compressor cost (ms per 1k tokens) at which compressing `tokens_in` to `target` gains nothing: gain_usd
+        = 0 solved for compress_ms_per_1k (infinite with no latency price and dollars saved; 0 with nothing saved)."""
+        saved = max(0, tokens_in - target)
+        if not saved:
+            return 0.0
+        tps, _ = self.speeds.get(model)
+        usd = saved * self.price_per_mtok / 1e6
+        if not self.latency_price:
+            return float("inf") if usd > 0 else 0.0
+        return (usd * 3600 / self.latency_price + saved / tps) * 1e6 / tokens_in
+
     def decide(self, tokens_in: int, target: int, model: str | None = None) -> GateDecision:
         saved = max(0, tokens_in - target)
         tps, tps_from = self.speeds.get(model)

@@ -44,16 +44,13 @@ def measure_one(method: str, tokens: int, keep: float, threads: int) -> dict:
     compressor = Compressor(settings, gistify.Scorer.load(settings.model))
     start = compressor.measure(256)  # what `gistify serve` measures at start
     long = compressor.measure(tokens)
-    target = settings.keep and round(tokens * settings.keep)
+    target = round(tokens * settings.keep)
     verdicts = {}
     for name, ms in (("start", start), ("long", long)):
         gate = Gate(settings.price_per_mtok, Speeds(settings.prefill_tps), settings.latency_price, Cost(ms, False))
         d = gate.decide(tokens, target)
         verdicts[name] = {"ms_per_1k": round(ms, 1), "compress": d.compress, "reason": d.reason}
-    # what the gate breaks even at: gain = saved * price / 1e6 + (saved / tps - ms * tokens / 1e6) * latency / 3600
-    saved = tokens - target
-    usd = saved * settings.price_per_mtok / 1e6
-    break_even = (usd * 3600 / settings.latency_price + saved / settings.prefill_tps) * 1e6 / tokens
+    break_even = gate.break_even_ms_per_1k(tokens, target)
     return {"method": method, "threads": threads, "tokens": tokens, "keep": keep, "break_even_ms_per_1k":
             round(break_even, 1), **verdicts}  # fmt: skip
 

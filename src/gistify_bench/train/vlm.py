@@ -313,9 +313,7 @@ def train(config: VLMTrainConfig) -> dict | None:
     model = GistVLM(lm.to(torch.bfloat16), tok, lora_rank=config.lora_rank, lora_targets=targets,
                     positions=config.positions, relevance=config.relevance).to(config.device)  # fmt: skip
     lora = list(model.lora_parameters().values())
-    # stage 2 trains the answer path: the projector and the channels' parts (stage 1 trained the probe and head)
-    answer_parts = [p for p in model._parts() if p not in ("probe", "question_head")]
-    trained = [w for part in answer_parts for w in getattr(model, part).parameters()]
+    trained = [w for part in model.answer_parts() for w in getattr(model, part).parameters()]
     groups = [{"params": trained}, {"params": lora, "lr": config.lora_lr}]
     opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
     start, history, align_loss = 0, [], None
@@ -329,13 +327,8 @@ def train(config: VLMTrainConfig) -> dict | None:
         from safetensors.torch import load_file
 
         weights = {k: v.float() for k, v in load_file(config.init).items()}
-        channels = tuple(p for p in answer_parts if p.endswith(("_proj", "_gate")))  # the channels' parts
-        model.load_trained(weights, missing_ok=channels)
-        for part in channels:
-            if part.endswith("_proj") and not any(k.startswith(part + ".") for k in weights):
-                # a channel the init weights lack joins at zero: the projector first reads as it was trained to
-                for w in getattr(model, part).parameters():
-                    torch.nn.init.zeros_(w)
+        # a channel the weights lack keeps its start (zero; the gate's own start), so the projector reads as trained
+        model.load_trained(weights, missing_ok=tuple(p for p in model.answer_parts() if p != "projector"))
         align_loss = float("nan")  # not None: a resumed run must not redo stage 1 either
         log(f"started from {config.init} (stage 1 skipped)")
     data = None
@@ -428,10 +421,11 @@ def check_dev(checkpoint: Path, n: int) -> dict:
     run trained on the asked object's tokens is also scored reading only them."""
     import tempfile
 
+    state = _read(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        step = export(checkpoint, Path(tmp) / "weights.safetensors")
+        _save_weights(state, Path(tmp) / "weights.safetensors")
         model = GistVLM.from_pretrained(Path(tmp) / "weights.safetensors", dtype=torch.bfloat16)
-    settings = torch.load(checkpoint, weights_only=False)["settings"]
+    step, settings = state["step"], state["settings"]
     source, tasks = (scenes, scenes.TASKS) if settings.get("data") == "scenes" else (vqa, ("easyvqa", "easyvqa-4"))
     out = {"step": step, "split": "dev", "n": n}
     for t in tasks:
@@ -442,15 +436,23 @@ def check_dev(checkpoint: Path, n: int) -> dict:
     return out
 
 
-def export(checkpoint: Path, path: Path) -> int:
-    """The trained weights of a checkpoint in bfloat16 at `path` (what a later run or the benchmark loads); its step."""
-    from safetensors.torch import save_file
-
+def _read(checkpoint: Path) -> dict:
     if not checkpoint.is_file():
         raise SystemExit(f"no checkpoint at {checkpoint}: train first (or give the run's --out)")
-    state = torch.load(checkpoint, weights_only=False)
+    return torch.load(checkpoint, weights_only=False)
+
+
+def _save_weights(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state["trained"].items()}, path)
+
+
+def export(checkpoint: Path, path: Path) -> int:
+    """The trained weights of a checkpoint in bfloat16 at `path` (what a later run or the benchmark loads); its step."""
+    state = _read(checkpoint)
+    _save_weights(state, path)
     return state["step"]
 
 

@@ -137,8 +137,10 @@ class GistVLM(nn.Module):
         d = lm.config.hidden_size
         # LLaVA-1.5's two-layer MLP, after a LayerNorm: the token joins channels of very different scales
         self.projector = nn.Sequential(nn.LayerNorm(WIDTH), nn.Linear(WIDTH, d), nn.GELU(), nn.Linear(d, d))
-        self.positions = positions  # whether tokens carry position channels (added inside the projector's MLP)
-        self.position_proj = nn.Linear(POSITION_CHANNELS, d) if positions else None
+        # whether tokens carry position channels (added inside the projector's MLP; zero at the start, so a model
+        # given them, or weights trained without them, begin reading as before)
+        self.positions = positions
+        self.position_proj = _zero(nn.Linear(POSITION_CHANNELS, d)) if positions else None
         # whether tokens carry a relevance channel s: how well each matches the question by the aligned heads
         # (`relevance_channel`, z-scored per image). It is added inside the projector's MLP like the positions
         # (zero at the start) and gates each projected token by sigmoid(w s + b) (w = 2, b = -1 at the start: a
@@ -146,11 +148,9 @@ class GistVLM(nn.Module):
         # reads mostly the tokens the question points at: the frozen 135M LLM with LoRA did not learn to find the
         # asked object among four by itself (docs/results/vision/question-dependent.md)
         self.relevance = relevance
-        self.relevance_proj = nn.Linear(1, d) if relevance else None
+        self.relevance_proj = _zero(nn.Linear(1, d)) if relevance else None
         self.relevance_gate = nn.Linear(1, 1) if relevance else None
         if relevance:
-            nn.init.zeros_(self.relevance_proj.weight)
-            nn.init.zeros_(self.relevance_proj.bias)
             nn.init.constant_(self.relevance_gate.weight, 2.0)
             nn.init.constant_(self.relevance_gate.bias, -1.0)
         self.probe = AttentionProbe()
@@ -168,10 +168,14 @@ class GistVLM(nn.Module):
         return state | {f"lm.{n}": p.detach() for n, p in self.lora_parameters().items()}
 
     def _parts(self) -> tuple[str, ...]:
-        optional = (("position_proj",) if self.positions else ()) + (
+        return ("probe", "question_head") + self.answer_parts()
+
+    def answer_parts(self) -> tuple[str, ...]:
+        """What stage 2 trains besides the LoRA: the projector and the channels' parts (stage 1: the probe and head)."""
+        channels = (("position_proj",) if self.positions else ()) + (
             ("relevance_proj", "relevance_gate") if self.relevance else ()
         )
-        return ("projector", "probe", "question_head") + optional
+        return ("projector",) + channels
 
     def load_trained(self, state: dict[str, torch.Tensor], missing_ok: tuple[str, ...] = ()) -> None:
         """Every trained part from `state`; the parts named in `missing_ok` may be absent (they keep their values)."""
@@ -342,6 +346,13 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, match: torch.Tenso
     cols = target.sum(0) > 0
     i2t = -(target.T[cols] / target.T[cols].sum(1, keepdim=True) * logits.T[cols].log_softmax(1)).sum(1).mean()
     return (t2i + i2t) / 2
+
+
+def _zero(layer: nn.Linear) -> nn.Linear:
+    """`layer` with its weight and bias at zero: a channel that joins the projector adds nothing until trained."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def position_code(rows: int, cols: int) -> torch.Tensor:
