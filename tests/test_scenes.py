@@ -135,6 +135,10 @@ def test_scene_batches_are_deterministic_and_read_cached_features(vlm, tmp_path)
     assert vlm.token_reducer is None and asked.item() > 0  # the seam is left as it was
     with pytest.raises(ValueError, match="asked_only needs --data scenes"):
         VLMTrainConfig(asked_only=True)
+    with pytest.raises(ValueError, match="heads goes with init"):
+        VLMTrainConfig(data="scenes", heads=__file__)
+    with pytest.raises(ValueError, match="init: no weights at"):
+        VLMTrainConfig(data="scenes", init=str(tmp_path / "none.safetensors"))
     loss = answer_batch(vlm, a, fa)
     assert not torch.isclose(loss, asked)
     loss.backward()

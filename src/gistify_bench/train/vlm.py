@@ -73,6 +73,8 @@ class VLMTrainConfig:
                               "control's input): whether it learns to read, apart from finding")  # fmt: skip
     init: str | None = option(None, "a fresh run starts from these weights (a --export file, same LoRA): stage 1 "
                               "is skipped; a position or relevance channel they lack joins at 0")  # fmt: skip
+    heads: str | None = option(None, "with --init: stage 1's probe and question head from these weights instead "
+                               "(e.g. another run's, aligned on other data)")  # fmt: skip
     out: str | None = option(None, "checkpoints, log and the trained weights (default ./results/train/vlm)")
     ship: bool = option(False, "copy the weights and card into the package (gistify_bench/vlm/)")
     stop_after: float = option(0.0, "minutes; save and stop after the step that passes them (0: no limit)")
@@ -88,8 +90,11 @@ class VLMTrainConfig:
         for name in ("steps", "batch", "eval_n", "save_every", "pool", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.init and not Path(self.init).is_file():
-            raise ValueError(f"init: no weights at {self.init} (write them with --export PATH)")
+        for name in ("init", "heads"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: no weights at {getattr(self, name)} (write them with --export PATH)")
+        if self.heads and not self.init:
+            raise ValueError("heads goes with init: a fresh run without --init trains its own stage 1")
         if self.asked_only and self.data != "scenes":
             raise ValueError("asked_only needs --data scenes: only the generated tasks know the asked object's cells")
         if self.align_steps < 0 or self.lr <= 0 or self.lora_lr <= 0:
@@ -327,10 +332,13 @@ def train(config: VLMTrainConfig) -> dict | None:
         from safetensors.torch import load_file
 
         weights = {k: v.float() for k, v in load_file(config.init).items()}
+        if config.heads:
+            stage1 = {k: v.float() for k, v in load_file(config.heads).items() if k.startswith(("probe.", "question_"))}
+            weights = {k: v for k, v in weights.items() if not k.startswith(("probe.", "question_"))} | stage1
         # a channel the weights lack keeps its start (zero; the gate's own start), so the projector reads as trained
         model.load_trained(weights, missing_ok=tuple(p for p in model.answer_parts() if p != "projector"))
         align_loss = float("nan")  # not None: a resumed run must not redo stage 1 either
-        log(f"started from {config.init} (stage 1 skipped)")
+        log(f"started from {config.init}, stage 1 from {config.heads or 'the same'} (not trained again)")
     data = None
     if config.data == "scenes":
         data = {t: scene_pool(model, t, config.pool, config.seed, out, log) for t in scenes.TASKS}
